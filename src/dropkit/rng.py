@@ -1,0 +1,336 @@
+"""Philox4x32-10 and the mask contract: the one place randomness is defined in dropkit.
+
+Every random number in dropkit (every dropout mask, every noise sample) is a pure
+function of ``(seed, stream, element index)`` computed with Philox4x32-10
+(Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011;
+the Random123 library). Nothing is drawn serially, so a mask does not depend on
+the device, the thread count, the memory layout or the dtype, and backward can
+regenerate it instead of storing it. ``docs/rng.md`` states the contract in full;
+in one paragraph:
+
+    Element ``j`` (row-major logical index) of a call's noise tensor uses the
+    global index ``e = offset + j``. Philox4x32-10 is evaluated at
+    ``counter = (lo32(e // 8), hi32(e // 8), lo32(stream), hi32(stream))`` with
+    ``key = (lo32(seed), hi32(seed))``; its four 32-bit output words are split
+    into eight 16-bit values (word ``k`` gives lanes ``2k`` = low half and
+    ``2k + 1`` = high half) and element ``e`` takes lane ``e % 8``. The element
+    is **kept** iff that 16-bit value ``u`` satisfies ``u >= threshold(p)`` with
+    ``threshold(p) = min(65536, floor(p * 65536 + 0.5))``. So the keep probability is
+    ``1 - threshold(p) / 65536``, within ``2**-17`` of ``1 - p``; ``p`` is the
+    probability of *dropping*.
+
+Uniform and normal samples (Gaussian dropout, Concrete dropout, ...) use the same
+counter layout with 32-bit lanes: element ``e`` takes word ``e % 4`` of the block
+``e // 4`` and maps it to ``(w + 0.5) * 2**-32`` in the open interval (0, 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "philox4x32_10",
+    "threshold",
+    "keep_probability",
+    "keep_mask_numpy",
+    "keep_mask",
+    "uniform",
+    "normal",
+    "resolve_seed",
+    "check_seed",
+    "batch_shard",
+    "current_batch_start",
+    "ELEMENTS_PER_BLOCK",
+    "MASK_BITS",
+]
+
+#: Mask elements drawn from one Philox4x32-10 call (eight 16-bit lanes).
+ELEMENTS_PER_BLOCK = 8
+#: Bits of Philox output compared against the threshold for one mask element.
+MASK_BITS = 16
+
+_M32 = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
+_PHILOX_M0 = 0xD2511F53
+_PHILOX_M1 = 0xCD9E8D57
+_PHILOX_W0 = 0x9E3779B9
+_PHILOX_W1 = 0xBB67AE85
+_ROUNDS = 10
+
+
+# ---------------------------------------------------------------------------
+# Philox4x32-10 in NumPy (the readable definition)
+# ---------------------------------------------------------------------------
+def philox4x32_10(counters: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Philox4x32-10 block function (Random123), vectorised in NumPy.
+
+    Args:
+        counters: ``uint32`` array of shape ``(..., 4)``; word 0 is the least significant.
+        key: ``uint32`` array of shape ``(2,)`` or broadcastable to ``(..., 2)``.
+
+    Returns:
+        ``uint32`` array of shape ``(..., 4)``: the four output words.
+
+    Example:
+        >>> out = philox4x32_10(np.zeros(4, np.uint32), np.zeros(2, np.uint32))
+        >>> [f"{w:08x}" for w in out]
+        ['6627e8d5', 'e169c58d', 'bc57ac4c', '9b00dbd8']
+    """
+    counters = np.asarray(counters)
+    key = np.asarray(key)
+    if counters.dtype != np.uint32 or key.dtype != np.uint32:
+        raise TypeError(
+            "philox4x32_10 expects uint32 arrays; "
+            f"received counters.dtype={counters.dtype}, key.dtype={key.dtype}"
+        )
+    if counters.ndim == 0 or counters.shape[-1] != 4:
+        raise ValueError(f"counters must have shape (..., 4); received {counters.shape}")
+    if key.ndim == 0 or key.shape[-1] != 2:
+        raise ValueError(f"key must have shape (2,) or (..., 2); received {key.shape}")
+    batch = np.broadcast_shapes(counters.shape[:-1], key.shape[:-1])
+    c = [np.broadcast_to(counters[..., i], batch).astype(np.uint64) for i in range(4)]
+    k0 = np.broadcast_to(key[..., 0], batch).astype(np.uint64)
+    k1 = np.broadcast_to(key[..., 1], batch).astype(np.uint64)
+    m32 = np.uint64(_M32)
+    for r in range(_ROUNDS):
+        if r:  # bump the key between rounds (Weyl sequence)
+            k0 = (k0 + np.uint64(_PHILOX_W0)) & m32
+            k1 = (k1 + np.uint64(_PHILOX_W1)) & m32
+        p0 = np.uint64(_PHILOX_M0) * c[0]  # 32x32 -> 64-bit products
+        p1 = np.uint64(_PHILOX_M1) * c[2]
+        c = [
+            (p1 >> np.uint64(32)) ^ c[1] ^ k0,
+            p1 & m32,
+            (p0 >> np.uint64(32)) ^ c[3] ^ k1,
+            p0 & m32,
+        ]
+    return np.stack(c, axis=-1).astype(np.uint32)
+
+
+# ---------------------------------------------------------------------------
+# Thresholds
+# ---------------------------------------------------------------------------
+def threshold(p: float) -> int:
+    """The 16-bit drop threshold for drop probability ``p``: ``min(65536, floor(p*65536 + 0.5))``.
+
+    An element is dropped iff its 16-bit value is ``< threshold(p)``.
+    """
+    return min(1 << MASK_BITS, int(math.floor(float(p) * 65536.0 + 0.5)))
+
+
+def keep_probability(p: float) -> float:
+    """The exact keep probability that the contract realises for drop probability ``p``."""
+    return 1.0 - threshold(p) / 65536.0
+
+
+def _split_key(seed: int) -> tuple[int, int]:
+    return seed & _M32, (seed >> 32) & _M32
+
+
+# ---------------------------------------------------------------------------
+# Masks, NumPy (reference) and torch (any device)
+# ---------------------------------------------------------------------------
+def keep_mask_numpy(n: int, p: float, seed: int, stream: int = 0, offset: int = 0) -> np.ndarray:
+    """Keep mask (``bool``, ``True`` = kept) of ``n`` elements, computed in NumPy.
+
+    This is the contract written as plainly as possible; every other backend must
+    return exactly this.
+    """
+    e0 = offset
+    b_first, b_last = e0 // 8, (e0 + n + 7) // 8
+    blocks = np.arange(b_first, max(b_last, b_first), dtype=np.uint64)
+    ctr = np.empty(blocks.shape + (4,), np.uint32)
+    ctr[:, 0] = (blocks & np.uint64(_M32)).astype(np.uint32)
+    ctr[:, 1] = (blocks >> np.uint64(32)).astype(np.uint32)
+    ctr[:, 2] = stream & _M32
+    ctr[:, 3] = (stream >> 32) & _M32
+    words = philox4x32_10(ctr, np.array(_split_key(seed), np.uint32))
+    lanes = words.view(np.uint16) if words.dtype.byteorder in "=<|" and np.little_endian else None
+    if lanes is None:  # big-endian host: split explicitly
+        lanes = np.stack([words & 0xFFFF, words >> 16], axis=-1).astype(np.uint16)
+    lanes = lanes.reshape(-1)
+    start = e0 - b_first * 8
+    return lanes[start : start + n] >= threshold(p)
+
+
+def _mulhilo(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi32, lo32) of ``a * x`` for a 32-bit constant and an int64 tensor of 32-bit values,
+    without overflowing int64."""
+    p_lo = (x & 0xFFFF) * a
+    mid = (p_lo >> 16) + (x >> 16) * a
+    return mid >> 16, ((mid & 0xFFFF) << 16) | (p_lo & 0xFFFF)
+
+
+def philox_blocks_torch(blocks: torch.Tensor, seed: int, stream: int = 0) -> torch.Tensor:
+    """Philox4x32-10 at counters ``(lo(b), hi(b), lo(stream), hi(stream))`` for each block index b.
+
+    ``blocks`` is an int64 tensor on any device; returns int64 ``(..., 4)`` holding 32-bit words.
+    Uses only int64 arithmetic, so it runs wherever torch does (the portable fallback).
+    """
+    c0 = blocks & _M32
+    c1 = blocks >> 32
+    c2 = torch.full_like(blocks, stream & _M32)
+    c3 = torch.full_like(blocks, (stream >> 32) & _M32)
+    k0, k1 = _split_key(seed)
+    for r in range(_ROUNDS):
+        if r:
+            k0 = (k0 + _PHILOX_W0) & _M32
+            k1 = (k1 + _PHILOX_W1) & _M32
+        hi0, lo0 = _mulhilo(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def _lane_range(n: int, offset: int, per_block: int, device) -> tuple[torch.Tensor, int]:
+    b_first = offset // per_block
+    b_last = (offset + n + per_block - 1) // per_block
+    blocks = torch.arange(b_first, max(b_last, b_first), dtype=torch.int64, device=device)
+    return blocks, offset - b_first * per_block
+
+
+def keep_mask(
+    n: int, p: float, seed: int, stream: int = 0, offset: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Keep mask (``torch.bool``, 1-D, ``True`` = kept) of ``n`` elements per the contract.
+
+    Dispatches to the fastest available backend for ``device`` (see
+    :func:`dropkit.kernels.backend_info`); all backends return identical bits.
+    """
+    from dropkit import kernels
+
+    return kernels.keep_mask(int(n), float(p), int(seed), int(stream), int(offset), torch.device(device))
+
+
+def keep_mask_torch(
+    n: int, p: float, seed: int, stream: int = 0, offset: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Keep mask computed with plain torch integer ops (the portable reference backend)."""
+    blocks, start = _lane_range(n, offset, 8, device)
+    words = philox_blocks_torch(blocks, seed, stream)
+    lanes = torch.stack([words & 0xFFFF, words >> 16], dim=-1).reshape(-1)
+    return lanes[start : start + n] >= threshold(p)
+
+
+def uniform_words_torch(
+    n: int, seed: int, stream: int = 0, offset: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The 32-bit words (as int64) of elements ``offset .. offset + n - 1`` in 32-bit lane layout."""
+    blocks, start = _lane_range(n, offset, 4, device)
+    return philox_blocks_torch(blocks, seed, stream).reshape(-1)[start : start + n]
+
+
+def uniform(
+    shape: tuple[int, ...] | torch.Size,
+    seed: int,
+    stream: int = 0,
+    offset: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Uniform samples in the open interval (0, 1): ``u = (w + 0.5) * 2**-32`` (computed in float64).
+
+    Element ``j`` of the row-major ``shape`` uses global index ``offset + j`` in the
+    32-bit lane layout, so the values are the same on every device.
+    """
+    n = math.prod(shape)
+    w = uniform_words_torch(n, seed, stream, offset, device)
+    u = (w.to(torch.float64) + 0.5) * (2.0**-32)
+    return u.reshape(tuple(shape)).to(dtype)
+
+
+def normal(
+    shape: tuple[int, ...] | torch.Size,
+    seed: int,
+    stream: int = 0,
+    offset: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Standard-normal samples by Box-Muller: element ``j`` uses uniforms ``2(offset+j)`` and ``2(offset+j)+1``.
+
+    ``z = sqrt(-2 ln u1) * cos(2 pi u2)``, computed in float64 then cast to ``dtype``.
+    """
+    n = math.prod(shape)
+    u = uniform((2 * n,), seed, stream, 2 * offset, dtype=torch.float64, device=device).view(n, 2)
+    z = torch.sqrt(-2.0 * torch.log(u[:, 0])) * torch.cos((2.0 * math.pi) * u[:, 1])
+    return z.reshape(tuple(shape)).to(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Seeds
+# ---------------------------------------------------------------------------
+def check_seed(seed: object, name: str = "seed") -> int:
+    """Validate a user seed: an ``int`` in ``[0, 2**64)``."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int in [0, 2**64) or None; received {seed!r} ({type(seed).__name__})")
+    seed = int(seed)
+    if not 0 <= seed <= _M64:
+        raise ValueError(f"`{name}` must be an int in [0, 2**64) or None; received {name}={seed}")
+    return seed
+
+
+def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
+    """The 64-bit Philox key of one call.
+
+    ``seed`` given: used as is. Otherwise two 32-bit words are drawn from ``generator``
+    (a CPU ``torch.Generator``) or, if ``None``, from torch's default CPU generator, so
+    ``torch.manual_seed(s)`` makes every dropkit mask reproducible.
+    """
+    if seed is not None and generator is not None:
+        raise ValueError("pass either `seed` or `generator`, not both; received both")
+    if seed is not None:
+        return check_seed(seed)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
+        if generator.device.type != "cpu":
+            raise ValueError(
+                "`generator` must be a CPU torch.Generator (keys are drawn on the CPU so the same "
+                f"seed gives the same mask on every device); received one on {generator.device}"
+            )
+    words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator)
+    return int(words[0]) | (int(words[1]) << 32)
+
+
+# ---------------------------------------------------------------------------
+# Batch sharding (data parallel): masks tied to the global sample index
+# ---------------------------------------------------------------------------
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def batch_shard(start: int) -> Iterator[None]:
+    """Treat dim 0 of every dropkit op's input as a shard starting at global sample ``start``.
+
+    Inside the block, a mask whose noise shape varies along dim 0 is offset by
+    ``start * (elements per sample)``, so a process that sees samples ``start ..``
+    of a global batch draws exactly the mask elements that a single process holding
+    the whole batch would (given the same key). Used by the lab's DDP training.
+
+    Example:
+        >>> with dropkit.rng.batch_shard(rank * local_batch):
+        ...     loss = model(x_local).sum()
+    """
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+        raise ValueError(f"`start` must be a non-negative int; received {start!r}")
+    prev = getattr(_local, "batch_start", 0)
+    _local.batch_start = int(start)
+    try:
+        yield
+    finally:
+        _local.batch_start = prev
+
+
+def current_batch_start() -> int:
+    """The global sample index set by :func:`batch_shard` (0 outside it)."""
+    return getattr(_local, "batch_start", 0)
