@@ -45,6 +45,7 @@ __all__ = [
     "normal",
     "resolve_seed",
     "check_seed",
+    "check_key_args",
     "batch_shard",
     "current_batch_start",
     "ELEMENTS_PER_BLOCK",
@@ -279,17 +280,12 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return seed
 
 
-def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
-    """The 64-bit Philox key of one call.
-
-    ``seed`` given: used as is. Otherwise two 32-bit words are drawn from ``generator``
-    (a CPU ``torch.Generator``) or, if ``None``, from torch's default CPU generator, so
-    ``torch.manual_seed(s)`` makes every dropkit mask reproducible.
-    """
+def check_key_args(seed: object = None, generator: object = None) -> None:
+    """Validate ``seed`` / ``generator`` without drawing anything (so eval-mode calls check them too)."""
     if seed is not None and generator is not None:
         raise ValueError("pass either `seed` or `generator`, not both; received both")
     if seed is not None:
-        return check_seed(seed)
+        check_seed(seed)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
@@ -298,6 +294,18 @@ def resolve_seed(seed: int | None = None, generator: torch.Generator | None = No
                 "`generator` must be a CPU torch.Generator (keys are drawn on the CPU so the same "
                 f"seed gives the same mask on every device); received one on {generator.device}"
             )
+
+
+def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
+    """The 64-bit Philox key of one call.
+
+    ``seed`` given: used as is. Otherwise two 32-bit words are drawn from ``generator``
+    (a CPU ``torch.Generator``) or, if ``None``, from torch's default CPU generator, so
+    ``torch.manual_seed(s)`` makes every dropkit mask reproducible.
+    """
+    check_key_args(seed, generator)
+    if seed is not None:
+        return int(seed)
     words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator)
     return int(words[0]) | (int(words[1]) << 32)
 

@@ -1,0 +1,5 @@
+import sys
+
+from dropkit.cli import main
+
+sys.exit(main())

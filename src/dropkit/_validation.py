@@ -1,0 +1,91 @@
+"""Argument checks shared by every op and module: one message template for every argument.
+
+Messages name the argument, what is accepted and what was received, in the form
+``Invalid value for `p`: expected a real number in [0, 1] (the probability of
+dropping an element). Received: p=1.5``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SCALINGS = ("inverted", "classic")
+
+
+def check_p(p: object, name: str = "p", *, allow_one: bool = True) -> float:
+    """A drop probability: a real number in [0, 1] (or [0, 1) when ``allow_one`` is False)."""
+    upper = "1]" if allow_one else "1)"
+    what = f"a real number in [0, {upper} (the probability of dropping an element)"
+    if isinstance(p, torch.Tensor) and p.numel() == 1 and not p.requires_grad:
+        p = p.item()
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"Invalid type for `{name}`: expected {what}. Received: {name}={p!r} ({type(p).__name__})")
+    value = float(p)
+    if math.isnan(value) or value < 0.0 or value > 1.0 or (value == 1.0 and not allow_one):
+        raise ValueError(f"Invalid value for `{name}`: expected {what}. Received: {name}={p!r}")
+    return value
+
+
+def check_float_tensor(x: object, name: str = "input") -> torch.Tensor:
+    """A floating-point tensor of one of the supported dtypes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; received {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES)
+        raise TypeError(f"`{name}` must have a floating dtype ({names}); received dtype={x.dtype}")
+    return x
+
+
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool; received {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"Invalid value for `{name}`: expected one of {tuple(choices)}. Received: {name}={value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int; received {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"Invalid value for `{name}`: expected an int >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_noise_shape(noise_shape: object, shape: torch.Size) -> tuple[int, ...] | None:
+    """Keras semantics: one entry per input dimension; 1 shares the mask along that dimension,
+    ``None`` or the dimension's size means independent. Returns the resolved shape or
+    ``None`` when the mask is element-wise."""
+    if noise_shape is None:
+        return None
+    if isinstance(noise_shape, (str, bytes)) or not isinstance(noise_shape, Sequence):
+        raise TypeError(
+            f"`noise_shape` must be a sequence with one entry per input dimension (int or None); received {noise_shape!r}"
+        )
+    if len(noise_shape) != len(shape):
+        raise ValueError(
+            f"`noise_shape` must have one entry per input dimension ({len(shape)} for input shape {tuple(shape)}); "
+            f"received noise_shape={tuple(noise_shape)!r}"
+        )
+    resolved = []
+    for i, (n, d) in enumerate(zip(noise_shape, shape)):
+        if n is None:
+            resolved.append(d)
+        elif isinstance(n, bool) or not isinstance(n, numbers.Integral) or n not in (1, d):
+            raise ValueError(
+                f"`noise_shape[{i}]` must be 1 (shared mask), None or {d} (the input's size); "
+                f"received noise_shape={tuple(noise_shape)!r} for input shape {tuple(shape)}"
+            )
+        else:
+            resolved.append(int(n))
+    resolved_t = tuple(resolved)
+    return None if resolved_t == tuple(shape) else resolved_t
