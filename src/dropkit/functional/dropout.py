@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dropkit import kernels
+from dropkit import _hooks, kernels
 from dropkit._validation import (
     check_bool,
     check_choice,
@@ -88,6 +88,7 @@ class _DropoutFunction(torch.autograd.Function):
 
 def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
     """Apply ``spec``'s mask with autograd support (the entry point for every mask-based variant)."""
+    _hooks.notify("dropkit.functional.masked_scale", x, spec)  # observers: dropkit.guard
     if inplace or (torch.is_grad_enabled() and x.requires_grad):
         return _DropoutFunction.apply(x, spec, inplace)
     return apply_mask(x, spec)

@@ -1,0 +1,147 @@
+"""``dropkit guard FILE ...``: gate a deployment on deterministic inference of exported models.
+
+Each file is an exported program (``.pt2``, loaded with ``torch.export.load``) or a
+TorchScript file (anything else, loaded with ``torch.jit.load``). Neither loader runs
+arbitrary pickled Python: ``torch.load`` is forced to ``weights_only=True`` while a
+``.pt2`` loads (torch would otherwise fall back to full unpickling), and TorchScript's
+own unpickler only builds TorchScript types.
+
+Example inputs: a ``.pt2`` file carries its input specs, so the tensors are made from
+the saved example inputs or, failing that, from the shapes and dtypes of the graph's
+inputs (dynamic dimensions take their hint). A TorchScript file has no input specs:
+pass one ``--shape`` per positional input (``--shape 1,784``); ``--shape`` also
+overrides a ``.pt2``'s shapes. Values are standard normal (integers: zeros), drawn with
+``--seed``.
+
+The command runs each model ``--runs`` times, compares the outputs bit for bit and scans
+the graph for random ops; it prints ``bit-identical in N/N runs`` or the culprits and
+exits 1 when any file fails (2 on bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from unittest import mock
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "guard",
+        help="check that exported models (.pt2 / TorchScript) infer bit-identically",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".pt2 exported program or TorchScript file")
+    p.add_argument("--runs", type=int, default=5, help="forwards compared bit for bit (default: 5)")
+    p.add_argument("--shape", action="append", default=None,
+                   help="shape of one positional input, e.g. 1,3,32,32; repeat for several inputs")
+    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="dtype of --shape inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example inputs (default: 0)")
+    p.set_defaults(func=run)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints like 1,784. Received: {text!r}")
+    if not dims or any(d < 0 for d in dims):
+        raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints >= 0. Received: {text!r}")
+    return dims
+
+
+def _make(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """Force every ``torch.load`` to ``weights_only=True`` for the block."""
+    real = torch.load
+
+    def safe_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return real(*args, **kwargs)
+
+    with mock.patch.object(torch, "load", safe_load):
+        yield
+
+
+def load_program(path: str):
+    """``("pt2", ExportedProgram)`` or ``("torchscript", ScriptModule)``, loaded without arbitrary unpickling."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path!r}")
+    if path.endswith(".pt2"):
+        with _weights_only():
+            return "pt2", torch.export.load(path)
+    try:
+        return "torchscript", torch.jit.load(path, map_location="cpu")
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a TorchScript file or .pt2 exported program ({str(exc).splitlines()[0]})")
+
+
+def _pt2_inputs(ep) -> tuple:
+    """Example inputs of an exported program: the saved ones, else tensors from its input specs."""
+    saved = getattr(ep, "example_inputs", None)
+    if saved is not None and not saved[1]:
+        return tuple(saved[0])
+    specs = []
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for name in ep.graph_signature.user_inputs:
+        val = placeholders[name].meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise ValueError(f"input {name!r} is not a tensor; pass --shape")
+        shape = tuple(int(getattr(getattr(d, "node", None), "hint", None) or d) if not isinstance(d, int) else d
+                      for d in val.shape)
+        specs.append((shape, val.dtype))
+    return tuple(specs)
+
+
+def check_file(path: str, args: argparse.Namespace) -> tuple[bool, str]:
+    from dropkit.guard import Culprit, check_inference, random_ops
+
+    kind, prog = load_program(path)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.shape:
+        inputs = tuple(_make(_parse_shape(s), _DTYPES[args.dtype], gen) for s in args.shape)
+    elif kind == "pt2":
+        inputs = tuple(x if isinstance(x, torch.Tensor) else _make(x[0], x[1], gen) for x in _pt2_inputs(prog))
+    else:
+        raise ValueError(f"{path}: a TorchScript file has no input specs; pass --shape (e.g. --shape 1,784)")
+    if kind == "pt2":
+        module, ops = prog.module(), random_ops(prog)
+    else:
+        module = prog
+        graph = torch.jit.freeze(prog) if not prog.training else prog  # folds `training` flags
+        ops = random_ops(graph)
+    report = check_inference(module, inputs, runs=args.runs)
+    if ops:  # the graph names the random ops that a Python-level watch cannot see
+        report.culprits = [c for c in report.culprits if c.kind != "output-differs"]
+        report.culprits += [Culprit("", "graph-op", f"{op} (random op in the graph)") for op in ops]
+    ok = report.deterministic
+    lines = [f"{path}: {report.summary()}", "  PASS" if ok else "  FAIL"]
+    return ok, "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dropkit._validation import check_int
+
+    check_int(args.runs, "runs", minimum=2)
+    failed = 0
+    for path in args.files:
+        ok, text = check_file(path, args)
+        print(text)
+        failed += not ok
+    if len(args.files) > 1:
+        print(f"{len(args.files) - failed}/{len(args.files)} files deterministic")
+    return 1 if failed else 0
