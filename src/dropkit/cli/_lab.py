@@ -32,7 +32,7 @@ def add_common(parser: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--cache-dir", default=None, help="download folder (default: ~/.cache/dropkit/datasets/<dataset>)")
     g.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=20, help="epochs of the runs without dropout")
+    t.add_argument("--epochs", type=int, default=30, help="epochs of the runs without dropout")
     t.add_argument("--epochs-factor", type=float, default=1.0,
                    help="the dropout runs train for round(epochs * factor) epochs (dropout often needs 1.5-2x)")
     t.add_argument("--seeds", type=int, default=3, help="seeds per setting (0 .. seeds-1): mean ± std in the table")
@@ -93,6 +93,34 @@ def base_config(args: argparse.Namespace, command: str) -> dict:
     }
 
 
+def full_command(args: argparse.Namespace, config: dict, out: str) -> str:
+    """The command with every flag spelled out (what reproduces the run, whatever the defaults become)."""
+    import shlex
+
+    rates = config["p"] if config["command"] == "compare" else config["rates"]
+    parts = ["dropkit", config["command"], "--dataset", config["dataset"], "--model", config["model"]]
+    if config["command"] == "compare":
+        parts += ["--p", ",".join(f"{r:g}" for r in rates)]
+    else:
+        parts += ["--rates", *(f"{r:g}" for r in rates)]
+    if config["variant"]:
+        parts += ["--variant", config["variant"]]
+    for key in ("input_p", "epochs", "epochs_factor", "seeds", "batch_size", "lr", "weight_decay", "val_fraction",
+                "train_size", "val_size"):
+        if config[key] is not None:
+            parts += ["--" + key.replace("_", "-"), f"{config[key]:g}" if isinstance(config[key], float) else str(config[key])]
+    for key in ("data_dir", "cache_dir"):
+        if getattr(args, key):
+            parts += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    if args.no_download:
+        parts.append("--no-download")
+    if args.device != "cpu":
+        parts += ["--device", args.device]
+    if args.jobs != 1:
+        parts += ["--jobs", str(args.jobs)]
+    return shlex.join(parts + ["--out", out])
+
+
 def run(args: argparse.Namespace, config: dict) -> int:
     from dropkit.lab.experiment import init_distributed, run_experiment
     from dropkit.lab.models import resolve_rates
@@ -107,6 +135,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
     result = run_experiment(
         config, out, device=device, jobs=args.jobs, quiet=args.quiet,
         data_dir=args.data_dir, cache_dir=args.cache_dir, download=not args.no_download,
+        command=full_command(args, config, out),
     )
     if dist_info()[0] == 0:
         rates = ",".join(f"{r:g}" for r in (config["p"] or config["rates"]))

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,7 +288,7 @@ def _idx_file(name: str, key: str, *, data_dir, cache_dir, download_ok: bool) ->
     for mirror in src["mirrors"]:
         try:
             return download(mirror + f.name + ".gz", path, sha256=f.gz_sha256, size=f.gz_size), None
-        except (OSError, urllib.error.URLError, DatasetError) as exc:
+        except (OSError, http.client.HTTPException, DatasetError) as exc:
             errors.append(f"{mirror}: {exc}")
     raise DatasetError(
         f"{name}: could not download {f.name}.gz into {folder}:\n  " + "\n  ".join(errors) +

@@ -205,9 +205,13 @@ def run_experiment(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         check_config(out / "config.json", identity, "run folder")
-        cmd = command or shlex.join(["dropkit", *sys.argv[1:]])
-        if not (out / "command.txt").is_file():
-            atomic_write_text(out / "command.txt", cmd + "\n")
+        lines = [command] if command else []
+        if Path(sys.argv[0]).name in ("dropkit", "__main__.py"):  # as typed, when run from the command line
+            typed = shlex.join(["dropkit", *sys.argv[1:]])
+            if typed != command:
+                lines.append(typed)
+        if lines and not (out / "command.txt").is_file():
+            atomic_write_text(out / "command.txt", "\n".join(lines) + "\n")
         env = environment(device)
         env["jobs"] = jobs
         atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")

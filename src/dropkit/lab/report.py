@@ -201,7 +201,10 @@ def write_report(folder: str | Path) -> str:
     table = format_table(rows)
     verdicts = sweep_verdicts(rows)
     env = json.loads((folder / "env.json").read_text()) if (folder / "env.json").is_file() else {}
-    command = (folder / "command.txt").read_text().strip() if (folder / "command.txt").is_file() else "?"
+    commands = (folder / "command.txt").read_text().strip().splitlines() if (folder / "command.txt").is_file() else []
+    command = commands[0] if commands else "?"
+    if len(commands) > 1:
+        command += "\n# as typed:\n" + "\n".join(commands[1:])
     title = f"{config['command']}: {config['dataset']} / {config['model']}"
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
@@ -228,7 +231,7 @@ def write_report(folder: str | Path) -> str:
     md = [
         f"# dropkit lab report: {title}",
         "",
-        "Command:",
+        "Command (every flag spelled out):",
         "",
         "```bash",
         command,
