@@ -4,5 +4,7 @@
 """
 
 from dropkit.nn.dropout import Dropout, replace_dropout
+from dropkit.nn.fused import FusedBiasActDropoutAdd
 
 __all__ = ["Dropout", "replace_dropout"]
+__all__ += ["FusedBiasActDropoutAdd"]

@@ -1,0 +1,236 @@
+"""Triton backend: the mask contract of :mod:`dropkit.rng` as GPU kernels.
+
+Philox4x32-10 is written out in Triton (ten rounds, ``tl.umulhi`` for the high halves of
+the 32x32-bit products), so a CUDA tensor gets exactly the mask bits of the CPU and
+NumPy implementations for the same ``(seed, stream, offset)``: keep iff the 16-bit lane
+``u >= threshold(p)``, i.e. the keep probability is exact to ``2**-16`` (no 8-bit
+thresholds). Each Philox call feeds eight mask elements.
+
+The module imports without Triton; the kernels (``_kernels.py``) load on first use:
+
+* CUDA tensors run the compiled kernels;
+* with ``TRITON_INTERPRET=1`` in the environment the kernels run under Triton's
+  interpreter, which also accepts CPU tensors. That is how CI checks the kernels
+  bit for bit against :mod:`dropkit.kernels.reference` without a GPU (force this
+  backend with ``dropkit.kernels.set_backend("triton")``).
+
+Besides the two primitives every backend provides (:func:`keep_mask`,
+:func:`dropout_mul`) it offers the fused bias + activation + dropout + residual kernels
+behind :func:`dropkit.functional.fused_bias_act_dropout_add`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import struct
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from dropkit.rng import threshold
+
+__all__ = [
+    "available",
+    "status",
+    "keep_mask",
+    "dropout_mul",
+    "fused_bias_act_dropout_add",
+    "interpreter_enabled",
+    "ACTIVATIONS",
+]
+
+#: Activation names of the fused kernels and their kernel codes.
+ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}
+#: Philox blocks (of 8 elements) per program: 1024 elements per program.
+BLOCK_B = 128
+_NUM_WARPS = 4
+_M32 = 0xFFFFFFFF
+_lock = threading.Lock()
+_loaded: dict[bool, ModuleType] = {}
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return getattr(triton, "__version__", "unknown")
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET`` is set to a true value (Triton's own reading of it)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def available() -> bool:
+    """Triton imports and there is something to run it on: a CUDA device or the interpreter."""
+    if _triton_version() is None:
+        return False
+    return interpreter_enabled() or torch.cuda.is_available()
+
+
+def status() -> tuple[str, str]:
+    """``(backend name, reason)`` for :func:`dropkit.kernels.backend_info`."""
+    version = _triton_version()
+    if version is None:
+        return "reference", "Triton is not installed (pip install 'dropkit[triton]')"
+    if interpreter_enabled():
+        return "triton-interpreter", f"Triton {version} interpreter (TRITON_INTERPRET=1)"
+    if torch.cuda.is_available():
+        return "triton", f"Triton {version} kernels on {torch.cuda.get_device_name()}"
+    return "reference", f"Triton {version} is installed but there is no CUDA device"
+
+
+def _kernels(device: torch.device) -> ModuleType:
+    """The kernel module for tensors on ``device``: interpreted under TRITON_INTERPRET=1, else compiled (CUDA)."""
+    interpret = interpreter_enabled()
+    if device.type != "cuda" and not interpret:
+        raise ValueError(
+            "the Triton backend runs CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1); "
+            f"received a tensor on {device}"
+        )
+    return _module(interpret)
+
+
+def _module(interpret: bool) -> ModuleType:
+    """``_kernels.py`` decorated for the interpreter or for compilation, loaded once per mode."""
+    mod = _loaded.get(interpret)
+    if mod is not None:
+        return mod
+    with _lock:
+        mod = _loaded.get(interpret)
+        if mod is None:
+            # triton.jit reads TRITON_INTERPRET when a kernel is decorated, so the file is loaded
+            # under a mode-specific module name with the variable set for that mode.
+            name = f"{__name__}._kernels_{'interpreted' if interpret else 'compiled'}"
+            spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_kernels.py"))
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            saved = os.environ.get("TRITON_INTERPRET")
+            os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+            try:
+                sys.modules[name] = mod
+                spec.loader.exec_module(mod)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+            finally:
+                if saved is None:
+                    os.environ.pop("TRITON_INTERPRET", None)
+                else:
+                    os.environ["TRITON_INTERPRET"] = saved
+            _loaded[interpret] = mod
+    return mod
+
+
+def _i32(v: int) -> int:
+    """A 32-bit word as a signed int32 Python int (how the kernels receive 64-bit values, in halves)."""
+    v &= _M32
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _launch_args(n: int, p: float, scale: float, seed: int, stream: int, offset: int, f64: bool):
+    """Grid and the shared scalar arguments of every kernel (see ``_kernels.py``)."""
+    if offset < 0:
+        raise ValueError(f"`offset` must be >= 0; received offset={offset}")
+    b_first, start = divmod(offset, 8)
+    grid = (-(-(start + n) // (8 * BLOCK_B)),)
+    # the scale travels as the bits of the compute dtype's value (float32: rounded to nearest)
+    bits = struct.unpack("<Q", struct.pack("<d", scale))[0] if f64 else struct.unpack("<I", struct.pack("<f", scale))[0]
+    args = [
+        n,
+        _i32(b_first),
+        _i32(b_first >> 32),
+        _i32(seed),
+        _i32(seed >> 32),
+        _i32(stream),
+        _i32(stream >> 32),
+        threshold(p),
+        _i32(bits),
+        _i32(bits >> 32),
+    ]
+    return grid, args, {"START": start, "BLOCK_B": BLOCK_B}
+
+
+def _launch_kw(device: torch.device) -> dict:
+    # No FMA contraction: ``residual + a * factor`` rounds like the unfused torch ops.
+    return {} if interpreter_enabled() else {"num_warps": _NUM_WARPS, "enable_fp_fusion": False}
+
+
+def _bf16(out: torch.Tensor) -> bool:
+    return out.dtype == torch.bfloat16
+
+
+def _arg(t: torch.Tensor) -> torch.Tensor:
+    """bfloat16 tensors go to the kernels as int16 views: the kernels widen and round bfloat16
+    themselves, identically under the interpreter and on the GPU."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+def _on(device: torch.device):
+    """Make ``device`` current while launching (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch(kernel: str, ptrs, n, p, scale, seed, stream, offset, f64, extra=(), **constexprs) -> None:
+    """Launch ``kernel`` over ``n`` elements: pointers, the shared scalars, ``extra`` scalars, constexprs."""
+    if n == 0:
+        return
+    device = ptrs[0].device
+    grid, args, meta = _launch_args(n, p, scale, seed, stream, offset, f64)
+    with _on(device):
+        getattr(_kernels(device), kernel)[grid](*ptrs, *args, *extra, **constexprs, **meta, **_launch_kw(device))
+
+
+def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
+    """1-D ``bool`` keep mask of ``n`` elements (``True`` = kept), computed on ``device``."""
+    out = torch.empty(n, dtype=torch.uint8, device=device)
+    _launch("keep_mask_kernel", (out,), n, p, 1.0, seed, stream, offset, False)
+    return out.view(torch.bool)
+
+
+def dropout_mul(
+    x: torch.Tensor, p: float, scale: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * (keep ? scale : 0)`` over contiguous ``x``, in float32 (float64), rounded once to x.dtype."""
+    if not x.is_contiguous():
+        raise ValueError("dropout_mul expects a contiguous `x`; call x.contiguous() first")
+    direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
+    y = out if direct else torch.empty_like(x, memory_format=torch.contiguous_format)
+    f64 = x.dtype == torch.float64
+    _launch("dropout_mul_kernel", (_arg(x), _arg(y)), x.numel(), p, scale, seed, stream, offset, f64, F64=f64, BF16=_bf16(y))
+    if out is not None and not direct:
+        return out.copy_(y)
+    return y
+
+
+def fused_bias_act_dropout_add(
+    a: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str,
+    backward: bool,
+    p: float,
+    scale: float,
+    seed: int,
+    stream: int,
+    offset: int,
+) -> torch.Tensor:
+    """One pass of the fused op over contiguous tensors of one dtype, with ``h = x + bias``.
+
+    Forward (``a`` = residual): ``residual + act(h) * (keep ? scale : 0)``. Backward (``a`` =
+    the output's gradient): ``grad * (keep ? scale : 0) * act'(h)``, the gradient of ``x``.
+    """
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    f64 = x.dtype == torch.float64
+    ptrs = (_arg(a), _arg(x), _arg(bias if bias is not None else x), _arg(out))
+    _launch(
+        "fused_kernel", ptrs, x.numel(), p, scale, seed, stream, offset, f64, (x.shape[-1],),
+        ACT=ACTIVATIONS[activation], HAS_BIAS=bias is not None, BACKWARD=backward, F64=f64, BF16=_bf16(out),
+    )
+    return out

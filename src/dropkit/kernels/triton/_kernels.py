@@ -1,0 +1,224 @@
+"""Triton kernels for the mask contract of :mod:`dropkit.rng` (Philox4x32-10, 16-bit lanes).
+
+This file is loaded by :mod:`dropkit.kernels.triton` (never imported directly): once with
+``TRITON_INTERPRET`` off for CUDA tensors and, when the interpreter is on, once more
+under another module name so the same source runs on CPU tensors. Keep it free of
+module-level state.
+
+Layout of every kernel: program ``pid`` owns ``BLOCK_B`` consecutive Philox blocks
+(``8 * BLOCK_B`` mask elements). Block ``i`` of the program is
+``b = b_first + pid * BLOCK_B + i``, whose counter is ``(lo32(b), hi32(b), lo32(stream),
+hi32(stream))``; Philox runs once per block and element ``8 * i + l`` of the program takes
+lane ``l`` (word ``l // 2``, low half for even ``l``, high half for odd ``l``). That element
+is global element ``e = 8 * b + l`` and local element ``j = e - offset``; elements at the
+edges are masked by ``0 <= j < n``. ``START = offset - 8 * b_first`` (0..7) is a compile-time
+constant so the common aligned case (``START == 0``) keeps vectorised loads.
+
+Use only builtins of ``triton.language`` here, not its ``@jit`` helpers (``tl.zeros``,
+``tl.sigmoid``, ``tl.cdiv``, ...): those are decorated when Triton is imported, so they stay
+compiled-mode functions when the interpreter is switched on later in the process.
+
+64-bit integers (seed, stream, ``b_first``, float64 ``scale``) travel as two signed 32-bit
+halves and are not specialised on, so one compiled kernel serves every key.
+"""
+
+import triton
+import triton.language as tl
+
+# Philox4x32 constants (Random123).
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+
+_KEY_ARGS = ["b_lo", "b_hi", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "thr", "scale_lo", "scale_hi"]
+
+
+@triton.jit
+def _u32(v):
+    """A signed 32-bit scalar argument reinterpreted as uint32."""
+    return v.to(tl.int32).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _i64(lo, hi):
+    """The int64 whose halves are the 32-bit arguments ``lo`` (low) and ``hi`` (high)."""
+    return (hi.to(tl.int32).to(tl.int64) << 32) | _u32(lo).to(tl.int64)
+
+
+@triton.jit
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Ten Philox4x32 rounds; ``c*`` are uint32 tensors, ``k*`` uint32 scalars."""
+    m0 = tl.full(c0.shape, PHILOX_M0, tl.uint32)
+    m1 = tl.full(c0.shape, PHILOX_M1, tl.uint32)
+    for r in tl.static_range(10):
+        if r > 0:
+            k0 = k0 + tl.full((), PHILOX_W0, tl.uint32)
+            k1 = k1 + tl.full((), PHILOX_W1, tl.uint32)
+        hi0 = tl.umulhi(m0, c0)
+        lo0 = m0 * c0
+        hi1 = tl.umulhi(m1, c2)
+        lo1 = m1 * c2
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _tile(pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Local indices ``j`` (int64), their validity and the 16-bit lanes (int32) of one program.
+
+    All three are 1-D of ``8 * BLOCK_B`` elements in element order: Philox runs once per
+    block of eight and its lanes are interleaved back into element order with joins
+    (``tl.join`` appends a minor axis, so lanes differing by 4, then 2, then 1 are
+    paired), which keeps the loads and stores plain contiguous 1-D accesses.
+    """
+    rel = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+    b = _i64(b_lo, b_hi) + rel
+    c0 = (b & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (b >> 32).to(tl.uint32)
+    zero = tl.full((BLOCK_B,), 0, tl.uint32)
+    c2 = zero + _u32(stream_lo)
+    c3 = zero + _u32(stream_hi)
+    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, _u32(seed_lo), _u32(seed_hi))
+    # lane 2k = low half of word k, lane 2k+1 = high half
+    l04 = tl.join(w0 & 0xFFFF, w2 & 0xFFFF)
+    l15 = tl.join(w0 >> 16, w2 >> 16)
+    l26 = tl.join(w1 & 0xFFFF, w3 & 0xFFFF)
+    l37 = tl.join(w1 >> 16, w3 >> 16)
+    lanes = tl.join(tl.join(l04, l26), tl.join(l15, l37))  # [i, x, y, z] = lane 4x + 2y + z
+    lane = tl.reshape(lanes, (8 * BLOCK_B,)).to(tl.int32)
+    j = pid.to(tl.int64) * (8 * BLOCK_B) + tl.arange(0, 8 * BLOCK_B) - START
+    valid = (j >= 0) & (j < n)
+    return j, valid, lane
+
+
+@triton.jit
+def _scale(scale_lo, scale_hi, F64: tl.constexpr):
+    """The scale factor from its bits: float64 from both halves, else float32 from ``scale_lo``."""
+    if F64:
+        s = _i64(scale_lo, scale_hi).to(tl.float64, bitcast=True)
+    else:
+        s = scale_lo.to(tl.int32).to(tl.float32, bitcast=True)
+    return s
+
+
+@triton.jit
+def _load(ptr, j, valid, F64: tl.constexpr, BF16: tl.constexpr):
+    """Load and widen to the compute dtype (float64 for float64, else float32).
+
+    bfloat16 tensors arrive as int16 views and are widened here (the bits shifted up, exact
+    for every value): Triton's interpreter mis-converts bfloat16 subnormals.
+    """
+    if BF16:
+        bits = tl.load(ptr + j, mask=valid, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
+        v = (bits << 16).to(tl.float32, bitcast=True)
+    elif F64:
+        v = tl.load(ptr + j, mask=valid, other=0.0).to(tl.float64)
+    else:
+        v = tl.load(ptr + j, mask=valid, other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _cast_out(v, out_ty, BF16: tl.constexpr):
+    """``v`` (float32 / float64) rounded once to the output's dtype.
+
+    bfloat16 outputs arrive as an int16 view and are rounded here, to nearest even with
+    NaN -> 0x7FC0 (torch's CPU rule), in integer ops: Triton's interpreter truncates
+    float32 -> bfloat16, so a plain ``.to`` would differ between the interpreter and the GPU.
+    """
+    if BF16:
+        bits = v.to(tl.uint32, bitcast=True)
+        r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        r = tl.where(v != v, 0x7FC0, r)
+        out = r.to(tl.uint16).to(tl.int16, bitcast=True)
+    else:
+        out = v.to(out_ty)
+    return out
+
+
+@triton.jit
+def _act(h, ACT: tl.constexpr, F64: tl.constexpr):
+    """relu / exact (erf) gelu / silu of ``h``, in ``h``'s dtype."""
+    if ACT == 1:
+        a = tl.where(h < 0, 0.0, h).to(h.dtype)  # relu; NaN passes through as in torch
+    elif ACT == 2:
+        a = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
+    elif ACT == 3:
+        a = h / (1.0 + tl.exp(-h))
+    else:
+        a = h
+    return a
+
+
+@triton.jit
+def _act_grad(h, ACT: tl.constexpr, F64: tl.constexpr):
+    """d act / d h at ``h`` (the formulas of torch's relu / gelu / silu backward)."""
+    if ACT == 1:
+        d = tl.where(h > 0, 1.0, 0.0).to(h.dtype)
+    elif ACT == 2:
+        cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
+        pdf = 0.3989422804014327 * tl.exp(-0.5 * h * h)
+        d = cdf + h * pdf
+    elif ACT == 3:
+        s = 1.0 / (1.0 + tl.exp(-h))
+        d = s * (1.0 + h * (1.0 - s))
+    else:
+        d = tl.full(h.shape, 1.0, h.dtype)
+    return d
+
+
+@triton.jit(do_not_specialize=_KEY_ARGS)
+def keep_mask_kernel(
+    out_ptr, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, thr, scale_lo, scale_hi,
+    START: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """``out[j] = lane(offset + j) >= thr`` as uint8 (viewed as bool by the caller)."""
+    pid = tl.program_id(0)
+    j, valid, lane = _tile(pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
+    tl.store(out_ptr + j, (lane >= thr).to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def _factor(lane, thr, scale_lo, scale_hi, F64: tl.constexpr):
+    """``keep ? scale : 0`` per element, in the compute dtype."""
+    s = _scale(scale_lo, scale_hi, F64)
+    return tl.where(lane >= thr, s, 0.0).to(s.dtype)
+
+
+@triton.jit(do_not_specialize=_KEY_ARGS)
+def dropout_mul_kernel(
+    x_ptr, out_ptr, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, thr, scale_lo, scale_hi,
+    F64: tl.constexpr, BF16: tl.constexpr, START: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """``out[j] = x[j] * (keep ? scale : 0)`` in float32 (float64), rounded once to out's dtype."""
+    j, valid, lane = _tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
+    xc = _load(x_ptr, j, valid, F64, BF16)
+    y = xc * _factor(lane, thr, scale_lo, scale_hi, F64)
+    tl.store(out_ptr + j, _cast_out(y, out_ptr.dtype.element_ty, BF16), mask=valid)
+
+
+@triton.jit(do_not_specialize=_KEY_ARGS)
+def fused_kernel(
+    a_ptr, x_ptr, bias_ptr, out_ptr, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, thr, scale_lo, scale_hi,
+    H,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BACKWARD: tl.constexpr, F64: tl.constexpr, BF16: tl.constexpr,
+    START: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """Bias + activation + dropout + residual, with ``h = x + bias`` (bias along the last dim, size H).
+
+    Forward (``a`` = residual): ``out = residual + act(h) * (keep ? scale : 0)``.
+    Backward (``a`` = grad of out): ``out = grad * (keep ? scale : 0) * act'(h)``, the gradient
+    of ``x`` (and, summed over rows, of ``bias``), with the mask regenerated.
+    """
+    j, valid, lane = _tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
+    h = _load(x_ptr, j, valid, F64, BF16)
+    if HAS_BIAS:
+        h = h + _load(bias_ptr, j % H, valid, F64, BF16)
+    factor = _factor(lane, thr, scale_lo, scale_hi, F64)
+    a = _load(a_ptr, j, valid, F64, BF16)
+    if BACKWARD:
+        y = (a * factor) * _act_grad(h, ACT, F64)
+    else:
+        y = a + _act(h, ACT, F64) * factor
+    tl.store(out_ptr + j, _cast_out(y, out_ptr.dtype.element_ty, BF16), mask=valid)

@@ -1,0 +1,358 @@
+"""The Triton backend against the reference backend, bit for bit.
+
+Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU
+tensors, with the backend forced by ``dropkit.kernels.set_backend("triton")``; results are
+compared with :mod:`dropkit.kernels.reference` through integer views of the output bits.
+A compile test lowers every kernel to a cubin for sm_80 / sm_90 (no GPU needed), which
+catches what the interpreter accepts but the compiler rejects. Tests marked ``cuda`` run
+the compiled kernels and are skipped without a CUDA device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+# the interpreter evaluates inf * x and float16 overflow with NumPy, which warns
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+import dropkit  # noqa: E402
+import dropkit.functional as DF  # noqa: E402
+from dropkit import kernels  # noqa: E402
+from dropkit.kernels import reference  # noqa: E402
+from dropkit.kernels import triton as tk  # noqa: E402
+from dropkit.rng import keep_probability, threshold  # noqa: E402
+
+CPU = torch.device("cpu")
+INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+SEEDS = [0, 0x0123456789ABCDEF, 2**64 - 1]
+
+
+def requires_cuda(fn):
+    """Mark ``fn`` as a CUDA test and skip it without a device."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(fn))
+
+
+@pytest.fixture
+def interpreter():
+    """Triton's interpreter on and the Triton backend forced, for one test."""
+    saved_env, saved_forced = os.environ.get("TRITON_INTERPRET"), kernels._forced
+    os.environ["TRITON_INTERPRET"] = "1"
+    kernels.set_backend("triton")
+    try:
+        yield
+    finally:
+        kernels._forced = saved_forced
+        if saved_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved_env
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Bit-identical, except that any NaN equals any NaN (payloads are not part of the contract)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    ia, ib = a.view(INT_VIEW[a.dtype]), b.view(INT_VIEW[b.dtype])
+    bad = (ia != ib) & ~both_nan
+    assert not bad.any(), f"{int(bad.sum())} of {a.numel()} elements differ, first at {bad.nonzero()[0].tolist()}"
+
+
+def special_input(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Random values plus inf, -inf, NaN, -0.0, tiny and huge values."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, generator=g, dtype=torch.float64) * 3).to(dtype)
+    specials = [math.inf, -math.inf, math.nan, -0.0, 0.0, torch.finfo(dtype).tiny / 4, torch.finfo(dtype).max, -1.0]
+    k = min(n, len(specials))
+    x[:k] = torch.tensor(specials[:k], dtype=torch.float64).to(dtype)
+    return x
+
+
+# --------------------------------------------------------------------------- availability
+def test_status_and_available(interpreter):
+    assert tk.available()
+    assert dropkit.backend_info("cpu")["backend"] == "triton-interpreter"
+    name, reason = tk.status()
+    assert name == "triton-interpreter" and "TRITON_INTERPRET" in reason
+
+
+def test_without_triton_the_backend_steps_aside(monkeypatch):
+    """With ``import triton`` failing, the backend reports itself unavailable and CUDA falls back."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton", None)
+    assert not tk.available()
+    assert tk.status() == ("reference", "Triton is not installed (pip install 'dropkit[triton]')")
+    assert dropkit.backend_info("cuda")["backend"] == "reference"
+
+
+def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        tk.keep_mask(8, 0.5, 0, 0, 0, CPU)
+
+
+# --------------------------------------------------------------------------- keep_mask
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1023, 2053])
+@pytest.mark.parametrize("offset", [0, 3, 8, 2**33 + 5])
+def test_keep_mask_matches_reference(interpreter, n, offset):
+    for seed, stream in [(SEEDS[0], 0), (SEEDS[1], 2**63 + 1), (SEEDS[2], 2**32 - 1)]:
+        got = tk.keep_mask(n, 0.3, seed, stream, offset, CPU)
+        want = reference.keep_mask(n, 0.3, seed, stream, offset, CPU)
+        assert got.dtype == torch.bool and got.shape == (n,)
+        assert torch.equal(got, want), (n, offset, seed, stream)
+
+
+@pytest.mark.parametrize("p", [0.0, 2.0**-17, 2.0**-16, 0.1, 0.5, 1 / 3, 1 - 2.0**-16, 1.0])
+def test_keep_mask_thresholds(interpreter, p):
+    got = tk.keep_mask(300, p, 7, 1, 5, CPU)
+    assert torch.equal(got, reference.keep_mask(300, p, 7, 1, 5, CPU))
+    if threshold(p) == 0:
+        assert got.all()
+    if threshold(p) == 65536:
+        assert not got.any()
+
+
+def test_keep_probability_is_the_16_bit_one(interpreter):
+    """p = 0.1 keeps 1 - 6554/65536, and every step of 2**-16 in p changes the mask.
+
+    FlashAttention-2's 8-bit threshold keeps 230/256 at p = 0.1 and gives the same mask for
+    every p in (6400/65536, 6656/65536); here masks for p = t/65536, t = 6550..6560, are
+    nested and each step drops more elements.
+    """
+    n = 1 << 16
+    q = keep_probability(0.1)
+    assert q == 1 - 6554 / 65536
+    kept = int(tk.keep_mask(n, 0.1, 1234, 0, 0, CPU).sum())
+    assert abs(kept - n * q) < 4.5 * math.sqrt(n * q * (1 - q))
+    masks = [tk.keep_mask(n, t / 65536, 1234, 0, 0, CPU) for t in range(6550, 6561)]
+    counts = [int(m.sum()) for m in masks]
+    assert counts[0] > counts[-1]
+    for a, b in zip(masks, masks[1:]):
+        assert not (b & ~a).any()  # nested: a larger p only drops more
+    assert sum(c1 > c2 for c1, c2 in zip(counts, counts[1:])) >= 5
+
+
+# --------------------------------------------------------------------------- dropout_mul
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n,offset", [(1, 0), (13, 3), (1031, 0), (2049, 7)])
+def test_dropout_mul_matches_reference(interpreter, dtype, n, offset):
+    x = special_input(n, dtype, seed=n)
+    for p in (0.1, 1 / 3):
+        scale = 1.0 / (1.0 - p)
+        got = tk.dropout_mul(x, p, scale, SEEDS[1], 5, offset)
+        assert_same_bits(got, reference.dropout_mul(x, p, scale, SEEDS[1], 5, offset))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_dropout_mul_out_and_inplace(interpreter, dtype):
+    x = special_input(777, dtype)
+    want = reference.dropout_mul(x, 0.25, 4 / 3, 3, 0, 1)
+    out = torch.empty_like(x)
+    assert tk.dropout_mul(x, 0.25, 4 / 3, 3, 0, 1, out=out) is out
+    assert_same_bits(out, want)
+    y = x.clone()
+    assert tk.dropout_mul(y, 0.25, 4 / 3, 3, 0, 1, out=y) is y
+    assert_same_bits(y, want)
+    strided = torch.empty(777, 2, dtype=dtype)[:, 0]
+    assert tk.dropout_mul(x, 0.25, 4 / 3, 3, 0, 1, out=strided) is strided
+    assert_same_bits(strided.contiguous(), want)
+
+
+def test_bfloat16_rounds_to_nearest_even(interpreter):
+    """float32 products halfway between two bfloat16 values round to the even one (as torch does)."""
+    base = torch.tensor([1.0, 1.0078125, -1.0, 3.0], dtype=torch.bfloat16)
+    x = base.repeat(64)
+    # scale 1 + 2**-8 puts x * scale exactly halfway for x = 1; nearest-even decides
+    got = tk.dropout_mul(x, 0.0, 1.0 + 2.0**-8, 0, 0, 0)
+    assert_same_bits(got, reference.dropout_mul(x, 0.0, 1.0 + 2.0**-8, 0, 0, 0))
+
+
+def test_empty(interpreter):
+    assert tk.keep_mask(0, 0.5, 0, 0, 3, CPU).shape == (0,)
+    assert tk.dropout_mul(torch.empty(0), 0.5, 2.0, 0, 0, 0).shape == (0,)
+
+
+# --------------------------------------------------------------------------- the public op
+def _with_backend(name: str, fn):
+    saved = kernels._forced
+    kernels.set_backend(name)
+    try:
+        return fn()
+    finally:
+        kernels._forced = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_dropout_op_strides_noise_shape_backward(interpreter, dtype):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(6, 7, 5, 3, generator=g).to(dtype)
+    cases = [
+        dict(x=base.transpose(1, 3), kw={}),  # non-contiguous
+        dict(x=base[:, ::2], kw={}),  # strided slice
+        dict(x=base, kw={"noise_shape": (6, 7, 1, 1)}),  # spatial dropout, broadcast mask
+        dict(x=base, kw={"noise_shape": (None, 1, 5, None)}),
+        dict(x=base, kw={"stream": 2**64 - 1}),
+    ]
+    for case in cases:
+        def run():
+            x = case["x"].detach().clone().requires_grad_()
+            y = DF.dropout(x, 0.3, seed=2**63 + 11, **case["kw"])
+            y.backward(torch.ones_like(y))
+            return y.detach(), x.grad
+
+        y_t, g_t = run()
+        y_r, g_r = _with_backend("reference", run)
+        assert_same_bits(y_t, y_r)
+        assert_same_bits(g_t, g_r)
+
+
+def test_dropout_op_inplace(interpreter):
+    x = torch.randn(3, 333)
+    want = _with_backend("reference", lambda: DF.dropout(x.clone(), 0.4, seed=9))
+    y = x.clone()
+    assert DF.dropout(y, 0.4, inplace=True, seed=9) is y
+    assert_same_bits(y, want)
+
+
+def test_batch_shard_offsets(interpreter):
+    """A shard starting at sample 3 draws rows 3.. of the full batch's mask (the offset path)."""
+    x = torch.ones(8, 37)
+    full = DF.dropout(x, 0.5, seed=4)
+    with dropkit.rng.batch_shard(3):
+        part = DF.dropout(x[3:], 0.5, seed=4)
+    assert_same_bits(part, full[3:])
+
+
+# --------------------------------------------------------------------------- fused op
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "identity"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_fused_triton_matches_torch_path(interpreter, activation, dtype):
+    g = torch.Generator().manual_seed(3)
+    shape = (5, 67)
+    x = torch.randn(shape, generator=g).to(dtype)
+    b = torch.randn(shape[-1], generator=g).to(dtype)
+    r = torch.randn(shape, generator=g).to(dtype)
+
+    def run():
+        xs, bs, rs = (t.detach().clone().requires_grad_() for t in (x, b, r))
+        y = DF.fused_bias_act_dropout_add(xs, bs, rs, 0.3, activation, seed=2**64 - 3, stream=1)
+        y.backward(torch.linspace(-1, 1, y.numel()).view(shape).to(dtype))
+        return y.detach(), xs.grad, bs.grad, rs.grad
+
+    got = run()
+    want = _with_backend("reference", run)
+    keep = reference.keep_mask(x.numel(), 0.3, 2**64 - 3, 1, 0, CPU).view(shape)
+    assert torch.equal(got[0][~keep], r[~keep])  # dropped: exactly the residual
+    assert torch.equal(got[1][~keep], torch.zeros_like(got[1][~keep]))
+    if activation in ("relu", "identity") or dtype in (torch.float16, torch.bfloat16):
+        exact = activation in ("relu", "identity")
+    else:
+        exact = False
+    for a, w in zip(got, want):
+        if exact:
+            assert_same_bits(a, w)
+        else:  # erf / exp differ by an ulp between NumPy (interpreter) and torch
+            tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+            torch.testing.assert_close(a, w, rtol=tol, atol=tol)
+
+
+def test_fused_triton_no_bias_and_eval(interpreter):
+    x, r = torch.randn(4, 33), torch.randn(4, 33)
+    y = DF.fused_bias_act_dropout_add(x, None, r, 0.5, "silu", training=False)
+    torch.testing.assert_close(y, r + torch.nn.functional.silu(x), rtol=1e-6, atol=1e-6)
+    y1 = DF.fused_bias_act_dropout_add(x, None, r, 1.0, "relu", seed=1)
+    assert torch.equal(y1, r)
+
+
+# --------------------------------------------------------------------------- compiled kernels (no GPU needed)
+def _compile_all(arch: int) -> dict[str, str]:
+    """Lower every kernel to PTX and cubin for ``sm_<arch>``; returns the PTX by case name."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:  # pragma: no cover - depends on the Triton version
+        pytest.skip(f"this Triton has no offline compile API: {exc}")
+    import triton
+
+    mod = tk._module(False)
+    key = {a: "i32" for a in ("b_lo", "b_hi", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "thr", "scale_lo", "scale_hi")}
+    div16 = [["tt.divisibility", 16]]
+    target = GPUTarget("cuda", arch, 32)
+    ptx = {}
+
+    def build(name, fn, sig, constexprs, n_ptrs):
+        sig = {k: v for k, v in sig.items()}
+        for k in constexprs:
+            sig[k] = "constexpr"
+        attrs = {(i,): div16 for i in range(n_ptrs + 1)}  # pointers and n aligned, as at most launches
+        try:
+            src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+        except TypeError as exc:  # pragma: no cover - older ASTSource signature
+            pytest.skip(f"this Triton's ASTSource differs: {exc}")
+        compiled = triton.compile(src, target=target, options={"num_warps": 4, "enable_fp_fusion": False})
+        assert compiled.asm.get("cubin"), name
+        ptx[name] = compiled.asm["ptx"]
+
+    build("keep_mask", mod.keep_mask_kernel, {"out_ptr": "*u8", "n": "i32", **key}, {"START": 3, "BLOCK_B": tk.BLOCK_B}, 1)
+    for dt, ptr in [(torch.float16, "*fp16"), (torch.bfloat16, "*i16"), (torch.float32, "*fp32"), (torch.float64, "*fp64")]:
+        xptr = ptr
+        meta = {"F64": dt == torch.float64, "BF16": dt == torch.bfloat16, "START": 0, "BLOCK_B": tk.BLOCK_B}
+        build(f"dropout_mul {dt}", mod.dropout_mul_kernel, {"x_ptr": xptr, "out_ptr": ptr, "n": "i64", **key}, meta, 2)
+    sig = {"a_ptr": "*i16", "x_ptr": "*i16", "bias_ptr": "*i16", "out_ptr": "*i16", "n": "i32", **key, "H": "i32"}
+    for act, code in tk.ACTIVATIONS.items():
+        for backward in (False, True):
+            meta = {"ACT": code, "HAS_BIAS": True, "BACKWARD": backward, "F64": False, "BF16": True, "START": 0, "BLOCK_B": tk.BLOCK_B}
+            build(f"fused {act} backward={backward}", mod.fused_kernel, sig, meta, 4)
+    return ptx
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_kernels_compile_for_gpu(arch, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ptx = _compile_all(arch)
+    assert "mul.hi.u32" in ptx["keep_mask"]  # Philox's 32x32 -> high 32 products
+
+
+# --------------------------------------------------------------------------- CUDA
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n,offset", [(1, 0), (1031, 7), ((1 << 20) + 3, 2**40 + 1)])
+@requires_cuda
+def test_cuda_matches_cpu_reference(dtype, n, offset):
+    dev = torch.device("cuda")
+    assert dropkit.backend_info(dev)["backend"] == "triton"
+    mask = kernels.keep_mask(n, 0.1, SEEDS[1], 3, offset, dev)
+    assert torch.equal(mask.cpu(), reference.keep_mask(n, 0.1, SEEDS[1], 3, offset, CPU))
+    x = special_input(n, dtype)
+    got = kernels.dropout_mul(x.to(dev), 0.1, 1 / 0.9, SEEDS[1], 3, offset).cpu()
+    assert_same_bits(got, reference.dropout_mul(x, 0.1, 1 / 0.9, SEEDS[1], 3, offset))
+
+
+@requires_cuda
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+def test_cuda_fused_matches_cpu(activation):
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(64, 257, generator=g), torch.randn(64, 257, generator=g)
+    b = torch.randn(257, generator=g)
+    outs = []
+    for dev in ("cpu", "cuda"):
+        xs, bs, rs = (t.to(dev).requires_grad_() for t in (x, b, r))
+        y = DF.fused_bias_act_dropout_add(xs, bs, rs, 0.2, activation, seed=77)
+        y.sum().backward()
+        outs.append([t.detach().cpu() for t in (y, xs.grad, bs.grad, rs.grad)])
+    for a, w in zip(*outs):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_backward_saves_no_mask():
+    x = torch.randn(1 << 16, device="cuda", requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        DF.dropout(x, 0.5, seed=1).sum()
+    assert saved == []
