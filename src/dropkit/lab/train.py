@@ -225,7 +225,9 @@ def train_run(
 
     train_model = model
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
+        dev = torch.device(device)
+        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     xs_tr, ys_tr = data.x_train.to(device), data.y_train.to(device)
     xs_va, ys_va = data.x_val.to(device), data.y_val.to(device)
     n = len(ys_tr)
