@@ -42,4 +42,36 @@ LAYER_CASES: list[LayerCase] = [
         eval_fn=lambda x, p: x * (1 - p),
         repr_contains=("scaling='classic'",),
     ),
+    # -- variants (issue #5); LSTM/GRU/EmbeddingDropout take other inputs: tests/test_rnn.py, test_embedding.py
+    LayerCase("Dropout1d", lambda p, seed: dnn.Dropout1d(p, seed=seed), shape=(4, 6, 10)),
+    LayerCase("Dropout1d-unbatched", lambda p, seed: dnn.Dropout1d(p, seed=seed), shape=(12, 10)),
+    LayerCase("Dropout2d", lambda p, seed: dnn.Dropout2d(p, seed=seed)),
+    LayerCase("Dropout2d-unbatched", lambda p, seed: dnn.Dropout2d(p, seed=seed), shape=(16, 5, 5)),
+    LayerCase("Dropout3d", lambda p, seed: dnn.Dropout3d(p, seed=seed), shape=(2, 8, 3, 4, 5)),
+    LayerCase("AlphaDropout", lambda p, seed: dnn.AlphaDropout(p, seed=seed)),
+    LayerCase("FeatureAlphaDropout", lambda p, seed: dnn.FeatureAlphaDropout(p, seed=seed)),
+    LayerCase("GaussianDropout", lambda p, seed: dnn.GaussianDropout(p, seed=seed), accepts_p1=False),
+    LayerCase(
+        "GaussianNoise", lambda std, seed: dnn.GaussianNoise(std, seed=seed), p1_zeros=False, repr_contains=("std=",)
+    ),
+    LayerCase(
+        "DropBlock2d", lambda p, seed: dnn.DropBlock2d(p, 3, seed=seed), shape=(4, 6, 8, 8), repr_contains=("block_size=3",)
+    ),
+    LayerCase("DropBlock2d-even-shared", lambda p, seed: dnn.DropBlock2d(p, 2, share_channels=True, seed=seed)),
+    LayerCase("DropBlock3d", lambda p, seed: dnn.DropBlock3d(p, 2, seed=seed), shape=(2, 6, 4, 5, 6)),
+    LayerCase("DropPath", lambda p, seed: dnn.DropPath(p, seed=seed), shape=(32, 3, 4)),
+    LayerCase("DropPath-noscale", lambda p, seed: dnn.DropPath(p, scale_by_keep=False, seed=seed), shape=(32, 3, 4)),
+    LayerCase("LockedDropout", lambda p, seed: dnn.LockedDropout(p, seed=seed), shape=(7, 4, 6)),
+    LayerCase("LockedDropout-batch-first", lambda p, seed: dnn.LockedDropout(p, batch_first=True, seed=seed), shape=(4, 7, 6)),
+    LayerCase("DropConnect", lambda p, seed: dnn.DropConnect(p, seed=seed), shape=(16, 12)),
+    LayerCase(
+        "ConcreteDropout", lambda p, seed: dnn.ConcreteDropout(p, seed=seed), accepts_p0=False, accepts_p1=False
+    ),
+    LayerCase(
+        "ConcreteDropout-spatial",
+        lambda p, seed: dnn.ConcreteDropout(p, spatial=True, seed=seed),
+        accepts_p0=False,
+        accepts_p1=False,
+        repr_contains=("spatial=True",),
+    ),
 ]

@@ -89,3 +89,48 @@ def check_noise_shape(noise_shape: object, shape: torch.Size) -> tuple[int, ...]
             resolved.append(int(n))
     resolved_t = tuple(resolved)
     return None if resolved_t == tuple(shape) else resolved_t
+
+
+def check_real(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str = "",
+) -> float:
+    """A finite real number in an interval, e.g. ``check_real(std, "std", low=0.0)`` for ``[0, inf)``.
+
+    ``what`` is appended to the description (``"(the noise's standard deviation)"``).
+    """
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    desc = f"a finite real number in {left}{lo}, {hi}{right}" + (f" {what}" if what else "")
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid type for `{name}`: expected {desc}. Received: {name}={value!r} ({type(value).__name__})")
+    v = float(value)
+    bad = not math.isfinite(v)
+    if low is not None:
+        bad = bad or v < low or (low_open and v == low)
+    if high is not None:
+        bad = bad or v > high or (high_open and v == high)
+    if bad:
+        raise ValueError(f"Invalid value for `{name}`: expected {desc}. Received: {name}={value!r}")
+    return v
+
+
+def check_rank(x: torch.Tensor, ranks: Sequence[int], op: str, layout: str) -> int:
+    """``x.dim()`` if it is one of ``ranks``, else a ValueError naming the accepted ranks and layouts."""
+    if x.dim() not in ranks:
+        accepted = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(
+            f"Invalid shape for `input` of {op}: expected a {accepted} tensor ({layout}). "
+            f"Received: a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+    return x.dim()

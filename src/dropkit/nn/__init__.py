@@ -4,7 +4,20 @@
 """
 
 from dropkit.nn.dropout import Dropout, replace_dropout
+from dropkit.nn.alpha import AlphaDropout, FeatureAlphaDropout
+from dropkit.nn.concrete import ConcreteDropout
+from dropkit.nn.drop_block import DropBlock2d, DropBlock3d
+from dropkit.nn.drop_connect import DropConnect, drop_connect, remove_drop_connect
+from dropkit.nn.drop_path import DropPath
+from dropkit.nn.embedding import EmbeddingDropout
+from dropkit.nn.gaussian import GaussianDropout, GaussianNoise
+from dropkit.nn.locked import LockedDropout
+from dropkit.nn.rnn import GRU, LSTM
+from dropkit.nn.spatial import Dropout1d, Dropout2d, Dropout3d
 from dropkit.nn.fused import FusedBiasActDropoutAdd
 
-__all__ = ["Dropout", "replace_dropout"]
+__all__ = ["Dropout", "replace_dropout",
+    "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout", "GaussianNoise",
+    "DropBlock2d", "DropBlock3d", "DropPath", "LockedDropout", "LSTM", "GRU", "DropConnect", "drop_connect",
+    "remove_drop_connect", "EmbeddingDropout", "ConcreteDropout"]
 __all__ += ["FusedBiasActDropoutAdd"]

@@ -1,0 +1,132 @@
+"""Alpha dropout for self-normalizing networks: dropped units are set to SELU's negative saturation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from dropkit._validation import check_bool, check_rank
+from dropkit.functional._noise import apply_noise, check_common, zeros_like_input
+from dropkit.functional.dropout import MaskSpec, _shard_offset, keep_mask_like
+from dropkit.rng import resolve_seed
+
+__all__ = ["alpha_dropout", "feature_alpha_dropout", "alpha_coefficients", "SELU_ALPHA_PRIME"]
+
+#: SELU's negative saturation value :math:`\alpha' = -\lambda\alpha` (Klambauer et al. 2017).
+SELU_ALPHA_PRIME = -1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
+
+
+def alpha_coefficients(p: float) -> tuple[float, float]:
+    r"""The affine correction ``(a, b)`` of alpha dropout with drop probability ``p`` (< 1).
+
+    With keep probability :math:`q = 1-p`, :math:`a = (q + \alpha'^2 q (1-q))^{-1/2}` and
+    :math:`b = -a \alpha' (1-q)`, so that inputs of mean 0 and variance 1 keep them.
+    """
+    q = 1.0 - p
+    a = 1.0 / math.sqrt(q + SELU_ALPHA_PRIME**2 * q * (1.0 - q))
+    return a, -a * SELU_ALPHA_PRIME * (1.0 - q)
+
+
+@dataclass(frozen=True)
+class _AlphaNoise:
+    """``f = a * m``, ``b = b + (1 - m) * a * alpha'`` with ``m`` the contract's keep mask."""
+
+    spec: MaskSpec  # spec.scale holds ``a``
+    shift: float
+
+    def factors(self, shape, device, dtype, with_bias):
+        keep = keep_mask_like(self.spec, shape, device)
+        factor = keep.to(dtype) * self.spec.scale
+        if not with_bias:
+            return factor, None
+        a = self.spec.scale
+        dropped_value = torch.tensor(a * SELU_ALPHA_PRIME + self.shift, dtype=dtype, device=device)
+        return factor, torch.where(keep, torch.tensor(self.shift, dtype=dtype, device=device), dropped_value)
+
+
+def _alpha(input, p, training, inplace, feature, seed, generator, stream):
+    op = "feature_alpha_dropout" if feature else "alpha_dropout"
+    p, stream = check_common(input, p, training, seed, generator, stream)
+    check_bool(inplace, "inplace")
+    noise_shape = None
+    if feature:
+        check_rank(input, range(2, 9), op, "(N, C, *): one mask value per (sample, channel)")
+        noise_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:  # the limit of the affine map as p -> 1 is 0
+        return zeros_like_input(input, inplace)
+    a, b = alpha_coefficients(p)
+    key = resolve_seed(seed, generator)
+    spec = MaskSpec(p, a, key, stream, _shard_offset(noise_shape, input.shape), noise_shape)
+    return apply_noise(input, _AlphaNoise(spec, b), f"dropkit.functional.{op}", inplace)
+
+
+def alpha_dropout(
+    input: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""Alpha dropout (Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017).
+
+    Dropped units take SELU's negative saturation :math:`\alpha' = -\lambda\alpha \approx -1.7581`
+    instead of 0, then an affine map restores mean 0 and variance 1:
+    :math:`y = a\,(x \odot m + \alpha'(1-m)) + b`, :math:`m \sim \mathrm{Bernoulli}(1-p)`,
+    with ``(a, b)`` from :func:`alpha_coefficients`. For inputs of mean 0 and variance 1
+    (SELU's fixed point) the output has mean 0 and variance 1.
+
+    Unlike ``torch.nn.functional.alpha_dropout`` (``training=False`` by default), a bare
+    call drops. The mask is a function of the key: backward regenerates it (nothing stored).
+
+    Args:
+        input: floating tensor, any shape.
+        p: probability of dropping an element, in [0, 1].
+        training: apply it (default ``True``); ``False`` returns ``input``.
+        inplace: overwrite ``input``.
+        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Returns:
+        ``input`` itself in eval or when ``p == 0``; zeros when ``p == 1`` (the limit of the map).
+
+    Example:
+        >>> x = torch.randn(100_000)
+        >>> y = dropkit.functional.alpha_dropout(x, 0.2, seed=0)
+        >>> round(y.mean().item(), 1), round(y.std().item(), 1)
+        (0.0, 1.0)
+    """
+    return _alpha(input, p, training, inplace, False, seed, generator, stream)
+
+
+def feature_alpha_dropout(
+    input: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""Alpha dropout of whole channels: one mask value per (sample, channel) of an ``(N, C, *)`` input.
+
+    The rule of :func:`alpha_dropout` with the noise shape ``(N, C, 1, ..., 1)``; as
+    ``torch.nn.functional.feature_alpha_dropout``, dim 0 is always the batch (for an
+    unbatched input add it with ``x.unsqueeze(0)``).
+
+    Example:
+        >>> x = torch.randn(4, 8, 5, 5)
+        >>> y = dropkit.functional.feature_alpha_dropout(x, 0.5, seed=0)
+        >>> y.shape
+        torch.Size([4, 8, 5, 5])
+    """
+    return _alpha(input, p, training, inplace, True, seed, generator, stream)

@@ -1,0 +1,171 @@
+"""DropBlock (Ghiasi, Lin & Le, NeurIPS 2018): drop contiguous blocks of feature maps."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as tnf
+
+from dropkit._validation import check_bool, check_int, check_rank
+from dropkit.functional._noise import apply_noise, check_common, zeros_like_input
+from dropkit.functional.dropout import _shard_offset
+from dropkit.rng import resolve_seed, uniform
+
+__all__ = ["drop_block2d", "drop_block3d", "block_seed_rate"]
+
+
+def _cover_counts(size: int, block: int) -> torch.Tensor:
+    """For each position of a dimension of ``size``: how many valid block starts cover it."""
+    i = torch.arange(size, dtype=torch.float64)
+    return torch.minimum(i, torch.tensor(float(size - block))) - torch.clamp(i - block + 1, min=0) + 1
+
+
+@functools.lru_cache(maxsize=256)
+def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> float:
+    r"""The rate :math:`\gamma` of block centres for which the expected dropped fraction is exactly ``p``.
+
+    A block of side ``block_size`` starts at each of the :math:`\prod_d (L_d - b + 1)` valid
+    positions independently with probability :math:`\gamma`; position ``i`` is covered by
+    :math:`k(i)` starts, so :math:`E[\text{dropped}] = 1 - \frac{1}{\prod L_d}\sum_i (1-\gamma)^{k(i)}`.
+    Solved by bisection. The paper's closed form
+    :math:`\gamma = \frac{p}{b^{d}} \prod_d \frac{L_d}{L_d - b + 1}` is the first-order
+    approximation; it drops noticeably less than ``p`` once blocks overlap.
+    """
+    k = functools.reduce(lambda a, c: (a.unsqueeze(-1) * c).flatten(), [_cover_counts(s, block_size) for s in spatial])
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # f(gamma) = 1 - mean((1-gamma)^k) is increasing; 2^-60 precision
+        mid = 0.5 * (lo + hi)
+        if 1.0 - torch.pow(1.0 - mid, k).mean().item() < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class _BlockNoise:
+    """``f = keep * numel / kept``: blocks grown from Bernoulli(gamma) starts on the valid grid."""
+
+    gamma: float
+    block_size: int
+    key: int
+    stream: int
+    offset: int
+    seed_shape: tuple[int, ...]  # (N?, C or 1, *valid)
+    spatial_dims: int
+
+    def factors(self, shape, device, dtype, with_bias):
+        starts = uniform(self.seed_shape, self.key, self.stream, self.offset, dtype=torch.float64, device=device)
+        starts = (starts < self.gamma).to(dtype)
+        b, d = self.block_size, self.spatial_dims
+        # a start at s covers s .. s + b - 1: pad b - 1 on both sides and take the max over each window
+        padded = tnf.pad(starts, [b - 1] * (2 * d))
+        pool = tnf.max_pool2d if d == 2 else tnf.max_pool3d
+        keep = 1.0 - pool(padded, kernel_size=b, stride=1)
+        kept = keep.sum()
+        scale = torch.where(kept > 0, keep.numel() / kept.clamp(min=1.0), torch.zeros_like(kept))
+        return keep * scale, None
+
+
+def _drop_block(input, p, block_size, training, inplace, share_channels, dims, seed, generator, stream):
+    op = f"drop_block{dims}d"
+    p, stream = check_common(input, p, training, seed, generator, stream)
+    check_bool(inplace, "inplace")
+    check_bool(share_channels, "share_channels")
+    names = "H, W" if dims == 2 else "D, H, W"
+    rank = check_rank(input, (dims + 1, dims + 2), op, f"unbatched (C, {names}) or batched (N, C, {names})")
+    block_size = check_int(block_size, "block_size", minimum=1)
+    spatial = tuple(input.shape[-dims:])
+    if block_size > min(spatial):
+        raise ValueError(
+            f"Invalid value for `block_size`: expected an int in [1, {min(spatial)}] (at most the smallest "
+            f"spatial size of the input, {spatial}). Received: block_size={block_size}"
+        )
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return zeros_like_input(input, inplace)
+    lead = list(input.shape[: rank - dims])
+    if share_channels:
+        lead[-1] = 1
+    seed_shape = tuple(lead) + tuple(s - block_size + 1 for s in spatial)
+    noise = _BlockNoise(
+        block_seed_rate(p, spatial, block_size),
+        block_size,
+        resolve_seed(seed, generator),
+        stream,
+        _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0,  # batch_shard: offset by sample
+        seed_shape,
+        dims,
+    )
+    return apply_noise(input, noise, f"dropkit.functional.{op}", inplace)
+
+
+def drop_block2d(
+    input: torch.Tensor,
+    p: float,
+    block_size: int,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    share_channels: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""DropBlock (Ghiasi, Lin & Le, "DropBlock: A regularization method for convolutional networks", NeurIPS 2018).
+
+    Zeroes ``block_size x block_size`` squares of each feature map: block starts are drawn
+    with rate :math:`\gamma` on the positions where a whole block fits, each grown into a
+    block, and the survivors rescaled by ``numel / kept`` (as torchvision does) so the mean
+    is kept: :math:`y = x \odot M \cdot |M| / \sum M`. :math:`\gamma` is solved
+    (:func:`block_seed_rate`) so the expected fraction dropped is exactly ``p``. Odd and
+    even block sizes both work (a block covers ``block_size`` positions, never more).
+    Starts are drawn with :func:`dropkit.rng.uniform` and regenerated in backward.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``.
+        p: the fraction of activations to drop, in [0, 1].
+        block_size: side of a block, an int in [1, min(H, W)] (1 is plain dropout).
+        training: apply it (default ``True``); ``False`` returns ``input``.
+        inplace: overwrite ``input``.
+        share_channels: one block mask per sample shared by all channels (default: one per channel).
+        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+
+    Returns:
+        Tensor of ``input``'s shape; ``input`` itself in eval or when ``p == 0``; zeros when ``p == 1``.
+
+    Example:
+        >>> x = torch.ones(2, 3, 16, 16)
+        >>> y = dropkit.functional.drop_block2d(x, 0.2, block_size=4, seed=0)
+        >>> round((y == 0).float().mean().item(), 1)
+        0.2
+    """
+    return _drop_block(input, p, block_size, training, inplace, share_channels, 2, seed, generator, stream)
+
+
+def drop_block3d(
+    input: torch.Tensor,
+    p: float,
+    block_size: int,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    share_channels: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""DropBlock on volumes: ``block_size``-cubes of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs.
+
+    The rule and arguments of :func:`drop_block2d`, with ``block_size <= min(D, H, W)``.
+
+    Example:
+        >>> x = torch.ones(2, 3, 8, 8, 8)
+        >>> y = dropkit.functional.drop_block3d(x, 0.3, block_size=3, seed=0)
+        >>> y.shape
+        torch.Size([2, 3, 8, 8, 8])
+    """
+    return _drop_block(input, p, block_size, training, inplace, share_channels, 3, seed, generator, stream)

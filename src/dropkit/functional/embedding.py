@@ -1,0 +1,91 @@
+"""Embedding (word) dropout: whole vocabulary rows dropped, one mask per forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as tnf
+
+from dropkit._validation import check_float_tensor
+from dropkit.functional._noise import apply_noise, check_common
+from dropkit.functional.dropout import MaskSpec, keep_mask_like
+from dropkit.rng import resolve_seed
+
+__all__ = ["embedding_dropout"]
+
+
+@dataclass(frozen=True, eq=False)
+class _RowNoise:
+    """``f = keep[token] / (1 - p)``: the keep mask over the vocabulary, gathered at the tokens.
+
+    Holds a reference to the index tensor (which ``F.embedding`` saves for backward anyway).
+    """
+
+    spec: MaskSpec  # noise_shape = (num_embeddings,)
+    indices: torch.Tensor
+
+    def factors(self, shape, device, dtype, with_bias):
+        keep = keep_mask_like(self.spec, self.spec.noise_shape, device)
+        return (keep.to(dtype) * self.spec.scale)[self.indices].unsqueeze(-1), None
+
+
+def embedding_dropout(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    p: float = 0.1,
+    training: bool = True,
+    *,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""Embedding dropout / word dropout (Gal & Ghahramani, NeurIPS 2016; Merity et al., ICLR 2018).
+
+    Drops whole rows of the embedding matrix: :math:`y = E'[\text{input}]` with
+    :math:`E'_v = E_v\, m_v / (1-p)`, :math:`m_v \sim \mathrm{Bernoulli}(1-p)` per vocabulary
+    entry, one mask per call, so every occurrence of a dropped word in the batch is zero.
+    Computed as ``F.embedding(input, weight) * mask[input]`` (no masked copy of the
+    matrix); the mask is regenerated from the key in backward, and gradients reach
+    ``weight`` only through kept rows.
+
+    Args:
+        input: integer tensor of token ids, any shape ``(*)``.
+        weight: the embedding matrix ``(V, D)``.
+        p: probability of dropping a vocabulary entry, in [0, 1].
+        training: apply it (default ``True``); ``False`` is plain ``F.embedding``.
+        padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse: as in
+            ``torch.nn.functional.embedding``.
+        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+
+    Shape:
+        ``input`` ``(*)``, ``weight`` ``(V, D)``, output ``(*, D)``.
+
+    Example:
+        >>> emb = torch.randn(100, 8)
+        >>> y = dropkit.functional.embedding_dropout(torch.tensor([[3, 3, 5]]), emb, 0.5, seed=1)
+        >>> bool((y[0, 0] == y[0, 1]).all())        # both occurrences of token 3 alike
+        True
+    """
+    if not isinstance(input, torch.Tensor) or input.dtype not in (torch.int32, torch.int64):
+        got = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
+        raise TypeError(f"`input` must be a tensor of token ids (int64 or int32); received {got}")
+    check_float_tensor(weight, "weight")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"Invalid shape for `weight`: expected a 2-D (num_embeddings, embedding_dim) matrix. "
+            f"Received: shape {tuple(weight.shape)}"
+        )
+    p, stream = check_common(weight, p, training, seed, generator, stream)
+    out = tnf.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+    if not training or p == 0.0:
+        return out
+    if p == 1.0:
+        return out * 0.0
+    spec = MaskSpec(p, 1.0 / (1.0 - p), resolve_seed(seed, generator), stream, 0, (weight.shape[0],))
+    return apply_noise(out, _RowNoise(spec, input), "dropkit.functional.embedding_dropout")

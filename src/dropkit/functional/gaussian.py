@@ -1,0 +1,123 @@
+"""Gaussian dropout (multiplicative noise) and Gaussian noise (additive), from :func:`dropkit.rng.normal`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from dropkit import _hooks
+from dropkit._validation import check_p, check_real
+from dropkit.functional._noise import apply_noise, check_common
+from dropkit.functional.dropout import _shard_offset
+from dropkit.rng import normal, resolve_seed
+
+__all__ = ["gaussian_dropout", "gaussian_noise", "check_gaussian_p"]
+
+
+@dataclass(frozen=True)
+class _GaussianFactor:
+    """``f = 1 + sigma * z`` with ``z`` the contract's standard normals at ``(key, stream, offset)``."""
+
+    sigma: float
+    key: int
+    stream: int
+    offset: int
+
+    def factors(self, shape, device, dtype, with_bias):
+        z = normal(tuple(shape), self.key, self.stream, self.offset, dtype=dtype, device=device)
+        return z.mul_(self.sigma).add_(1.0), None
+
+
+def check_gaussian_p(p: object) -> float:
+    """Gaussian dropout's rate: in [0, 1), with a message saying why 1 is refused."""
+    if isinstance(p, numbers.Real) and not isinstance(p, bool) and p == 1:
+        raise ValueError(
+            "Invalid value for `p`: expected a real number in [0, 1) (gaussian dropout's noise variance "
+            f"p / (1 - p) is infinite at p = 1). Received: p={p!r}"
+        )
+    return check_p(p, allow_one=False)
+
+
+def gaussian_dropout(
+    input: torch.Tensor,
+    p: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""Gaussian dropout (Srivastava et al., JMLR 2014, sec. 10; Wang & Manning, ICML 2013).
+
+    Multiplicative noise with the mean and variance of inverted dropout's factor:
+    :math:`y = x \odot (1 + \sigma z)`, :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma^2 = p / (1-p)`,
+    so :math:`E[y] = x` and :math:`\mathrm{Var}[y] = x^2 p/(1-p)`. ``z`` comes from
+    :func:`dropkit.rng.normal` and is regenerated in backward (nothing stored).
+
+    Args:
+        input: floating tensor, any shape.
+        p: the dropout rate whose noise variance to match, in [0, 1). ``p = 1`` would
+            need infinite variance and is rejected (Keras accepts it and divides by zero).
+        training: apply it (default ``True``); ``False`` returns ``input``.
+        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Returns:
+        ``input`` itself in eval or when ``p == 0``.
+
+    Example:
+        >>> x = torch.ones(100_000)
+        >>> y = dropkit.functional.gaussian_dropout(x, 0.5, seed=0)     # sigma = 1
+        >>> round(y.mean().item(), 1), round(y.var().item(), 1)
+        (1.0, 1.0)
+    """
+    p, stream = check_common(input, check_gaussian_p(p), training, seed, generator, stream)
+    if not training or p == 0.0:
+        return input
+    noise = _GaussianFactor(math.sqrt(p / (1.0 - p)), resolve_seed(seed, generator), stream, _shard_offset(None, input.shape))
+    return apply_noise(input, noise, "dropkit.functional.gaussian_dropout")
+
+
+def gaussian_noise(
+    input: torch.Tensor,
+    std: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+) -> torch.Tensor:
+    r"""Additive Gaussian noise (a regulariser and data augmentation; Keras' ``GaussianNoise``).
+
+    :math:`y = x + \mathrm{std} \cdot z`, :math:`z \sim \mathcal N(0, 1)` from :func:`dropkit.rng.normal`.
+    The gradient is the identity, so autograd stores nothing.
+
+    Args:
+        input: floating tensor, any shape.
+        std: the noise's standard deviation, a finite real >= 0.
+        training: add noise (default ``True``); ``False`` returns ``input``.
+        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+
+    Returns:
+        ``input`` itself in eval or when ``std == 0``.
+
+    Example:
+        >>> x = torch.zeros(100_000)
+        >>> y = dropkit.functional.gaussian_noise(x, 0.1, seed=0)
+        >>> round(y.std().item(), 2)
+        0.1
+    """
+    # std takes the place of p: check it, then the rest with a dummy rate
+    std = check_real(std, "std", low=0.0, what="(the noise's standard deviation)")
+    _, stream = check_common(input, 0.0, training, seed, generator, stream)
+    if not training or std == 0.0:
+        return input
+    key = resolve_seed(seed, generator)
+    z = normal(tuple(input.shape), key, stream, _shard_offset(None, input.shape), dtype=input.dtype, device=input.device)
+    _hooks.notify("dropkit.functional.gaussian_noise", input, (std, key, stream))
+    return input + z.mul_(std)
