@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["compare", "--dataset", "overfit", "--epochs", "3", "--seeds", "1", "--batch-size", "33", "--quiet"]
+# Batch 49 on 100 samples: global batches of 49, 49 and 2, so the shards are uneven (24 / 25)
+# and the last one would put a single sample on rank 1.
+ARGS = ["compare", "--epochs", "2", "--seeds", "1", "--batch-size", "49", "--quiet"]
+CASES = {
+    "mlp": ["--dataset", "overfit", "--model", "mlp"],
+    "cnn": ["--dataset", "digits", "--model", "cnn", "--train-size", "100", "--val-size", "100"],  # Dropout2d
+}
 
 
 def _free_port() -> int:
@@ -24,24 +30,39 @@ def _history(out: Path, slug: str) -> list[dict]:
     return json.loads((out / "runs" / slug / "seed-0" / "result.json").read_text())["history"]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_gloo_processes_match_one_process(tmp_path, case):
+    args = ARGS + CASES[case]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "dropkit", *ARGS, "--out", str(single)], check=True, env=env,
+    subprocess.run([sys.executable, "-m", "dropkit", *args, "--out", str(single)], check=True, env=env,
                    stdout=subprocess.DEVNULL)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "dropkit", *ARGS, "--out", str(ddp)]
+           "-m", "dropkit", *args, "--out", str(ddp)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("| dropout p=0.5 |") == 1  # only rank 0 prints
     assert json.loads((ddp / "env.json").read_text())["world_size"] == 2
     for slug in ("p0", "p0.5"):
         a, b = _history(single, slug), _history(ddp, slug)
-        assert len(a) == len(b) == 3
+        assert len(a) == len(b) == 2
         for ma, mb in zip(a, b):
             for key in ("dropout_loss", "train_loss", "val_loss"):
                 assert mb[key] == pytest.approx(ma[key], rel=1e-5, abs=1e-6), (slug, key, ma["epoch"])
+
+
+def test_shard_bounds_never_leave_one_sample_after_the_start():
+    from dropkit.lab.train import shard_bounds
+
+    assert shard_bounds(49, 2) == [0, 24, 49]
+    assert shard_bounds(2, 2) == [0, 2, 2]
+    assert shard_bounds(5, 4) == [0, 1, 3, 3, 5]
+    for b in range(1, 40):
+        for w in range(1, 6):
+            bounds = shard_bounds(b, w)
+            assert bounds[0] == 0 and bounds[-1] == b and bounds == sorted(bounds)
+            assert all(bounds[r + 1] - bounds[r] != 1 for r in range(1, w))
 
 
 def test_batch_shard_is_what_makes_the_masks_match():

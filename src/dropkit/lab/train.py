@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from dropkit.lab.models import build_model
 
 __all__ = ["RunSpec", "ConfigMismatch", "train_run", "atomic_write_text", "atomic_torch_save", "load_result",
-           "dist_info", "evaluate", "summarise"]
+           "dist_info", "evaluate", "summarise", "shard_bounds"]
 
 #: Testing hook: seconds to sleep in every epoch before its checkpoint (makes kill tests deterministic).
 _SLOWDOWN_ENV = "DROPKIT_LAB_EPOCH_DELAY"
@@ -182,6 +182,20 @@ def summarise(history: list[dict]) -> dict:
     }
 
 
+def shard_bounds(batch: int, world: int) -> list[int]:
+    """Where each process's shard of a global batch of ``batch`` samples starts (``world + 1`` bounds).
+
+    An even split, except that no shard starting after sample 0 holds exactly one sample (its
+    sample goes to the previous process): a dropkit op cannot tell a one-sample shard from a
+    mask shared along dim 0, and would not offset its mask (see :func:`dropkit.rng.batch_shard`).
+    """
+    bounds = [batch * r // world for r in range(world + 1)]
+    for r in range(world - 1, 0, -1):
+        if bounds[r + 1] - bounds[r] == 1:
+            bounds[r] += 1
+    return bounds
+
+
 def train_run(
     spec: RunSpec,
     data,
@@ -240,7 +254,7 @@ def train_run(
         for i in range(0, n, spec.batch_size):
             idx = perm[i : i + spec.batch_size]
             b = len(idx)
-            lo, hi = b * rank // world, b * (rank + 1) // world
+            lo, hi = shard_bounds(b, world)[rank : rank + 2]
             with dropkit_batch_shard(lo):
                 out = train_model(xs_tr[idx[lo:hi]])
             loss_sum = _loss_sum(out, ys_tr[idx[lo:hi]])
