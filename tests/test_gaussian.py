@@ -84,3 +84,10 @@ def test_modules():
     assert n.p == 0.0 and n.std == 0.1 and repr(n) == "GaussianNoise(std=0.1)"
     x = torch.randn(5)
     assert m.eval()(x) is x and n.eval()(x) is x
+
+
+@pytest.mark.parametrize("n,offset,stream", [(1, 0, 0), (7, 3, 5), (1000, 12345, 2**40 + 3), (0, 5, 0)])
+def test_cpu_uniform_words_equal_the_portable_torch_path(n, offset, stream):
+    a = dropkit.rng.uniform_words_numpy(n, 2**63 + 9, stream, offset)
+    b = dropkit.rng.uniform_words_torch(n, 2**63 + 9, stream, offset)
+    assert torch.equal(a, b)

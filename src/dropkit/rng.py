@@ -138,6 +138,17 @@ def _split_key(seed: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------
 # Masks, NumPy (reference) and torch (any device)
 # ---------------------------------------------------------------------------
+def _philox_range_numpy(b_first: int, b_last: int, seed: int, stream: int) -> np.ndarray:
+    """Philox4x32-10 output words ``(blocks, 4)`` of blocks ``b_first .. b_last - 1`` at ``stream``."""
+    blocks = np.arange(b_first, max(b_last, b_first), dtype=np.uint64)
+    ctr = np.empty(blocks.shape + (4,), np.uint32)
+    ctr[:, 0] = (blocks & np.uint64(_M32)).astype(np.uint32)
+    ctr[:, 1] = (blocks >> np.uint64(32)).astype(np.uint32)
+    ctr[:, 2] = stream & _M32
+    ctr[:, 3] = (stream >> 32) & _M32
+    return philox4x32_10(ctr, np.array(_split_key(seed), np.uint32))
+
+
 def keep_mask_numpy(n: int, p: float, seed: int, stream: int = 0, offset: int = 0) -> np.ndarray:
     """Keep mask (``bool``, ``True`` = kept) of ``n`` elements, computed in NumPy.
 
@@ -146,13 +157,7 @@ def keep_mask_numpy(n: int, p: float, seed: int, stream: int = 0, offset: int = 
     """
     e0 = offset
     b_first, b_last = e0 // 8, (e0 + n + 7) // 8
-    blocks = np.arange(b_first, max(b_last, b_first), dtype=np.uint64)
-    ctr = np.empty(blocks.shape + (4,), np.uint32)
-    ctr[:, 0] = (blocks & np.uint64(_M32)).astype(np.uint32)
-    ctr[:, 1] = (blocks >> np.uint64(32)).astype(np.uint32)
-    ctr[:, 2] = stream & _M32
-    ctr[:, 3] = (stream >> 32) & _M32
-    words = philox4x32_10(ctr, np.array(_split_key(seed), np.uint32))
+    words = _philox_range_numpy(b_first, b_last, seed, stream)
     lanes = words.view(np.uint16) if words.dtype.byteorder in "=<|" and np.little_endian else None
     if lanes is None:  # big-endian host: split explicitly
         lanes = np.stack([words & 0xFFFF, words >> 16], axis=-1).astype(np.uint16)
@@ -228,6 +233,14 @@ def uniform_words_torch(
     return philox_blocks_torch(blocks, seed, stream).reshape(-1)[start : start + n]
 
 
+def uniform_words_numpy(n: int, seed: int, stream: int = 0, offset: int = 0) -> torch.Tensor:
+    """:func:`uniform_words_torch` computed with NumPy's uint64 arithmetic (CPU: the same bits, far faster than int64 torch ops)."""
+    b_first, b_last = offset // 4, (offset + n + 3) // 4
+    words = _philox_range_numpy(b_first, b_last, seed, stream).reshape(-1)
+    start = offset - b_first * 4
+    return torch.from_numpy(words[start : start + n].astype(np.int64))
+
+
 def uniform(
     shape: tuple[int, ...] | torch.Size,
     seed: int,
@@ -243,7 +256,10 @@ def uniform(
     32-bit lane layout, so the values are the same on every device.
     """
     n = math.prod(shape)
-    w = uniform_words_torch(n, seed, stream, offset, device)
+    if torch.device(device).type == "cpu":
+        w = uniform_words_numpy(n, seed, stream, offset)
+    else:
+        w = uniform_words_torch(n, seed, stream, offset, device)
     u = (w.to(torch.float64) + 0.5) * (2.0**-32)
     return u.reshape(tuple(shape)).to(dtype)
 

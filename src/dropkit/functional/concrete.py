@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as tnf
+from torch.autograd.function import once_differentiable
 
 from dropkit import _hooks
 from dropkit._validation import check_bool, check_float_tensor, check_rank, check_real
@@ -65,13 +68,55 @@ def concrete_dropout(
         return input
     noise_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if spatial else tuple(input.shape)
     key = resolve_seed(seed, generator)
-    _hooks.notify("dropkit.functional.concrete_dropout", input, (key, stream))
-    cdt = compute_dtype(input.dtype)
-    u = uniform(noise_shape, key, stream, _shard_offset(noise_shape, input.shape), dtype=torch.float64, device=input.device)
-    logit_u = (torch.log(u) - torch.log1p(-u)).to(cdt)  # in float64: u near 1 stays < 1
-    logit = p_logit.to(cdt).reshape(())
-    keep = torch.sigmoid(-(logit + logit_u) / temperature)  # 1 - relaxed drop indicator
-    return (input.to(cdt) * (keep / torch.sigmoid(-logit))).to(input.dtype)
+    noise = _ConcreteNoise(key, stream, _shard_offset(noise_shape, input.shape), noise_shape, temperature)
+    _hooks.notify("dropkit.functional.concrete_dropout", input, noise)
+    return _ConcreteFunction.apply(input, p_logit.reshape(()), noise)
+
+
+@dataclass(frozen=True)
+class _ConcreteNoise:
+    """The relaxed keep factor as a function of (key, stream, offset) and the logit: regenerated in backward."""
+
+    key: int
+    stream: int
+    offset: int
+    noise_shape: tuple[int, ...]
+    temperature: float
+
+    def keep(self, logit: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1 - z~, 1 - p)``: the relaxed keep indicator and the keep rate, in ``dtype``."""
+        u = uniform(self.noise_shape, self.key, self.stream, self.offset, dtype=torch.float64, device=device)
+        logit_u = (torch.log(u) - torch.log1p(-u)).to(dtype)  # in float64: u near 1 stays < 1
+        logit = logit.to(dtype)
+        return torch.sigmoid(-(logit + logit_u) / self.temperature), torch.sigmoid(-logit)
+
+
+class _ConcreteFunction(torch.autograd.Function):
+    """``y = x * k / (1 - p)``; saves ``x`` and the logit, regenerates the uniforms in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, logit: torch.Tensor, noise: _ConcreteNoise) -> torch.Tensor:  # type: ignore[override]
+        cdt = compute_dtype(x.dtype)
+        keep, q = noise.keep(logit, x.device, cdt)
+        ctx.noise = noise
+        ctx.save_for_backward(x, logit)
+        return (x.to(cdt) * (keep / q)).to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, logit = ctx.saved_tensors
+        cdt = compute_dtype(grad.dtype)
+        keep, q = ctx.noise.keep(logit.detach(), grad.device, cdt)
+        factor = keep / q
+        g = grad.to(cdt)
+        gx = (g * factor).to(x.dtype) if ctx.needs_input_grad[0] else None
+        glogit = None
+        if ctx.needs_input_grad[1]:
+            # d(k/q)/dlogit = (k/q) * (-(1 - k)/t + (1 - q)) with k = sigmoid(-(logit + logit_u)/t), q = sigmoid(-logit)
+            dfactor = factor * ((keep - 1.0) / ctx.noise.temperature + (1.0 - q))
+            glogit = (g * x.to(cdt) * dfactor).sum().to(logit.dtype)
+        return gx, glogit, None
 
 
 def concrete_regularizer(p_logit: torch.Tensor, units: int, dropout_regularizer: float) -> torch.Tensor:
