@@ -141,3 +141,17 @@ def test_hypothesis_channel_structure(n, c, h, w, p, seed):
     y = F.dropout2d(x, p, seed=seed)
     zero = (y == 0).flatten(2)
     assert bool((zero.all(2) | (~zero).all(2)).all())
+
+
+def test_replace_dropout_swaps_channel_and_alpha_dropouts():
+    model = torch.nn.Sequential(
+        torch.nn.Dropout2d(0.2), torch.nn.Dropout1d(0.1, inplace=True), torch.nn.Dropout3d(0.3),
+        torch.nn.AlphaDropout(0.4), torch.nn.FeatureAlphaDropout(0.5), torch.nn.Dropout(0.6),
+    )  # fmt: skip
+    model[2].eval()
+    dropkit.nn.replace_dropout(model, scaling="classic")
+    expected = [dropkit.nn.Dropout2d, dropkit.nn.Dropout1d, dropkit.nn.Dropout3d, dropkit.nn.AlphaDropout,
+                dropkit.nn.FeatureAlphaDropout, dropkit.nn.Dropout]  # fmt: skip
+    assert [type(m) for m in model] == expected
+    assert [m.p for m in model] == [0.2, 0.1, 0.3, 0.4, 0.5, 0.6]
+    assert model[1].inplace and not model[2].training and model[5].scaling == "classic"

@@ -58,6 +58,10 @@ class Dropout(SeededStream, torch.nn.Dropout):
 def replace_dropout(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     """Swap every ``torch.nn.Dropout`` in ``model`` (in place) for :class:`dropkit.nn.Dropout`.
 
+    ``torch.nn.Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout`` become their
+    dropkit drop-ins too (note: dropkit's ``Dropout2d`` reads a 3-D input as unbatched
+    ``(C, H, W)``, where torch's does 1-d dropout on it).
+
     Keeps each layer's ``p``, ``inplace`` and training mode; ``kwargs`` (``scaling=``)
     are passed to every new layer. Subclasses of torch's Dropout (including dropkit's
     own) are left alone. Returns ``model`` for chaining.
@@ -71,10 +75,23 @@ def replace_dropout(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
         raise TypeError(f"`model` must be a torch.nn.Module; received {type(model).__name__}")
     if "seed" in kwargs:
         raise ValueError("`seed` cannot be shared by several layers; seed each replaced layer yourself")
+    from dropkit.nn import alpha, spatial  # torch's channel / alpha dropouts have dropkit drop-ins too
+
+    variants = {
+        torch.nn.Dropout1d: spatial.Dropout1d,
+        torch.nn.Dropout2d: spatial.Dropout2d,
+        torch.nn.Dropout3d: spatial.Dropout3d,
+        torch.nn.AlphaDropout: alpha.AlphaDropout,
+        torch.nn.FeatureAlphaDropout: alpha.FeatureAlphaDropout,
+    }
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Dropout:
                 new = Dropout(child.p, child.inplace, **kwargs)
-                new.train(child.training)
-                setattr(parent, name, new)
+            elif type(child) in variants:  # `scaling` applies to plain dropout only
+                new = variants[type(child)](child.p, child.inplace)
+            else:
+                continue
+            new.train(child.training)
+            setattr(parent, name, new)
     return model
