@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,8 @@ DROPOUT_CLASS_NAMES = frozenset(
         "ConcreteDropout", "StochasticDepth", "DropBlock", "SpatialDropout",
     }
 )
+
+_DROPOUT_NAME = re.compile(r"(Dropout|DropPath|DropBlock)(\d?d)?$")  # not e.g. FusedBiasActDropoutAdd
 
 # functional dropout family -> the default of its `training` argument
 _DROPOUT_FUNCS = {
@@ -106,7 +109,9 @@ def is_dropout_module(module: torch.nn.Module) -> bool:
     """``True`` for torch's and dropkit's dropout modules and DropPath / DropBlock-like layers."""
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
         return True
-    return any(c.__name__ in DROPOUT_CLASS_NAMES for c in type(module).__mro__[:-1])
+    return any(
+        c.__name__ in DROPOUT_CLASS_NAMES or _DROPOUT_NAME.search(c.__name__) for c in type(module).__mro__[:-1]
+    )
 
 
 def drop_rate(module: torch.nn.Module) -> float:
