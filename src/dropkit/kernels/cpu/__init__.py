@@ -43,7 +43,17 @@ import torch
 
 from dropkit.rng import threshold
 
-__all__ = ["available", "status", "keep_mask", "dropout_mul", "isa", "set_isa", "ISAS", "parallel_threshold"]
+__all__ = [
+    "available",
+    "status",
+    "keep_mask",
+    "dropout_mul",
+    "isa",
+    "set_isa",
+    "supported_isas",
+    "ISAS",
+    "parallel_threshold",
+]
 
 #: ISA levels, lowest first (the index is the level the C library uses).
 ISAS = ("scalar", "avx2", "avx512", "neon")
@@ -198,6 +208,14 @@ def status() -> tuple[str, str]:
 def isa() -> str:
     """The ISA level in use (``"scalar"``, ``"avx2"``, ``"avx512"``), or ``"none"`` without the kernel."""
     return ISAS[_state["isa"]] if available() else "none"
+
+
+def supported_isas() -> tuple[str, ...]:
+    """The ISA levels this CPU can run, lowest first (empty without the kernel)."""
+    if not available():
+        return ()
+    feats = _state["lib"].dk_cpu_features()
+    return tuple(name for i, name in enumerate(ISAS) if feats & (1 << i))
 
 
 def set_isa(name: str | None = None) -> str:
