@@ -62,7 +62,8 @@ def drop_connect(module: torch.nn.Module, name: str = "weight", p: float = 0.5, 
     Example:
         >>> fc = dropkit.nn.drop_connect(torch.nn.Linear(16, 8), p=0.3)
         >>> y = fc(torch.randn(4, 16))           # a fresh weight mask for this call
-        >>> dropkit.nn.remove_drop_connect(fc).weight    # the original Parameter again
+        >>> type(dropkit.nn.remove_drop_connect(fc).weight).__name__     # the original Parameter again
+        'Parameter'
     """
     _check_target(module, name)
     param = getattr(module, name, None)
