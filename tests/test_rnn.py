@@ -128,26 +128,23 @@ def test_seeded_module_is_reproducible_and_resumable():
     assert not torch.equal(m(_x())[0], a)  # the next call draws new masks
 
 
-def test_between_layer_mask_is_locked_over_time():
+def test_between_layer_mask_is_locked_over_time(monkeypatch):
     m = dropkit.nn.LSTM(4, 8, 2, dropout=0.5, seed=1)
     captured = []
-    orig = dropkit.nn.rnn.F.locked_dropout
+    orig = dropkit.functional.locked_dropout
 
     def spy(x, *a, **k):
         captured.append(orig(x, *a, **k))
         return captured[-1]
 
-    dropkit.nn.rnn.F.locked_dropout = spy
-    try:
-        m(_x())
-    finally:
-        dropkit.nn.rnn.F.locked_dropout = orig
+    monkeypatch.setattr(dropkit.functional, "locked_dropout", spy)
+    m(_x())
     (y,) = captured  # one between-layer dropout for two layers, on (T, N, F)
     zero = y == 0
     assert zero.any() and torch.equal(zero, zero[:1].expand_as(zero))
 
 
-def test_weight_dropout_grads_reach_weight_hh_and_one_mask_per_forward():
+def test_weight_dropout_grads_reach_weight_hh_and_one_mask_per_forward(monkeypatch):
     m = dropkit.nn.GRU(4, 6, weight_dropout=0.5, seed=2)
     calls = []
     orig = dropkit.functional.dropout
@@ -156,11 +153,8 @@ def test_weight_dropout_grads_reach_weight_hh_and_one_mask_per_forward():
         calls.append(x.shape)
         return orig(x, *a, **k)
 
-    dropkit.nn.rnn.F.dropout = spy
-    try:
-        out, _ = m(_x())
-    finally:
-        dropkit.nn.rnn.F.dropout = orig
+    monkeypatch.setattr(dropkit.functional, "dropout", spy)
+    out, _ = m(_x())
     assert calls == [m.weight_hh_l0.shape]
     out.sum().backward()
     assert m.weight_hh_l0.grad is not None and (m.weight_hh_l0.grad == 0).any()  # dropped weights get no grad
