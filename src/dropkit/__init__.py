@@ -9,7 +9,8 @@ index), the same on every device and thread count, and regenerated in backward.
 
 from dropkit import functional, kernels, nn, reference, rng
 from dropkit.kernels import backend_info
+from dropkit.lint import lint  # the function; the module stays importable as dropkit.lint
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "rng", "kernels", "reference", "backend_info", "__version__"]
+__all__ = ["functional", "nn", "rng", "kernels", "reference", "backend_info", "lint", "__version__"]
