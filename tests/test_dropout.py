@@ -231,3 +231,24 @@ def test_other_errors():
         F.dropout(torch.ones(3, 4), 0.5, noise_shape=(3, 2))
     with pytest.raises(TypeError, match="training"):
         F.dropout(torch.ones(3), 0.5, training="yes")
+
+
+def test_shard_with_a_single_local_sample_is_per_sample():
+    x = _x((4, 6))
+    full = F.dropout(x, 0.5, seed=6)
+    with dropkit.rng.batch_shard(3):
+        assert torch.equal(F.dropout(x[3:], 0.5, seed=6), full[3:])
+    spatial = F.dropout(_x((4, 3, 2, 2)), 0.5, seed=6, noise_shape=(4, 3, 1, 1))
+    with dropkit.rng.batch_shard(2):
+        part = F.dropout(_x((4, 3, 2, 2))[2:3], 0.5, seed=6, noise_shape=(1, 3, 1, 1))
+    assert torch.equal(part, spatial[2:3])
+
+
+def test_shard_along_a_later_batch_dim():
+    x = _x((5, 4, 3))  # (time, batch, features), mask shared over time
+    full = F.dropout(x, 0.5, seed=2, noise_shape=(1, 4, 3), batch_dim=1)
+    with dropkit.rng.batch_shard(2):
+        part = F.dropout(x[:, 2:], 0.5, seed=2, noise_shape=(1, 2, 3), batch_dim=1)
+        with pytest.raises(ValueError, match="before the batch dimension"):
+            F.dropout(x[:, 2:], 0.5, seed=2, batch_dim=1)
+    assert torch.equal(part, full[:, 2:])

@@ -17,6 +17,7 @@ from dropkit._validation import (
     check_bool,
     check_choice,
     check_float_tensor,
+    check_int,
     check_noise_shape,
     check_p,
     SCALINGS,
@@ -94,15 +95,28 @@ def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torc
     return apply_mask(x, spec)
 
 
-def _shard_offset(noise_shape: tuple[int, ...] | None, shape: torch.Size) -> int:
-    """Offset of this process's shard of the global batch (see :func:`dropkit.rng.batch_shard`)."""
+def _shard_offset(noise_shape: tuple[int, ...] | None, shape: torch.Size, batch_dim: int = 0) -> int:
+    """Offset of this process's shard of the global batch (see :func:`dropkit.rng.batch_shard`).
+
+    ``batch_dim`` is the input's sample dimension. A mask is shared along the batch (offset 0
+    on every shard) iff its size there is 1 while the input's is not; with a local batch of
+    one sample the mask is taken as per-sample. The mask's dimensions before ``batch_dim``
+    must have size 1 (time-first locked dropout: ``(1, N, H)``), so that the shard's mask
+    elements are one contiguous run of the global mask.
+    """
     start = current_batch_start()
     if start == 0 or len(shape) == 0:
         return 0
     mshape = noise_shape if noise_shape is not None else tuple(shape)
-    if mshape[0] == 1:
+    d = batch_dim % len(shape)
+    if mshape[d] == 1 and shape[d] != 1:
         return 0
-    return start * math.prod(mshape[1:])
+    if any(m != 1 for m in mshape[:d]):
+        raise ValueError(
+            f"inside dropkit.rng.batch_shard the mask's dimensions before the batch dimension ({d}) must be 1 "
+            f"(shared); received mask shape {tuple(mshape)} for input shape {tuple(shape)}"
+        )
+    return start * math.prod(mshape[d + 1 :])
 
 
 def dropout(
@@ -116,6 +130,7 @@ def dropout(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
+    batch_dim: int = 0,
 ) -> torch.Tensor:
     r"""Dropout (Srivastava et al., JMLR 2014): zero each element with probability ``p``.
 
@@ -142,6 +157,8 @@ def dropout(
         generator: CPU ``torch.Generator`` to draw the key from; default: torch's global
             generator, so ``torch.manual_seed`` makes runs reproducible.
         stream: 64-bit sub-stream (Philox counter words 2-3); modules use it as a call counter.
+        batch_dim: the sample dimension, used only inside :func:`dropkit.rng.batch_shard`
+            (data-parallel training) to tie the mask to global sample indices.
 
     Shape:
         Input ``(*)``, output ``(*)``, same shape and dtype.
@@ -175,5 +192,5 @@ def dropout(
         return input.mul_(0.0) if inplace else input * 0.0
     key = resolve_seed(seed, generator)
     scale = 1.0 / (1.0 - p) if scaling == "inverted" else 1.0
-    spec = MaskSpec(p, scale, key, stream, _shard_offset(shape, input.shape), shape)
+    spec = MaskSpec(p, scale, key, stream, _shard_offset(shape, input.shape, check_int(batch_dim, "batch_dim")), shape)
     return masked_scale(input, spec, inplace)
