@@ -94,3 +94,19 @@ def test_errors():
     dropkit.nn.drop_connect(fc, p=0.1)
     with pytest.raises(ValueError, match="already has DropConnect"):
         dropkit.nn.drop_connect(fc, p=0.1)
+
+
+def test_weight_mask_is_the_same_on_every_batch_shard():
+    fc = dropkit.nn.drop_connect(torch.nn.Linear(6, 4), p=0.5)
+    torch.manual_seed(3)
+    w = fc.weight
+    torch.manual_seed(3)
+    with dropkit.rng.batch_shard(16):
+        assert torch.equal(fc.weight, w)
+    rnn = dropkit.nn.GRU(4, 5, weight_dropout=0.5, seed=1)
+    x = torch.randn(3, 2, 4)
+    ref = dropkit.nn.GRU(4, 5, weight_dropout=0.5, seed=1)
+    ref.load_state_dict(rnn.state_dict())
+    with dropkit.rng.batch_shard(7):  # per-sample masks would shift; the weight mask must not
+        out = rnn(x)[0]
+    assert torch.equal(out, ref(x)[0])

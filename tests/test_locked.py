@@ -63,3 +63,13 @@ def test_module():
     x = positive((2, 6, 4))
     assert constant_over(m(x), x, (1,))
     assert m.eval()(x) is x
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_batch_shard_draws_the_global_batch_masks(batch_first):
+    x = positive((8, 6, 5) if batch_first else (6, 8, 5))
+    full = F.locked_dropout(x, 0.5, batch_first=batch_first, seed=3)
+    shard = x[4:] if batch_first else x[:, 4:]
+    with dropkit.rng.batch_shard(4):
+        part = F.locked_dropout(shard, 0.5, batch_first=batch_first, seed=3)
+    assert torch.equal(part, full[4:] if batch_first else full[:, 4:])

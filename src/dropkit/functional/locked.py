@@ -53,4 +53,8 @@ def locked_dropout(
     time_dim = 1 if batch_first and input.dim() > 2 else 0
     noise_shape = list(input.shape)
     noise_shape[time_dim] = 1
-    return dropout(input, p, training, inplace, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream)
+    batch_dim = 1 - time_dim if input.dim() > 2 else 0  # for dropkit.rng.batch_shard
+    return dropout(
+        input, p, training, inplace, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream,
+        batch_dim=batch_dim,
+    )  # fmt: skip

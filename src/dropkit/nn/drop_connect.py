@@ -7,6 +7,7 @@ from torch.nn.utils import parametrize
 
 from dropkit import functional as F
 from dropkit._validation import check_p
+from dropkit.rng import batch_shard
 from dropkit.nn._variant import VariantModule
 
 __all__ = ["DropConnect", "drop_connect", "remove_drop_connect"]
@@ -27,7 +28,8 @@ class DropConnect(VariantModule, torch.nn.Module):
         self._init_stream(seed)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return F.dropout(weight, self.p, self.training, **self.key_kwargs())
+        with batch_shard(0):  # a weight is shared by all shards of a batch: the same mask on every process
+            return F.dropout(weight, self.p, self.training, **self.key_kwargs())
 
 
 def _check_target(module: object, name: object) -> None:

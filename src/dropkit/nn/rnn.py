@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from dropkit import functional as F
 from dropkit._validation import check_p
 from dropkit.nn._base import SeededStream, extra_repr_suffix
-from dropkit.rng import resolve_seed
+from dropkit.rng import batch_shard, resolve_seed
 
 __all__ = ["LSTM", "GRU"]
 
@@ -98,7 +98,8 @@ class _DropRNN(SeededStream):
                 j = layer * d + direction
                 w = list(flat[j * per_dir : (j + 1) * per_dir])
                 if self.weight_dropout > 0:
-                    w[1] = F.dropout(w[1], self.weight_dropout, seed=key, stream=(call << 16) | (4 * j))
+                    with batch_shard(0):  # weights are shared by all shards of a batch: one mask everywhere
+                        w[1] = F.dropout(w[1], self.weight_dropout, seed=key, stream=(call << 16) | (4 * j))
                 weights.append(w)
             rows = slice(layer * d, (layer + 1) * d)
             state = (h0[rows], c0[rows]) if lstm else h0[rows]
