@@ -224,3 +224,24 @@ def test_dropkit_variants_when_available(name):
     except (ValueError, RuntimeError) as exc:
         pytest.skip(f"{name} does not take a (N, C, H, W) input: {exc}")
     assert not torch.equal(r.samples[0], r.samples[1])
+
+
+def test_cli_on_a_lab_run_folder(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import json
+
+    from dropkit.cli import main
+    from dropkit.lab.datasets import load_dataset
+    from dropkit.lab.train import RunSpec, train_run
+
+    run = tmp_path / "run"
+    train_run(RunSpec(dataset="digits", model="mlp", p=(0.5, 0.5), epochs=1, seed=0), load_dataset("digits"), run)
+    assert main(["mc", str(run), "--samples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "acc MC" in out and "H wrong" in out
+    row = json.loads((run / "mc.json").read_text())
+    assert row["n"] == len(load_dataset("digits").y_val) and 0 <= row["mc_ece"] <= 1 and row["entropy_wrong"] > row["entropy_correct"]
+    assert (run / "mc_uncertainty.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        main(["mc", str(tmp_path)])

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules under dropkit.cli, in the order ``--help`` lists them.
-SUBCOMMANDS = ["demo", "guard", "lint", "compare", "sweep", "report"]
+SUBCOMMANDS = ["demo", "guard", "mc", "lint", "masks", "compare", "sweep", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

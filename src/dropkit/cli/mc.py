@@ -1,0 +1,138 @@
+"""``dropkit mc DIR``: Monte-Carlo dropout on the validation set of a lab run folder.
+
+``DIR`` is one finished run (``model.pt`` + ``config.json``, see :mod:`dropkit.lab.train`)
+or an experiment folder, whose finished runs (``runs/*/seed-*/``) with dropout are all
+evaluated. The validation split is reloaded with the dataset settings found in the run's
+or the experiment's ``config.json`` (``val_fraction``, ``train_size``, ``val_size``).
+
+For each run it prints the eval-mode and MC accuracy, NLL, Brier score and ECE, and the
+mean predictive entropy and mutual information (BALD) of correctly vs wrongly classified
+examples; it writes ``mc.json`` and ``mc_uncertainty.png`` (histograms of the predictive
+entropy, correct vs misclassified) into the run's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mc", help="MC-dropout uncertainty of a lab run folder's validation set", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="a lab run folder, or an experiment folder with runs/")
+    p.add_argument("--samples", type=int, default=50, help="MC samples T (default: 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the MC masks (default: 0)")
+    p.add_argument("--bins", type=int, default=15, help="ECE bins (default: 15)")
+    p.add_argument("--batch", type=int, default=512, help="validation examples per predict call (default: 512)")
+    p.add_argument("--data-dir", default=None, help="folder with IDX files (mnist, fashion-mnist)")
+    p.add_argument("--no-download", action="store_true", help="never download a dataset")
+    p.set_defaults(func=run)
+
+
+def _runs(root: Path) -> list[Path]:
+    if (root / "model.pt").is_file():
+        return [root]
+    runs = sorted(p.parent for p in root.glob("runs/*/seed-*/model.pt"))
+    if not runs:
+        raise ValueError(f"{root}: no finished lab run (model.pt) here or under runs/*/seed-*/")
+    return runs
+
+
+def _data_settings(run: Path) -> dict:
+    """Dataset keyword arguments from the nearest config.json that has them."""
+    settings: dict = {}
+    for folder in [run, *run.parents][:4]:
+        cfg = folder / "config.json"
+        if cfg.is_file():
+            data = json.loads(cfg.read_text())
+            for key in ("val_fraction", "train_size", "val_size"):
+                if key in data and key not in settings and data[key] is not None:
+                    settings[key] = data[key]
+            settings.setdefault("dataset", data.get("dataset"))
+    if not settings.get("dataset"):
+        raise ValueError(f"{run}: no dataset named in config.json")
+    return settings
+
+
+def _histogram(path: Path, entropy: torch.Tensor, correct: torch.Tensor, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    top = max(float(entropy.max()), 1e-3)
+    bins = torch.linspace(0, top, 31).tolist()
+    ax.hist(entropy[correct].tolist(), bins=bins, alpha=0.6, density=True, label=f"correct ({int(correct.sum())})")
+    ax.hist(entropy[~correct].tolist(), bins=bins, alpha=0.6, density=True, label=f"misclassified ({int((~correct).sum())})")
+    ax.set_xlabel("predictive entropy (nats)")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
+    from dropkit import metrics
+    from dropkit.lab.datasets import load_dataset
+    from dropkit.lab.models import probabilities
+    from dropkit.lab.train import load_model
+    from dropkit.mc import predict
+
+    settings = _data_settings(run)
+    name = settings.pop("dataset")
+    data = load_dataset(name, data_dir=args.data_dir, download=not args.no_download, **settings)
+    model = load_model(run)
+    x, y = data.x_val, data.y_val
+    with torch.inference_mode():
+        eval_probs = torch.cat([probabilities(model, model(x[i:i + args.batch])) for i in range(0, len(y), args.batch)])
+    parts = [predict(model, x[i:i + args.batch], samples=args.samples, seed=args.seed + i)
+             for i in range(0, len(y), args.batch)]
+    mean = torch.cat([r.mean for r in parts])
+    entropy = torch.cat([r.entropy for r in parts])
+    mi = torch.cat([r.mutual_information for r in parts])
+    correct = mean.argmax(1) == y
+    row = {"run": str(run), "dataset": name, "samples": args.samples, "n": len(y)}
+    for label, probs in (("eval", eval_probs), ("mc", mean)):
+        row[f"{label}_acc"] = float((probs.argmax(1) == y).double().mean())
+        row[f"{label}_nll"] = metrics.nll(probs, y)
+        row[f"{label}_brier"] = metrics.brier_score(probs, y)
+        row[f"{label}_ece"] = metrics.expected_calibration_error(probs, y, bins=args.bins)
+    for label, mask in (("correct", correct), ("wrong", ~correct)):
+        row[f"entropy_{label}"] = float(entropy[mask].mean()) if mask.any() else float("nan")
+        row[f"mi_{label}"] = float(mi[mask].mean()) if mask.any() else float("nan")
+    row["accuracy_coverage"] = metrics.accuracy_coverage(mean, y, entropy)
+    (run / "mc.json").write_text(json.dumps(row, indent=1) + "\n")
+    _histogram(run / "mc_uncertainty.png", entropy, correct, f"{run.name}: MC dropout, T={args.samples}")
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    from dropkit._validation import check_int
+    from dropkit.mc import NoDropoutError
+
+    check_int(args.samples, "samples", minimum=1)
+    root = Path(args.dir)
+    print(f"{'run':<40} {'acc eval':>8} {'acc MC':>7} {'NLL eval':>8} {'NLL MC':>7} {'ECE eval':>8} {'ECE MC':>7} "
+          f"{'H right':>7} {'H wrong':>7} {'MI right':>8} {'MI wrong':>8}")
+    done = 0
+    for r in _runs(root):
+        try:
+            row = evaluate_run(r, args)
+        except NoDropoutError:
+            print(f"{str(r.relative_to(root)) or '.':<40} (no dropout: skipped)")
+            continue
+        done += 1
+        label = str(r.relative_to(root)) if r != root else r.name
+        print(f"{label:<40} {row['eval_acc']:8.3f} {row['mc_acc']:7.3f} {row['eval_nll']:8.3f} {row['mc_nll']:7.3f} "
+              f"{row['eval_ece']:8.3f} {row['mc_ece']:7.3f} {row['entropy_correct']:7.3f} {row['entropy_wrong']:7.3f} "
+              f"{row['mi_correct']:8.4f} {row['mi_wrong']:8.4f}")
+        print(f"{'':<40} wrote {r / 'mc.json'} and {r / 'mc_uncertainty.png'}")
+    if not done:
+        raise ValueError(f"{root}: no run with dropout to sample")
+    return 0
