@@ -61,7 +61,7 @@ def mask_figure(shape: Sequence[int] = (8, 6, 12, 12), p: float = 0.3, block_siz
     from matplotlib.figure import Figure
 
     masks = variant_masks(shape, p, block_size, seed)
-    fig = Figure(figsize=(3.6 * len(masks), 5.2), dpi=100)
+    fig = Figure(figsize=(3.6 * len(masks), 5.6), dpi=100)
     axes = fig.subplots(1, len(masks))
     for ax, (label, keep) in zip(axes, masks.items()):
         ax.imshow(_tiles(keep).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -74,7 +74,7 @@ def mask_figure(shape: Sequence[int] = (8, 6, 12, 12), p: float = 0.3, block_siz
     n, c, h, w = masks[next(iter(masks))].shape
     fig.suptitle(f"dropkit masks on one input of shape (N={n}, C={c}, H={h}, W={w}); white = kept, black = dropped",
                  fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93))  # room for the suptitle above the panel titles
     return fig
 
 
