@@ -230,22 +230,32 @@ def set_isa(name: str | None = None) -> str:
 
 
 def _threads(n: int) -> int:
-    return 1 if n < parallel_threshold else max(1, torch.get_num_threads())
+    return 1 if n < parallel_threshold else torch.get_num_threads()
+
+
+_M64 = (1 << 64) - 1
+_thresholds: dict[float, int] = {}
+
+
+def _thr(p: float) -> int:
+    t = _thresholds.get(p)
+    if t is None:
+        if len(_thresholds) > 1024:
+            _thresholds.clear()
+        t = _thresholds[p] = threshold(p)
+    return t
 
 
 def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
-    """1-D ``bool`` keep mask of ``n`` elements, ``True`` = kept (CPU)."""
+    """1-D ``bool`` keep mask of ``n`` elements, ``True`` = kept (computed on the CPU, moved to ``device``)."""
     if not available():
         raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
     out = torch.empty(int(n), dtype=torch.bool)
-    rc = _state["lib"].dk_keep_mask(out.data_ptr(), n, threshold(p), seed & _M64, stream & _M64, offset & _M64,
+    rc = _state["lib"].dk_keep_mask(out.data_ptr(), n, _thr(p), seed & _M64, stream & _M64, offset & _M64,
                                     _state["isa"], _threads(n))
     if rc:
         raise RuntimeError(f"dk_keep_mask failed with code {rc}")
     return out if torch.device(device).type == "cpu" else out.to(device)
-
-
-_M64 = (1 << 64) - 1
 
 
 def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int, offset: int,
@@ -255,14 +265,17 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     The product is taken in float32 (float64 for float64 ``x``) and rounded once to
     ``x.dtype``. ``out`` may be ``x`` (in place). Inputs the kernel does not cover
     (other dtypes or devices) go to the reference backend; non-contiguous ``x`` is
-    made contiguous first.
+    made contiguous first, and an ``out`` that is not contiguous or partly overlaps
+    ``x`` receives the result by a copy.
     """
+    lib = _state["lib"]
     code = _DTYPE_CODE.get(x.dtype)
-    if code is None or x.device.type != "cpu" or not available() or (
-            out is not None and (out.dtype != x.dtype or out.device.type != "cpu")):
+    if code is None or not x.is_cpu or (lib is None and not available()) or (
+            out is not None and (out.dtype != x.dtype or not out.is_cpu)):
         from dropkit.kernels import reference
 
         return reference.dropout_mul(x, p, scale, seed, stream, offset, out)
+    lib = _state["lib"]
     src = x if x.is_contiguous() else x.contiguous()
     n = src.numel()
     if out is None:
@@ -274,8 +287,8 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     else:
         dst = out
     if n:
-        rc = _state["lib"].dk_dropout_mul(code, src.data_ptr(), dst.data_ptr(), n, threshold(p), float(scale),
-                                          seed & _M64, stream & _M64, offset & _M64, _state["isa"], _threads(n))
+        rc = lib.dk_dropout_mul(code, src.data_ptr(), dst.data_ptr(), n, _thr(p), scale, seed & _M64, stream & _M64,
+                                offset & _M64, _state["isa"], _threads(n))
         if rc:
             raise RuntimeError(f"dk_dropout_mul failed with code {rc}")
     if out is not None and dst is not out:

@@ -524,6 +524,94 @@ DK_T_AVX512 static void apply_avx512(int kind, const void *xv, void *ov, size_t 
 #endif /* DK_X86 */
 
 /* ------------------------------------------------------------------------- */
+/* NEON path (AArch64: NEON is part of the base ISA)                          */
+/* ------------------------------------------------------------------------- */
+#ifdef DK_NEON
+/* One Philox round on four blocks (one block per 32-bit lane): vmull gives the
+ * 64-bit products two lanes at a time, uzp2 collects their high words. */
+#define DK_ROUND_NEON(c0, c1, c2, c3, K0, K1)                                                    \
+    do {                                                                                        \
+        uint32x4_t h0_ = vuzp2q_u32(vreinterpretq_u32_u64(vmull_u32(vget_low_u32(c0), vget_low_u32(M0))), \
+                                    vreinterpretq_u32_u64(vmull_high_u32(c0, M0)));             \
+        uint32x4_t h1_ = vuzp2q_u32(vreinterpretq_u32_u64(vmull_u32(vget_low_u32(c2), vget_low_u32(M1))), \
+                                    vreinterpretq_u32_u64(vmull_high_u32(c2, M1)));             \
+        uint32x4_t l0_ = vmulq_u32(c0, M0), l1_ = vmulq_u32(c2, M1);                            \
+        c0 = veorq_u32(veorq_u32(h1_, c1), K0);                                                 \
+        c2 = veorq_u32(veorq_u32(h0_, c3), K1);                                                 \
+        c1 = l1_;                                                                               \
+        c3 = l0_;                                                                               \
+    } while (0)
+
+static void gen_neon(uint8_t *dst, uint64_t b0, size_t nb, const dk_rng *r) {
+    const uint32x4_t M0 = vdupq_n_u32(PHILOX_M0), M1 = vdupq_n_u32(PHILOX_M1);
+    const uint16x8_t thr = vdupq_n_u16((uint16_t)r->thr);
+    static const uint8_t bitw[8] = {1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x8_t bw = vld1_u8(bitw);
+    const uint32x4_t s0 = vdupq_n_u32(r->s0), s1 = vdupq_n_u32(r->s1);
+    size_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        uint32_t lo[4], hi[4];
+        for (int l = 0; l < 4; l++) {
+            lo[l] = (uint32_t)(b0 + i + l);
+            hi[l] = (uint32_t)((b0 + i + l) >> 32);
+        }
+        uint32x4_t c0 = vld1q_u32(lo), c1 = vld1q_u32(hi), c2 = s0, c3 = s1;
+        for (int k = 0; k < 10; k++) DK_ROUND_NEON(c0, c1, c2, c3, vdupq_n_u32(r->k0[k]), vdupq_n_u32(r->k1[k]));
+        /* transpose: block b's words (c0[b], c1[b], c2[b], c3[b]) = its 8 lanes in order */
+        uint32x4_t t0 = vtrn1q_u32(c0, c1), t1 = vtrn2q_u32(c0, c1), t2 = vtrn1q_u32(c2, c3), t3 = vtrn2q_u32(c2, c3);
+        uint32x4_t blk[4] = {
+            vreinterpretq_u32_u64(vtrn1q_u64(vreinterpretq_u64_u32(t0), vreinterpretq_u64_u32(t2))),
+            vreinterpretq_u32_u64(vtrn1q_u64(vreinterpretq_u64_u32(t1), vreinterpretq_u64_u32(t3))),
+            vreinterpretq_u32_u64(vtrn2q_u64(vreinterpretq_u64_u32(t0), vreinterpretq_u64_u32(t2))),
+            vreinterpretq_u32_u64(vtrn2q_u64(vreinterpretq_u64_u32(t1), vreinterpretq_u64_u32(t3))),
+        };
+        for (int b = 0; b < 4; b++) {
+            uint8x8_t keep = vmovn_u16(vcgeq_u16(vreinterpretq_u16_u32(blk[b]), thr));
+            dst[i + b] = vaddv_u8(vand_u8(keep, bw));
+        }
+    }
+    for (; i < nb; i++) dst[i] = philox_block_bits(r, b0 + i);
+}
+
+static void apply_neon(int kind, const void *xv, void *ov, size_t len, const uint8_t *m, size_t s, float sf,
+                       double sd) {
+    size_t i = 0;
+    static const uint32_t bit4[4] = {1, 2, 4, 8};
+    const uint32x4_t sel = vld1q_u32(bit4);
+    const uint32x4_t vs = vreinterpretq_u32_f32(vdupq_n_f32(sf));
+    if (kind == DK_F32) {
+        const float *x = (const float *)xv;
+        float *o = (float *)ov;
+        for (; i + 8 <= len; i += 8) {
+            uint32_t b = (uint32_t)bits_at(m, s + i);
+            uint32x4_t k0 = vtstq_u32(vdupq_n_u32(b), sel), k1 = vtstq_u32(vdupq_n_u32(b >> 4), sel);
+            float32x4_t f0 = vreinterpretq_f32_u32(vandq_u32(k0, vs)), f1 = vreinterpretq_f32_u32(vandq_u32(k1, vs));
+            vst1q_f32(o + i, vmulq_f32(vld1q_f32(x + i), f0));
+            vst1q_f32(o + i + 4, vmulq_f32(vld1q_f32(x + i + 4), f1));
+        }
+    } else if (kind == DK_BF16) {
+        const uint16_t *x = (const uint16_t *)xv;
+        uint16_t *o = (uint16_t *)ov;
+        const uint32x4_t one = vdupq_n_u32(1), bias = vdupq_n_u32(0x7FFF);
+        for (; i + 4 <= len; i += 4) {
+            uint32x4_t k = vtstq_u32(vdupq_n_u32((uint32_t)bits_at(m, s + i)), sel);
+            float32x4_t y = vmulq_f32(vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(x + i), 16)),
+                                      vreinterpretq_f32_u32(vandq_u32(k, vs)));
+            uint32x4_t v = vreinterpretq_u32_f32(y);
+            uint32x4_t t = vshrq_n_u32(vaddq_u32(vaddq_u32(v, bias), vandq_u32(vshrq_n_u32(v, 16), one)), 16);
+            t = vbslq_u32(vceqq_f32(y, y), t, vdupq_n_u32(0xFFFF)); /* NaN -> 0xFFFF as on x86 */
+            vst1_u16(o + i, vmovn_u32(t));
+        }
+    }
+    (void)sd;
+    if (i < len) {
+        size_t esz = kind == DK_MASK ? 1 : kind == DK_F32 ? 4 : kind == DK_F64 ? 8 : 2;
+        apply_scalar(kind, (const char *)xv + i * esz, (char *)ov + i * esz, len - i, m, s + i, sf, sd);
+    }
+}
+#endif /* DK_NEON */
+
+/* ------------------------------------------------------------------------- */
 /* Driver: chunks, threads, dispatch                                          */
 /* ------------------------------------------------------------------------- */
 typedef void (*gen_fn)(uint8_t *, uint64_t, size_t, const dk_rng *);
@@ -551,6 +639,11 @@ static void dk_select(int isa, gen_fn *g, apply_fn *a) {
     } else if (isa == DK_ISA_AVX512) {
         *g = gen_avx512;
         *a = apply_avx512;
+    }
+#elif defined(DK_NEON)
+    if (isa == DK_ISA_NEON) {
+        *g = gen_neon;
+        *a = apply_neon;
     }
 #else
     (void)isa;
@@ -714,6 +807,8 @@ static int dk_run(dk_job *J, size_t n, int nthreads) {
 
 /* Bit (1 << level) set for every ISA level this CPU (and OS) can run. */
 DK_API int dk_cpu_features(void) {
+    static volatile int cached = -1;
+    if (cached >= 0) return cached;
     int f = 1 << DK_ISA_SCALAR;
 #ifdef DK_X86
     __builtin_cpu_init();
@@ -722,6 +817,10 @@ DK_API int dk_cpu_features(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         f |= 1 << DK_ISA_AVX512;
 #endif
+#ifdef DK_NEON
+    f |= 1 << DK_ISA_NEON;
+#endif
+    cached = f;
     return f;
 }
 
