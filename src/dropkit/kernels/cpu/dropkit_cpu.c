@@ -28,6 +28,10 @@
 #include <stddef.h>
 #include <string.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define DK_X86 1
@@ -69,6 +73,9 @@ enum { DK_F32 = 0, DK_F64 = 1, DK_F16 = 2, DK_BF16 = 3, DK_MASK = 4 };
 /* Elements per chunk; the mask buffer of one chunk is DK_CHUNK / 8 + 2 bytes plus padding. */
 #define DK_CHUNK 4096
 #define DK_MAXTHREADS 256
+/* Below this many elements a call does not wait for sleeping workers to wake (measured:
+ * a wake-up costs ~50 us on a 2-vCPU VM, about the time one thread needs for 2^18 elements). */
+#define DK_COLD_MIN (1u << 19)
 
 typedef struct {
     uint32_t thr;           /* 1 .. 65535 when the RNG runs (0 and 65536 are constant masks) */
@@ -690,34 +697,81 @@ static void dk_run_task(const dk_task *t) {
 #endif
 }
 
-/* A persistent pool of worker threads, started on first use and woken per call
- * (starting threads per call costs ~20-40 us, which would push the break-even size up).
+/* A persistent pool of worker threads, started on first use.
+ *
+ * Waking a sleeping thread costs 20-50 us on a virtual machine (the idle vCPU has to be
+ * woken through the hypervisor), more than the whole work below ~2^19 elements. So a
+ * worker that finished a job spins (pause + sched_yield, so it gives way to any runnable
+ * thread) for dk_spin_ns before it sleeps on a condition variable; calls that come in
+ * a burst (a training step's forward and backward) find it awake. Each worker has its
+ * own slot (generation counter + task), written only while that worker is idle.
  * One call uses the pool at a time; a concurrent caller runs on its own thread. */
+typedef struct {
+    _Atomic unsigned long gen;
+    const dk_task *_Atomic task;
+    unsigned long start_gen; /* gen when the worker was created (set before pthread_create) */
+    char pad[64 - 2 * sizeof(unsigned long) - sizeof(void *)];
+} dk_slot;
+
 static struct {
     pthread_mutex_t busy; /* held by the call that owns the pool */
-    pthread_mutex_t mu;
-    pthread_cond_t work, done;
-    int nworkers, njob, remaining;
-    unsigned long gen;
-    const dk_task *tasks;
-    unsigned long start_gen[DK_MAXTHREADS];
-} dk_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-             PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, {0}};
+    pthread_mutex_t mu;   /* with `work`: sleeping workers */
+    pthread_cond_t work;
+    _Atomic int sleepers;
+    _Atomic int remaining;
+    _Atomic unsigned long wake; /* bumped to wake sleeping workers without work (prewarm) */
+    int nworkers;
+    dk_slot slot[DK_MAXTHREADS];
+} dk_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
+
+static _Atomic long long dk_spin_ns = 200000;
+
+/* How long an idle worker spins before it sleeps (0: sleep at once). Returns the old value. */
+DK_API long long dk_set_spin_us(long long us) {
+    return atomic_exchange(&dk_spin_ns, us < 0 ? 0 : us * 1000) / 1000;
+}
+
+static inline long long dk_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void dk_relax(void) {
+#ifdef DK_X86
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 static void *dk_worker(void *arg) {
     int me = (int)(intptr_t)arg;
-    pthread_mutex_lock(&dk_pool.mu);
-    unsigned long seen = dk_pool.start_gen[me]; /* the job generation before this worker existed */
+    dk_slot *sl = &dk_pool.slot[me];
+    unsigned long seen = sl->start_gen;
     for (;;) {
-        while (dk_pool.gen == seen) pthread_cond_wait(&dk_pool.work, &dk_pool.mu);
-        seen = dk_pool.gen;
-        if (me < dk_pool.njob) {
-            const dk_task *t = &dk_pool.tasks[me];
-            pthread_mutex_unlock(&dk_pool.mu);
-            dk_run_task(t);
-            pthread_mutex_lock(&dk_pool.mu);
-            if (--dk_pool.remaining == 0) pthread_cond_signal(&dk_pool.done);
+        long long t0 = dk_now_ns(), spin = atomic_load_explicit(&dk_spin_ns, memory_order_relaxed);
+        unsigned int k = 0;
+        while (atomic_load_explicit(&sl->gen, memory_order_acquire) == seen) {
+            dk_relax();
+            if (++k % 64 == 0) {
+                if (dk_now_ns() - t0 < spin) {
+                    sched_yield();
+                    continue;
+                }
+                pthread_mutex_lock(&dk_pool.mu);
+                unsigned long w = atomic_load(&dk_pool.wake);
+                atomic_fetch_add(&dk_pool.sleepers, 1);
+                while (atomic_load(&sl->gen) == seen && atomic_load(&dk_pool.wake) == w)
+                    pthread_cond_wait(&dk_pool.work, &dk_pool.mu);
+                atomic_fetch_sub(&dk_pool.sleepers, 1);
+                pthread_mutex_unlock(&dk_pool.mu);
+                t0 = dk_now_ns(); /* woken: spin again before sleeping */
+            }
         }
+        seen = atomic_load_explicit(&sl->gen, memory_order_acquire);
+        dk_run_task(atomic_load_explicit(&sl->task, memory_order_relaxed));
+        atomic_fetch_sub_explicit(&dk_pool.remaining, 1, memory_order_release);
     }
     return NULL;
 }
@@ -729,9 +783,9 @@ static void dk_pool_atfork_child(void) {
     dk_pool.busy = m;
     dk_pool.mu = m;
     dk_pool.work = c;
-    dk_pool.done = c;
-    dk_pool.nworkers = dk_pool.njob = dk_pool.remaining = 0;
-    dk_pool.tasks = NULL;
+    atomic_store(&dk_pool.sleepers, 0);
+    atomic_store(&dk_pool.remaining, 0);
+    dk_pool.nworkers = 0;
 }
 
 static void dk_pool_atfork_init(void) { pthread_atfork(NULL, NULL, dk_pool_atfork_child); }
@@ -746,9 +800,7 @@ static int dk_pool_grow(int want) {
         pthread_attr_init(&attr);
         pthread_attr_setstacksize(&attr, 1 << 20);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_mutex_lock(&dk_pool.mu);
-        dk_pool.start_gen[dk_pool.nworkers + 1] = dk_pool.gen;
-        pthread_mutex_unlock(&dk_pool.mu);
+        dk_pool.slot[dk_pool.nworkers + 1].start_gen = atomic_load(&dk_pool.slot[dk_pool.nworkers + 1].gen);
         int rc = pthread_create(&tid, &attr, dk_worker, (void *)(intptr_t)(dk_pool.nworkers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -757,21 +809,8 @@ static int dk_pool_grow(int want) {
     return dk_pool.nworkers;
 }
 
-static int dk_run(dk_job *J, size_t n, int nthreads) {
-    if (n == 0) return 0;
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > DK_MAXTHREADS) nthreads = DK_MAXTHREADS;
-    /* ranges are multiples of 64 elements so threads never share an output cache line */
-    size_t units = (n + 63) / 64;
-    if ((size_t)nthreads > units) nthreads = (int)units;
-    if (nthreads > 1 && pthread_mutex_trylock(&dk_pool.busy) != 0) nthreads = 1; /* pool in use */
-    if (nthreads == 1) {
-        run_range(J, 0, n);
-        return 0;
-    }
-    int have = dk_pool_grow(nthreads - 1);
-    if (have < nthreads - 1) nthreads = have + 1;
-    dk_task tasks[DK_MAXTHREADS];
+/* Contiguous ranges of whole 64-element units, one per thread. */
+static void dk_split(const dk_job *J, size_t n, size_t units, int nthreads, dk_task *tasks) {
 #ifdef DK_X86
     unsigned int csr = _mm_getcsr();
 #endif
@@ -784,22 +823,95 @@ static int dk_run(dk_job *J, size_t n, int nthreads) {
         tasks[t].mxcsr = csr;
 #endif
     }
-    if (nthreads > 1) {
-        pthread_mutex_lock(&dk_pool.mu);
-        dk_pool.tasks = tasks;
-        dk_pool.njob = nthreads;
-        dk_pool.remaining = nthreads - 1;
-        dk_pool.gen++;
-        pthread_cond_broadcast(&dk_pool.work);
-        pthread_mutex_unlock(&dk_pool.mu);
+}
+
+/* Borrowing torch's OpenMP team. torch's CPU ops run on an OpenMP thread team whose
+ * threads spin for a while after each parallel region; a separate pool of ours would
+ * fight them for the cores (measured: +0.5 ms per MLP training step on 2 vCPUs). So when
+ * the Python side finds the OpenMP runtime torch loaded, it passes GOMP_parallel (the
+ * libgomp ABI, also exported by LLVM's libomp) and omp_get_thread_num, and calls run
+ * on torch's own threads, exactly as torch's parallel_for does. Not used in a forked
+ * child (libgomp's team does not survive fork); the pthread pool serves there. */
+typedef void (*dk_gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+static dk_gomp_parallel_fn dk_gomp_parallel;
+static int (*dk_omp_thread_num)(void);
+static pid_t dk_omp_pid;
+
+DK_API int dk_use_openmp(void *gomp_parallel, void *omp_get_thread_num) {
+    dk_gomp_parallel = (dk_gomp_parallel_fn)gomp_parallel;
+    dk_omp_thread_num = (int (*)(void))omp_get_thread_num;
+    dk_omp_pid = getpid();
+    return dk_gomp_parallel != NULL && dk_omp_thread_num != NULL;
+}
+
+typedef struct {
+    const dk_task *tasks;
+    int n;
+    _Atomic int next;
+} dk_omp_ctx;
+
+static void dk_omp_body(void *arg) {
+    dk_omp_ctx *c = (dk_omp_ctx *)arg;
+    /* tasks are claimed, not assigned by thread number: correct for any team size */
+    int i;
+    while ((i = atomic_fetch_add(&c->next, 1)) < c->n) dk_run_task(&c->tasks[i]);
+}
+
+static int dk_run(dk_job *J, size_t n, int nthreads) {
+    if (n == 0) return 0;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > DK_MAXTHREADS) nthreads = DK_MAXTHREADS;
+    /* ranges are multiples of 64 elements so threads never share an output cache line */
+    size_t units = (n + 63) / 64;
+    if ((size_t)nthreads > units) nthreads = (int)units;
+    if (nthreads > 1 && dk_gomp_parallel != NULL && dk_omp_pid == getpid()) {
+        dk_task tasks[DK_MAXTHREADS];
+        dk_split(J, n, units, nthreads, tasks);
+        dk_omp_ctx c = {tasks, nthreads, 0};
+        dk_gomp_parallel(dk_omp_body, &c, (unsigned)nthreads, 0);
+        return 0;
     }
-    run_range(J, tasks[0].j0, tasks[0].j1);
+    if (nthreads > 1 && pthread_mutex_trylock(&dk_pool.busy) != 0) nthreads = 1; /* pool in use */
+    if (nthreads > 1 && n < DK_COLD_MIN && (dk_pool.nworkers < nthreads - 1 || atomic_load(&dk_pool.sleepers) > 0)) {
+        /* Workers asleep (or not started): waking one costs more than this call's work.
+         * Do it on this thread, and wake them so that the calls that follow find them spinning. */
+        dk_pool_grow(nthreads - 1);
+        if (atomic_load(&dk_pool.sleepers) > 0) {
+            pthread_mutex_lock(&dk_pool.mu);
+            atomic_fetch_add(&dk_pool.wake, 1);
+            pthread_cond_broadcast(&dk_pool.work);
+            pthread_mutex_unlock(&dk_pool.mu);
+        }
+        pthread_mutex_unlock(&dk_pool.busy);
+        nthreads = 1;
+    }
+    if (nthreads == 1) {
+        run_range(J, 0, n);
+        return 0;
+    }
+    int have = dk_pool_grow(nthreads - 1);
+    if (have < nthreads - 1) nthreads = have + 1;
+    dk_task tasks[DK_MAXTHREADS];
+    dk_split(J, n, units, nthreads, tasks);
     if (nthreads > 1) {
-        pthread_mutex_lock(&dk_pool.mu);
-        while (dk_pool.remaining > 0) pthread_cond_wait(&dk_pool.done, &dk_pool.mu);
-        dk_pool.njob = 0;
-        dk_pool.tasks = NULL;
-        pthread_mutex_unlock(&dk_pool.mu);
+        atomic_store(&dk_pool.remaining, nthreads - 1);
+        for (int t = 1; t < nthreads; t++) {
+            atomic_store_explicit(&dk_pool.slot[t].task, &tasks[t], memory_order_relaxed);
+            atomic_fetch_add(&dk_pool.slot[t].gen, 1); /* seq_cst: ordered before the load of sleepers */
+        }
+        if (atomic_load(&dk_pool.sleepers) > 0) {
+            pthread_mutex_lock(&dk_pool.mu);
+            pthread_cond_broadcast(&dk_pool.work);
+            pthread_mutex_unlock(&dk_pool.mu);
+        }
+        run_range(J, tasks[0].j0, tasks[0].j1);
+        unsigned int k = 0;
+        while (atomic_load_explicit(&dk_pool.remaining, memory_order_acquire) > 0) {
+            dk_relax();
+            if (++k % 64 == 0) sched_yield();
+        }
+    } else {
+        run_range(J, tasks[0].j0, tasks[0].j1);
     }
     pthread_mutex_unlock(&dk_pool.busy);
     return 0;
