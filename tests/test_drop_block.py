@@ -56,14 +56,25 @@ def test_seed_rate_solves_the_expected_fraction():
         assert abs(frac - p) < 0.01
 
 
-def test_rescaled_by_numel_over_kept():
+def test_rescaled_by_numel_over_kept_per_sample():
     x = positive((2, 4, 10, 10))
     y = F.drop_block2d(x, 0.3, 3, seed=4)
     keep = y != 0
-    scale = keep.numel() / keep.sum()
-    torch.testing.assert_close(y[keep], x[keep] * scale)
+    for n in range(2):
+        scale = keep[n].numel() / keep[n].sum()
+        torch.testing.assert_close(y[n][keep[n]], x[n][keep[n]] * scale)
     ones = F.drop_block2d(torch.ones(2, 4, 10, 10, dtype=torch.float64), 0.3, 3, seed=4)
-    assert float(ones.sum()) == pytest.approx(ones.numel())  # mean exactly kept
+    assert ones.sum(dim=(1, 2, 3)).tolist() == pytest.approx([400.0, 400.0])  # each sample's mean exactly kept
+    unbatched = F.drop_block2d(torch.ones(4, 10, 10, dtype=torch.float64), 0.3, 3, seed=4)
+    assert float(unbatched.sum()) == pytest.approx(400.0)
+
+
+def test_batch_shard_draws_the_full_batch_blocks():
+    x = positive((4, 3, 9, 9))
+    for share in (False, True):
+        full = F.drop_block2d(x, 0.3, 3, seed=5, share_channels=share)
+        with dropkit.rng.batch_shard(2):
+            assert torch.equal(F.drop_block2d(x[2:], 0.3, 3, seed=5, share_channels=share), full[2:])
 
 
 def test_per_channel_or_shared():

@@ -52,17 +52,30 @@ def test_two_gloo_processes_match_one_process(tmp_path, case):
                 assert mb[key] == pytest.approx(ma[key], rel=1e-5, abs=1e-6), (slug, key, ma["epoch"])
 
 
-def test_shard_bounds_never_leave_one_sample_after_the_start():
+def test_shard_bounds_split_evenly():
     from dropkit.lab.train import shard_bounds
 
     assert shard_bounds(49, 2) == [0, 24, 49]
-    assert shard_bounds(2, 2) == [0, 2, 2]
-    assert shard_bounds(5, 4) == [0, 1, 3, 3, 5]
+    assert shard_bounds(5, 4) == [0, 1, 2, 3, 5]
     for b in range(1, 40):
         for w in range(1, 6):
             bounds = shard_bounds(b, w)
             assert bounds[0] == 0 and bounds[-1] == b and bounds == sorted(bounds)
-            assert all(bounds[r + 1] - bounds[r] != 1 for r in range(1, w))
+
+
+def test_one_sample_shards_draw_their_rows_of_the_batch_mask():
+    import torch
+
+    import dropkit
+
+    x = torch.rand(5, 3, 4, 4) + 0.5
+    for op in (lambda t: dropkit.functional.dropout(t, 0.5, seed=3),
+               lambda t: dropkit.functional.dropout2d(t, 0.5, seed=3),
+               lambda t: dropkit.functional.drop_path(t, 0.5, seed=3)):
+        full = op(x)
+        for start in range(5):
+            with dropkit.rng.batch_shard(start):
+                assert torch.equal(op(x[start : start + 1]), full[start : start + 1])
 
 
 def test_batch_shard_is_what_makes_the_masks_match():

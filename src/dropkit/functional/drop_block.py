@@ -46,7 +46,7 @@ def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> floa
 
 @dataclass(frozen=True)
 class _BlockNoise:
-    """``f = keep * numel / kept``: blocks grown from Bernoulli(gamma) starts on the valid grid."""
+    """``f = keep * numel / kept`` per sample: blocks grown from Bernoulli(gamma) starts on the valid grid."""
 
     gamma: float
     block_size: int
@@ -55,6 +55,7 @@ class _BlockNoise:
     offset: int
     seed_shape: tuple[int, ...]  # (N?, C or 1, *valid)
     spatial_dims: int
+    batched: bool = True
 
     def factors(self, shape, device, dtype, with_bias):
         starts = uniform(self.seed_shape, self.key, self.stream, self.offset, dtype=torch.float64, device=device)
@@ -64,8 +65,11 @@ class _BlockNoise:
         padded = tnf.pad(starts, [b - 1] * (2 * d))
         pool = tnf.max_pool2d if d == 2 else tnf.max_pool3d
         keep = 1.0 - pool(padded, kernel_size=b, stride=1)
-        kept = keep.sum()
-        scale = torch.where(kept > 0, keep.numel() / kept.clamp(min=1.0), torch.zeros_like(kept))
+        # per sample: the result does not depend on how a batch is split across processes (batch_shard)
+        dims = tuple(range(1, keep.dim())) if self.batched else tuple(range(keep.dim()))
+        kept = keep.sum(dim=dims, keepdim=True)
+        per_sample = keep[0].numel() if self.batched else keep.numel()
+        scale = torch.where(kept > 0, per_sample / kept.clamp(min=1.0), torch.zeros_like(kept))
         return keep * scale, None
 
 
@@ -99,6 +103,7 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
         _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0,  # batch_shard: offset by sample
         seed_shape,
         dims,
+        rank == dims + 2,
     )
     return apply_noise(input, noise, f"dropkit.functional.{op}", inplace)
 
@@ -119,7 +124,9 @@ def drop_block2d(
 
     Zeroes ``block_size x block_size`` squares of each feature map: block starts are drawn
     with rate :math:`\gamma` on the positions where a whole block fits, each grown into a
-    block, and the survivors rescaled by ``numel / kept`` (as torchvision does) so the mean
+    block, and each sample's survivors rescaled by ``numel / kept`` of that sample (torchvision
+    rescales over the whole batch; per sample, the result does not depend on how a batch is
+    split across processes) so the mean
     is kept: :math:`y = x \odot M \cdot |M| / \sum M`. :math:`\gamma` is solved
     (:func:`block_seed_rate`) so the expected fraction dropped is exactly ``p``. Odd and
     even block sizes both work (a block covers ``block_size`` positions, never more).

@@ -183,17 +183,8 @@ def summarise(history: list[dict]) -> dict:
 
 
 def shard_bounds(batch: int, world: int) -> list[int]:
-    """Where each process's shard of a global batch of ``batch`` samples starts (``world + 1`` bounds).
-
-    An even split, except that no shard starting after sample 0 holds exactly one sample (its
-    sample goes to the previous process): a dropkit op cannot tell a one-sample shard from a
-    mask shared along dim 0, and would not offset its mask (see :func:`dropkit.rng.batch_shard`).
-    """
-    bounds = [batch * r // world for r in range(world + 1)]
-    for r in range(world - 1, 0, -1):
-        if bounds[r + 1] - bounds[r] == 1:
-            bounds[r] += 1
-    return bounds
+    """Where each process's shard of a global batch of ``batch`` samples starts (``world + 1`` bounds, an even split)."""
+    return [batch * r // world for r in range(world + 1)]
 
 
 def train_run(

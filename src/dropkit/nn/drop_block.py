@@ -36,7 +36,7 @@ class DropBlock2d(_DropBlock):
     r"""DropBlock (Ghiasi, Lin & Le, NeurIPS 2018): drop ``block_size x block_size`` squares of feature maps.
 
     Contiguous regions are dropped so a conv net cannot recover a dropped unit from its
-    neighbours; survivors are rescaled by ``numel / kept`` (torchvision's rule), so the
+    neighbours; survivors are rescaled by ``numel / kept`` per sample (torchvision rescales over the batch), so the
     mean is kept: :math:`y = x \odot M\, |M| / \sum M`. The block-start rate is solved so the
     expected dropped fraction is ``p``. Papers schedule ``p`` from 0 up to ~0.1 over training:
     set ``module.p`` between epochs. See :func:`dropkit.functional.drop_block2d`.
