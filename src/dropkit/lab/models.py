@@ -87,36 +87,8 @@ def resolve_rates(model: str, p: float | Sequence[float], name: str = "p") -> tu
     return tuple(check_p(r, name) for r in rates)
 
 
-class _SharedMaskDropout(nn.Module):
-    """Stand-in for ``dropkit.nn.Dropout2d`` / ``LockedDropout`` on dropkit versions without them:
-    :func:`dropkit.functional.dropout` with a noise shape that shares the mask over the
-    spatial dims (``"spatial"``) or over time (``"locked"``, batch first)."""
-
-    def __init__(self, p: float, share: str):
-        super().__init__()
-        self.p, self.share = check_p(p), share
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.share == "spatial":
-            noise = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
-        else:
-            noise = (x.shape[0], 1, x.shape[2])
-        return dropkit.functional.dropout(x, self.p, self.training, noise_shape=noise)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, share={self.share!r}"
-
-
 def _dropout_layer(variant: str, p: float) -> nn.Module:
-    cls = getattr(dropkit.nn, variant, None)
-    if cls is None and variant in ("Dropout2d", "LockedDropout"):
-        return _SharedMaskDropout(p, "spatial" if variant == "Dropout2d" else "locked")
-    if cls is None:
-        have = [v for v in VARIANTS if hasattr(dropkit.nn, v)]
-        raise ValueError(
-            f"Invalid value for `variant`: dropkit.nn.{variant} is not available in this dropkit "
-            f"(available: {', '.join(have)})"
-        )
+    cls = getattr(dropkit.nn, variant)
     if variant == "LockedDropout":
         return cls(p, batch_first=True)
     if variant == "DropBlock2d":
