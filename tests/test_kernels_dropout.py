@@ -14,6 +14,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -325,3 +326,32 @@ def test_build_failure_falls_back_with_one_warning(tmp_path):
     res = _run({"CC": "no-such-compiler-dropkit", "DROPKIT_CACHE_DIR": str(tmp_path)})
     assert "no C compiler found" in res["info"]["reason"] and len(res["warnings"]) == 1
     assert not list(tmp_path.glob("*.so"))
+
+
+# ---------------------------------------------------------------------------
+# C self test: every SIMD level == the scalar path on random bit patterns
+# ---------------------------------------------------------------------------
+_SELFTEST = Path(__file__).resolve().parent / "cpu_kernel_selftest.c"
+_KERNEL_DIR = Path(cpu.__file__).resolve().parent
+
+
+def _compile_and_run(cc: list[str], runner: list[str], tmp_path: Path, extra: list[str]) -> str:
+    exe = tmp_path / "selftest"
+    build = subprocess.run([*cc, "-O2", "-pthread", *extra, f"-I{_KERNEL_DIR}", str(_SELFTEST), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and " 0 failures" in run.stdout, run.stdout + run.stderr
+    return run.stdout
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_c_selftest_native(tmp_path):
+    _compile_and_run(["cc"], [], tmp_path, [])
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
+                    reason="needs gcc-aarch64-linux-gnu and qemu-user to check the NEON path on this host")
+def test_c_selftest_neon_under_qemu(tmp_path):
+    out = _compile_and_run(["aarch64-linux-gnu-gcc"], ["qemu-aarch64"], tmp_path, ["-static"])
+    assert "features 0x9" in out  # scalar + NEON

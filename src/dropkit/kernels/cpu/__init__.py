@@ -63,10 +63,11 @@ _SOURCES = ("dropkit_cpu.c",)
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 #: Below this many elements a call stays on one thread. Measured on the 2-core AMD EPYC
-#: (Zen 4) VM: with the worker awake, 2 threads beat 1 from 2^14 elements (1.25x at 2^15,
-#: 1.5x at 2^16, 1.9x from 2^17). The C side also stays on one thread below 2^19 elements
-#: while the workers sleep (a wake-up costs ~50 us there) and wakes them for the next call.
-parallel_threshold = 1 << 14
+#: (Zen 4) VM, fp32, 1 vs 2 threads: on torch's OpenMP team 2 threads win from 2^15
+#: (1.07x at 2^15, 1.5x at 2^16, 2x from 2^17); on the kernel's own pool, with its worker
+#: awake, from 2^14. (The own pool also stays on one thread below 2^19 elements while
+#: its workers sleep: a wake-up costs ~50 us there.)
+parallel_threshold = 1 << 15
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "lib": None, "name": "reference", "reason": "not loaded yet", "isa": 0, "best": 0}
