@@ -111,11 +111,19 @@ def _build(src_dir: Path) -> Path:
     st = os.stat(cc_real)
     h.update(repr((cc, cc_real, st.st_size, st.st_mtime_ns, flags, sys.version, platform.machine(),
                    sysconfig.get_config_var("SOABI"))).encode())
+    name = f"dropkit_cpu-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
     cache = _cache_dir()
-    lib = cache / f"dropkit_cpu-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
-    if lib.exists():
-        return lib
-    cache.mkdir(parents=True, exist_ok=True)
+    for d in (cache, Path(tempfile.gettempdir()) / f"dropkit-{os.getuid() if hasattr(os, 'getuid') else 'user'}"):
+        if (d / name).exists():
+            return d / name
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(f"{cache} is not writable")
+    except OSError:  # read-only home: a per-user folder in the temp dir
+        cache = Path(tempfile.gettempdir()) / f"dropkit-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lib = cache / name
     fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".tmp", dir=cache)
     os.close(fd)
     try:
