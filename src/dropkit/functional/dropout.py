@@ -84,7 +84,8 @@ class _DropoutFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return _DropoutFunction.apply(grad, ctx.spec, False), None, None
+        # masked_scale records a graph only for double backward (create_graph=True)
+        return masked_scale(grad, ctx.spec), None, None
 
 
 def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
