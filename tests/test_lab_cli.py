@@ -103,6 +103,7 @@ def test_sweep_verdicts_detect_under_and_overfitting():
         (["compare", "--model", "cnn", "--dataset", "overfit"], "model 'cnn' needs image inputs"),
         (["compare", "--dataset", "mnist", "--no-download", "--cache-dir", "/nonexistent/x"], "downloads are off"),
         (["report", "/nonexistent/folder"], "does not exist"),
+        (["compare", "--schedule", "early:5"], "Invalid value for `spec`: expected early:linear:K"),
     ],
 )
 def test_bad_input_messages(argv, message, capsys, tmp_path):
@@ -138,3 +139,21 @@ def test_jobs_runs_points_in_processes_with_the_same_results(tmp_path, capsys):
         for ma, mb in zip(ra, rb):
             assert ma["val_acc"] == pytest.approx(mb["val_acc"], abs=1e-3)
             assert ma["dropout_loss"] == pytest.approx(mb["dropout_loss"], rel=1e-4)
+
+
+def test_schedule_steps_the_dropout_runs_and_is_checkpointed(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "sched"
+    argv = ["compare", *TINY, "--seeds", "1", "--p", "0.5", "--schedule", "early:linear:3", "--out", str(out)]
+    code, cap = _run(argv, capsys)
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["schedule"] == "early:linear:3"
+    assert "--schedule early:linear:3" in (out / "command.txt").read_text()
+    run = out / "runs" / "p0.5" / "seed-0"
+    assert json.loads((run / "config.json").read_text())["schedule"] == "early:linear:3"
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    # overfit: 100 training samples, batch 64 -> 2 optimiser steps per epoch, 2 epochs
+    assert ckpt["schedule"] == {"last_step": 4, "base_rates": [0.5, 0.5]}
+    # the run without dropout has nothing to schedule
+    assert torch.load(out / "runs" / "p0" / "seed-0" / "checkpoint.pt", weights_only=True)["schedule"] is None

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-ARGS = ["compare", "--dataset", "overfit", "--epochs", "5", "--seeds", "2", "--quiet"]
+# the schedule ramps the rates over the first 8 optimiser steps (4 epochs): a resumed run must continue it
+ARGS = ["compare", "--dataset", "overfit", "--epochs", "5", "--seeds", "2", "--schedule", "linear:8", "--quiet"]
 
 
 def _cli(out: Path, env: dict | None = None) -> subprocess.Popen:

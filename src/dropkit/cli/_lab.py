@@ -40,6 +40,10 @@ def add_common(parser: argparse.ArgumentParser, command: str) -> None:
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     t.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to train on")
+    t.add_argument("--schedule", default=None, metavar="SPEC",
+                   help="schedule the dropout runs' rates, stepped once per optimiser step (dropkit.schedules."
+                        "from_spec): early:linear:K | early:constant:K | late:S | linear:K[:START:END] | "
+                        "cosine:K[:START:END] | dropblock:K")
     t.add_argument("--jobs", type=int, default=1, help="run this many (setting, seed) runs in parallel processes")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None, help=f"run folder (default: runs/{command}-<dataset>-<model>)")
@@ -85,8 +89,15 @@ def base_config(args: argparse.Namespace, command: str) -> dict:
     input_p = parse_rates(args.input_p, "--input-p")
     if len(input_p) != 1:
         raise ValueError(f"Invalid value for `--input-p`: expected one rate. Received: --input-p={args.input_p}")
+    if args.schedule is not None:
+        import torch
+
+        from dropkit.schedules import from_spec
+
+        from_spec(args.schedule, [torch.nn.Dropout(0.5)])  # a bad spec fails now, naming the accepted forms
     return {
         "command": command, "dataset": args.dataset, "model": args.model, "variant": args.variant,
+        "schedule": args.schedule,
         "p": None, "rates": None, "input_p": input_p[0], "epochs": args.epochs, "epochs_factor": args.epochs_factor,
         "seeds": args.seeds, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
         "val_fraction": args.val_fraction, "train_size": args.train_size, "val_size": args.val_size,
@@ -105,6 +116,8 @@ def full_command(args: argparse.Namespace, config: dict, out: str) -> str:
         parts += ["--rates", *(f"{r:g}" for r in rates)]
     if config["variant"]:
         parts += ["--variant", config["variant"]]
+    if config.get("schedule"):
+        parts += ["--schedule", config["schedule"]]
     for key in ("input_p", "epochs", "epochs_factor", "seeds", "batch_size", "lr", "weight_decay", "val_fraction",
                 "train_size", "val_size"):
         if config[key] is not None:

@@ -30,7 +30,7 @@ __all__ = ["Point", "plan", "run_experiment", "init_distributed", "environment",
 
 #: Config keys that define an experiment (a run folder refuses a config that differs in any).
 IDENTITY_KEYS = (
-    "command", "dataset", "model", "variant", "p", "rates", "input_p", "epochs", "epochs_factor", "seeds",
+    "command", "dataset", "model", "variant", "schedule", "p", "rates", "input_p", "epochs", "epochs_factor", "seeds",
     "batch_size", "lr", "weight_decay", "val_fraction", "train_size", "val_size",
 )
 
@@ -235,6 +235,7 @@ def run_experiment(
                 dataset=config["dataset"], model=config["model"], p=pt.p, input_p=pt.input_p, variant=config["variant"],
                 epochs=pt.epochs, batch_size=config["batch_size"], lr=config["lr"],
                 weight_decay=config["weight_decay"], seed=seed,
+                schedule=config.get("schedule") if any(pt.p) or pt.input_p else None,
             )
             tasks.append((pt, spec, out / "runs" / pt.slug / f"seed-{seed}"))
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from dropkit.lab.models import build_model
+from dropkit.schedules import from_spec
 
 __all__ = ["RunSpec", "ConfigMismatch", "train_run", "atomic_write_text", "atomic_torch_save", "load_result",
            "dist_info", "evaluate", "summarise", "shard_bounds"]
@@ -65,6 +66,8 @@ class RunSpec:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+    #: a dropkit.schedules.from_spec string, stepped once per optimiser step (None: fixed rates)
+    schedule: str | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -215,6 +218,7 @@ def train_run(
     model = build_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant, input_p=spec.input_p)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = from_spec(spec.schedule, model) if spec.schedule else None
     order = torch.Generator().manual_seed(spec.seed)
     history: list[dict] = []
     ckpt_path = run_dir / "checkpoint.pt"
@@ -225,6 +229,8 @@ def train_run(
         history = list(ckpt["history"])
         torch.set_rng_state(ckpt["torch_rng"])
         order.set_state(ckpt["order_rng"])
+        if sched is not None:
+            sched.load_state_dict(ckpt["schedule"])
     if rank == 0:  # metrics.jsonl mirrors the checkpoint (a line written after it may have been lost)
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
 
@@ -252,6 +258,8 @@ def train_run(
             opt.zero_grad(set_to_none=True)
             (loss_sum * (world / b)).backward()  # DDP averages over processes: the gradient of sum / b
             opt.step()
+            if sched is not None:
+                sched.step()
             batch_loss = loss_sum.detach().to("cpu", torch.float64)
             if world > 1:
                 torch.distributed.all_reduce(batch_loss)
@@ -278,6 +286,7 @@ def train_run(
                     "history": history,
                     "torch_rng": torch.get_rng_state(),
                     "order_rng": order.get_state(),
+                    "schedule": sched.state_dict() if sched is not None else None,
                 },
                 ckpt_path,
             )
