@@ -166,11 +166,7 @@ class LSTMClassifier(nn.Module):
         self.seq_shape = (in_shape[0], 1) if len(in_shape) == 1 else (in_shape[-2], in_shape[-1])
         features = self.seq_shape[1]
         self.input_drop = _dropout_layer(variants[0], input_p) if input_p > 0 else nn.Identity()
-        lstm_cls = getattr(dropkit.nn, "LSTM", None)
-        if lstm_cls is not None:
-            self.lstm = lstm_cls(features, hidden, batch_first=True, recurrent_dropout=rates[1])
-        else:  # dropkit.nn.LSTM not available: torch's LSTM, no recurrent dropout
-            self.lstm = nn.LSTM(features, hidden, batch_first=True)
+        self.lstm = dropkit.nn.LSTM(features, hidden, batch_first=True, recurrent_dropout=rates[1])
         self.output_drop = _dropout_layer(variants[0], rates[0])
         self.head = nn.Linear(hidden, num_classes)
 
