@@ -84,8 +84,9 @@ class _DropoutFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        # masked_scale records a graph only for double backward (create_graph=True)
-        return masked_scale(grad, ctx.spec), None, None
+        if torch.is_grad_enabled() and grad.requires_grad:  # double backward (create_graph=True)
+            return _DropoutFunction.apply(grad, ctx.spec, False), None, None
+        return apply_mask(grad, ctx.spec), None, None
 
 
 def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
