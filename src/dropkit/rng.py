@@ -46,6 +46,7 @@ __all__ = [
     "resolve_seed",
     "check_seed",
     "check_key_args",
+    "check_rng_args",
     "batch_shard",
     "current_batch_start",
     "ELEMENTS_PER_BLOCK",
@@ -310,6 +311,12 @@ def check_key_args(seed: object = None, generator: object = None) -> None:
                 "`generator` must be a CPU torch.Generator (keys are drawn on the CPU so the same "
                 f"seed gives the same mask on every device); received one on {generator.device}"
             )
+
+
+def check_rng_args(seed: object = None, generator: object = None, stream: object = 0) -> int:
+    """Validate the randomness arguments every op takes (``seed``, ``generator``, ``stream``); returns ``stream``."""
+    check_key_args(seed, generator)
+    return check_seed(stream, "stream")
 
 
 def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:

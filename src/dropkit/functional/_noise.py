@@ -17,7 +17,8 @@ import torch
 from dropkit import _hooks
 from dropkit._validation import check_bool, check_float_tensor, check_p
 from dropkit.kernels.reference import compute_dtype
-from dropkit.rng import check_key_args, check_seed
+from dropkit.functional.dropout import zeros_like_input
+from dropkit.rng import check_rng_args
 
 __all__ = ["Noise", "apply_noise", "check_common", "zeros_like_input"]
 
@@ -85,10 +86,4 @@ def check_common(
     check_float_tensor(input)
     p = check_p(p, p_name, allow_one=allow_one)
     check_bool(training, "training")
-    check_key_args(seed, generator)
-    return p, check_seed(stream, "stream")
-
-
-def zeros_like_input(input: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """The ``p == 1`` result: ``x * 0`` (never ``0 * inf``), in place when asked."""
-    return input.mul_(0.0) if inplace else input * 0.0
+    return p, check_rng_args(seed, generator, stream)

@@ -12,7 +12,7 @@ from dropkit import _hooks
 from dropkit._validation import check_bool, check_float_tensor, check_rank, check_real
 from dropkit.functional.dropout import _shard_offset
 from dropkit.kernels.reference import compute_dtype
-from dropkit.rng import check_key_args, check_seed, resolve_seed, uniform
+from dropkit.rng import check_rng_args, resolve_seed, uniform
 
 __all__ = ["concrete_dropout", "concrete_regularizer"]
 
@@ -60,8 +60,7 @@ def concrete_dropout(
     check_bool(training, "training")
     check_bool(spatial, "spatial")
     temperature = check_real(temperature, "temperature", low=0.0, low_open=True)
-    check_key_args(seed, generator)
-    stream = check_seed(stream, "stream")
+    stream = check_rng_args(seed, generator, stream)
     if spatial:
         check_rank(input, range(2, 9), "concrete_dropout(spatial=True)", "(N, C, *)")
     if not training:

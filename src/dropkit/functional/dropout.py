@@ -22,7 +22,7 @@ from dropkit._validation import (
     check_p,
     SCALINGS,
 )
-from dropkit.rng import check_key_args, check_seed, current_batch_start, resolve_seed
+from dropkit.rng import check_rng_args, current_batch_start, resolve_seed
 
 __all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale"]
 
@@ -95,6 +95,11 @@ def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torc
     if inplace or (torch.is_grad_enabled() and x.requires_grad):
         return _DropoutFunction.apply(x, spec, inplace)
     return apply_mask(x, spec)
+
+
+def zeros_like_input(input: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """The ``p == 1`` result: ``x * 0`` (never ``0 * inf``: zeros for every finite input), in place when asked."""
+    return input.mul_(0.0) if inplace else input * 0.0
 
 
 def _shard_offset(noise_shape: tuple[int, ...] | None, shape: torch.Size, batch_dim: int = 0) -> int:
@@ -181,8 +186,7 @@ def dropout(
     check_bool(inplace, "inplace")
     check_choice(scaling, "scaling", SCALINGS)
     shape = check_noise_shape(noise_shape, input.shape)
-    check_key_args(seed, generator)
-    stream = check_seed(stream, "stream")
+    stream = check_rng_args(seed, generator, stream)
 
     if not training:
         if scaling == "inverted" or p == 0.0:
@@ -190,8 +194,8 @@ def dropout(
         return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
     if p == 0.0:
         return input
-    if p == 1.0:  # never compute 0 * inf: zeros for every finite input
-        return input.mul_(0.0) if inplace else input * 0.0
+    if p == 1.0:
+        return zeros_like_input(input, inplace)
     key = resolve_seed(seed, generator)
     scale = 1.0 / (1.0 - p) if scaling == "inverted" else 1.0
     spec = MaskSpec(p, scale, key, stream, _shard_offset(shape, input.shape, check_int(batch_dim, "batch_dim")), shape)

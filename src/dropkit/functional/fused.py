@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 from dropkit import kernels
 from dropkit._validation import check_bool, check_choice, check_float_tensor, check_p
 from dropkit.functional.dropout import MaskSpec, _shard_offset
-from dropkit.rng import check_key_args, check_seed, resolve_seed
+from dropkit.rng import check_rng_args, resolve_seed
 
 __all__ = ["fused_bias_act_dropout_add", "FUSED_ACTIVATIONS"]
 
@@ -187,8 +187,7 @@ def fused_bias_act_dropout_add(
     p = check_p(p)
     check_choice(activation, "activation", FUSED_ACTIVATIONS)
     check_bool(training, "training")
-    check_key_args(seed, generator)
-    stream = check_seed(stream, "stream")
+    stream = check_rng_args(seed, generator, stream)
 
     if not training or p == 0.0:
         spec = MaskSpec(0.0, 1.0, 0, 0, 0)  # threshold 0: every element kept, scale 1

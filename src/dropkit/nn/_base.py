@@ -39,6 +39,10 @@ class SeededStream:
         self._calls += 1
         return {"seed": self.seed, "stream": stream}
 
+    def key_kwargs(self) -> dict[str, int]:
+        """``seed``/``stream`` for this call: the owned stream in training, nothing in eval."""
+        return self.rng_kwargs() if self.training else {}  # type: ignore[attr-defined]
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
         if self.seed is not None:
             seed = self.seed - _INT64 if self.seed >= 1 << 63 else self.seed

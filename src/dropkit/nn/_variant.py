@@ -16,10 +16,6 @@ class VariantModule(SeededStream):
 
     _repr_fields: tuple[str, ...] = ()
 
-    def key_kwargs(self) -> dict[str, int]:
-        """``seed``/``stream`` for this call: the owned stream in training, nothing in eval."""
-        return self.rng_kwargs() if self.training else {}  # type: ignore[attr-defined]
-
     def extra_repr(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._repr_fields)
         return f"p={self.p}" + (", " + fields if fields else "") + extra_repr_suffix(self)  # type: ignore[attr-defined]

@@ -48,8 +48,7 @@ class Dropout(SeededStream, torch.nn.Dropout):
         self._init_stream(seed)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        kwargs = self.rng_kwargs() if self.training else {}
-        return F.dropout(input, self.p, self.training, self.inplace, scaling=self.scaling, **kwargs)
+        return F.dropout(input, self.p, self.training, self.inplace, scaling=self.scaling, **self.key_kwargs())
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + extra_repr_suffix(self)

@@ -43,8 +43,9 @@ class FusedBiasActDropoutAdd(SeededStream, torch.nn.Module):
         self._init_stream(seed)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
-        kwargs = self.rng_kwargs() if self.training else {}
-        return fused_bias_act_dropout_add(x, bias, residual, self.p, self.activation, self.training, **kwargs)
+        return fused_bias_act_dropout_add(
+            x, bias, residual, self.p, self.activation, self.training, **self.key_kwargs()
+        )
 
     def extra_repr(self) -> str:
         return f"p={self.p}, activation={self.activation!r}" + extra_repr_suffix(self)
