@@ -1,9 +1,12 @@
-"""MC dropout: dropkit.mc.predict (one batched forward, deterministic prefix once) vs a naive loop
-of T train-mode forwards, on the lab's MLP and CNN (28x28 inputs, 10 classes, p=0.5).
+"""MC dropout: dropkit.mc.predict vs a naive loop of T train-mode forwards, on the lab's MLP and CNN
+(28x28 inputs, 10 classes, p=0.5).
 
 Both run under ``torch.inference_mode()``; the naive loop is ``model.train(); [model(x) for _ in range(T)]``.
-Same output distribution: the per-example mean and standard deviation of the class probabilities
-over T samples, compared between the two (max absolute difference, over a larger T).
+"mc.predict" is a repeated call (the probe's answer cached, as in a serving loop); "cold" clears
+the cache first, so it includes the probe forward. "method" is how predict computed the samples
+(fold / prefix / repeat, see dropkit.mc). Same output distribution: the per-example mean and
+standard deviation of the class probabilities over T samples, compared between the two (max
+absolute difference, over a larger T).
 
     python benchmarks/bench_mc.py [--samples 50] [--batches 1,64,256] [--threads 1] [--quick]
 """
@@ -64,17 +67,27 @@ def main() -> None:
         d_mean, d_std = agreement(model, torch.randn(8, 1, 28, 28), T=200 if args.quick else 2000)
         for batch in (int(b) for b in args.batches.split(",")):
             x = torch.randn(batch, 1, 28, 28)
+            method = mc.predict(model, x, samples=T).method
+
+            def cold():
+                mc.clear_cache()
+                return mc.predict(model, x, samples=T)
+
             stats = interleaved(
-                {"naive": lambda: naive(model, x, T), "mc": lambda: mc.predict(model, x, samples=T)},
+                {"naive": lambda: naive(model, x, T), "mc": lambda: mc.predict(model, x, samples=T), "cold": cold},
                 rounds=rounds, repeats=3, min_sample_s=0.05,
             )
             speedup = stats["naive"].median / stats["mc"].median
-            rows.append([name, batch, T, f"{stats['naive'].median * 1e3:.1f}", f"{stats['mc'].median * 1e3:.1f}",
-                         f"{speedup:.1f}x", f"{d_mean:.4f}", f"{d_std:.4f}"])
-            records.append({"model": name, "batch": batch, "samples": T, "naive": stats["naive"], "mc": stats["mc"],
-                            "speedup": speedup, "max_abs_mean_diff": d_mean, "max_abs_std_diff": d_std})
+            cold_speedup = stats["naive"].median / stats["cold"].median
+            rows.append([name, batch, T, method, f"{stats['naive'].median * 1e3:.1f}", f"{stats['mc'].median * 1e3:.1f}",
+                         f"{speedup:.1f}x", f"{stats['cold'].median * 1e3:.1f}", f"{cold_speedup:.1f}x",
+                         f"{d_mean:.4f}", f"{d_std:.4f}"])
+            records.append({"model": name, "batch": batch, "samples": T, "method": method, "naive": stats["naive"],
+                            "mc": stats["mc"], "cold": stats["cold"], "speedup": speedup, "cold_speedup": cold_speedup,
+                            "max_abs_mean_diff": d_mean, "max_abs_std_diff": d_std})
     print_table(
-        ["model", "batch", "T", "naive loop ms", "mc.predict ms", "speed-up", "|Δ mean| max", "|Δ std| max"],
+        ["model", "batch", "T", "method", "naive loop ms", "mc.predict ms", "speed-up", "cold ms", "cold speed-up",
+         "|Δ mean| max", "|Δ std| max"],
         rows, title=f"MC dropout, T={T}: dropkit.mc.predict vs a loop of train-mode forwards",
     )
     write_json("bench_mc", records, samples=T, torch=torch.__version__, threads=torch.get_num_threads())

@@ -14,21 +14,37 @@ transformer layers above them, whose eval fast path would skip dropout) are put 
 training mode for the sampling, every other module (BatchNorm, ...) stays in eval. So
 functional dropout written ``F.dropout(h, p, training=self.training)`` is covered; a
 module that draws random numbers in training for another purpose would be too.
-``modules=`` adds module paths by hand.
+``modules=`` adds module paths by hand. The probe's answer is cached per model (weakly)
+under a fingerprint of the module tree, every module's scalar attributes (rates, flags),
+hooks and patched methods, and the input's per-example shape, dtype and device: changing
+a rate or swapping a layer probes again; :func:`clear_cache` forgets every answer.
 
-Speed. The ``T`` samples run as one batched forward of ``T * batch`` rows. The
-deterministic part before the first stochastic module runs once on ``batch`` rows: a
-forward pre-hook on that module repeats its input ``T`` times (sample-major). This
-assumes the network is batch-first and treats examples independently after that point
-(the usual case; a skip connection from before it raises a shape error internally and
-:func:`predict` falls back to repeating the model's input, which is always correct).
-Memory bound: a chunk of ``k`` samples holds about ``k * batch * A`` bytes of activations,
-``A`` = the bytes of all module outputs per example measured in the probe; ``k`` is the
-largest value with ``k * batch * A <= memory_budget`` (default 64 MiB: on CPU, larger
-batched forwards fall out of cache and get slower, not faster), at least 1; with
-several chunks the deterministic prefix is recomputed once per chunk. A stochastic module
-with ``batch_first=False`` (seq-first locked dropout shares its mask along dim 0) gets one
-sample per forward.
+Speed, three ways, the fastest that applies (each falls back to the next when the model
+does not fit it; the last always works):
+
+1. **Fold** (float32 on CPU with the compiled kernel): when the first dropout is a binary
+   mask on a deterministic input followed, in an ``nn.Sequential``, by a Linear layer
+   (element-wise dropout) or a Conv2d (channel dropout), the ``T`` masks are summed through
+   that layer from per-unit contributions computed once per example, and a max-pool after
+   the Conv2d is fused in (see :mod:`dropkit._mc_fold`). Same masks, same distribution;
+   only the rounding of the sums differs.
+2. **Shared prefix**: the network before the first stochastic module runs once on
+   ``batch`` rows; a forward pre-hook on that module repeats its input ``T`` times
+   (sample-major), then one batched forward of ``T * batch`` rows.
+3. **Repeat**: the model's input repeated ``T`` times. Used when the first two do not fit,
+   e.g. a skip connection from before the first dropout.
+
+The first two assume a batch-first network that treats examples independently after the
+first dropout (the usual case). Memory bound: a forward holds about ``k * e * A`` bytes of
+activations for ``k`` samples of ``e`` examples, ``A`` = the per-example bytes of the
+module outputs that run per sample (measured in the probe: from the first stochastic
+module on, or after the folded layers). Examples are split into slices and samples into
+chunks so that ``k * e * A <= memory_budget`` (default 4 MiB on CPU, where a forward that
+leaves the caches gets slower, not faster; 1 GiB on GPUs), with all ``T`` samples of a
+slice in one forward when they fit; the deterministic part runs once per slice (per
+chunk when one example's samples do not fit). ``consistent_masks`` keeps the whole batch
+in one slice. A stochastic module with ``batch_first=False`` (seq-first locked dropout
+shares its mask along dim 0) gets one sample per forward.
 
 Reproducibility: ``seed=`` forks torch's RNG (its state outside is left unchanged) and
 seeds it, so the same call gives the same samples. The model is left exactly as found:
@@ -43,7 +59,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -51,7 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from dropkit import _hooks
+from dropkit import _hooks, kernels
+from dropkit._mc_fold import FoldPlan, FoldUnavailable, plan_fold, run_fold
 from dropkit._validation import check_bool, check_choice, check_int
 from dropkit.guard import (
     _RANDOM_FUNCS,
@@ -63,7 +80,7 @@ from dropkit.guard import (
     preserved_state,
 )
 
-__all__ = ["MCResult", "predict", "stochastic_modules", "NoDropoutError"]
+__all__ = ["MCResult", "predict", "stochastic_modules", "clear_cache", "NoDropoutError"]
 
 _EPS = 1e-12
 _FAST_PATH_CLASSES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder, torch.nn.MultiheadAttention)
@@ -88,6 +105,8 @@ class MCResult:
 
     samples: torch.Tensor
     output: str | None
+    #: how the samples were computed: ``"fold"``, ``"prefix"`` or ``"repeat"`` (module docstring)
+    method: str = "repeat"
 
     @property
     def mean(self) -> torch.Tensor:
@@ -125,9 +144,16 @@ class MCResult:
         return self._probs().mean(0).argmax(-1)
 
 
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim: exp(x - max) / sum, as torch.softmax computes it (which is ~5x
+    slower on CPU for a small last dim such as 10 classes)."""
+    e = (x - x.amax(-1, keepdim=True)).exp_()
+    return e.div_(e.sum(-1, keepdim=True))
+
+
 def _transform(out: torch.Tensor, output: str | None) -> torch.Tensor:
     if output == "softmax":
-        return torch.softmax(out.float() if out.dtype in (torch.float16, torch.bfloat16) else out, dim=-1)
+        return _softmax(out.float() if out.dtype in (torch.float16, torch.bfloat16) else out)
     if output == "sigmoid":
         s = torch.sigmoid(out.reshape(*out.shape[:2], -1) if out.dim() > 2 else out)
         if s.dim() == 2 or s.shape[-1] == 1:
@@ -173,23 +199,80 @@ def _flat_tensors(out) -> list[torch.Tensor]:
     return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
-def stochastic_modules(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> tuple[list[str], dict, int]:
-    """Paths of the modules whose forward is random in training (first-called first), the kinds of
-    random call each makes, and the activation bytes per example measured in the probe."""
+#: Probe results per model: {model: (fingerprint, (paths, calls, row_bytes))}.
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _fingerprint(model: torch.nn.Module, x: tuple, extra: tuple) -> tuple:
+    """What the probe's answer depends on: the module tree, every module's scalar attributes
+    (rates, flags; not the train/eval mode, which the probe sets itself), its hooks and any
+    per-instance function (a patched ``forward``), and the inputs' per-example shape, dtype, device."""
+    parts = []
+    for name, m in model.named_modules():
+        attrs = tuple(sorted(
+            (k, v if isinstance(v, _SCALARS) else id(v)) for k, v in vars(m).items()
+            if k != "training" and (isinstance(v, _SCALARS) or callable(v) or k.endswith("hooks"))
+            and not isinstance(v, torch.nn.Module)
+        ))
+        hooks = tuple(tuple(d) for d in (m._forward_hooks, m._forward_pre_hooks))
+        parts.append((name, id(m), type(m), attrs, hooks))
+    return tuple(parts), tuple((tuple(a.shape[1:]), a.dtype, a.device) for a in x), extra
+
+
+def _probe_cached(model: torch.nn.Module, x: tuple, extra: Iterable[str]) -> _ProbeResult:
+    extra = tuple(extra)
+    key = _fingerprint(model, x, extra)
+    hit = _PROBES.get(model)
+    if hit is None or hit[0] != key:
+        hit = _PROBES[model] = (key, _probe(model, x, extra))
+    r = hit[1]
+    return _ProbeResult(list(r.paths), {p: set(c) for p, c in r.calls.items()}, r.row_bytes, r.leaf_bytes, r.events)
+
+
+def clear_cache() -> None:
+    """Forget the cached probe results (see :func:`predict`: a probe runs once per model configuration)."""
+    _PROBES.clear()
+
+
+@dataclass
+class _ProbeResult:
+    paths: list[str]
+    calls: dict[str, set[str]]
+    row_bytes: int  # bytes of all module outputs per example
+    leaf_bytes: list[tuple[str, int, int]]  # (path, bytes per example, end event) of leaf modules
+    events: dict[str, tuple[int, int]]  # path -> (start event, end event) of its first call
+
+
+def _probe(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> _ProbeResult:
     stack: list[str] = []
     probe = _Probe(stack)
     rows = x[0].shape[0]
     nbytes = [0]
-
-    def count(module, args, output):
-        nbytes[0] += sum(t.numel() * t.element_size() for t in _flat_tensors(output))
+    clock = [0]
+    events: dict[str, list[int]] = {}
+    leaves: list[tuple[str, int, int]] = []
 
     with contextlib.ExitStack() as es:
         es.enter_context(torch.random.fork_rng(devices=[]))
         es.enter_context(torch.no_grad())
         es.enter_context(preserved_state(model))
         modules = es.enter_context(_module_stack(model, stack))
-        for m in modules.values():
+        for path, m in modules.items():
+            def start(module, args, _p=path):
+                clock[0] += 1
+                events.setdefault(_p, [clock[0], -1])
+
+            def count(module, args, output, _p=path, _leaf=not any(True for _ in m.children())):
+                clock[0] += 1
+                b = sum(t.numel() * t.element_size() for t in _flat_tensors(output))
+                nbytes[0] += b
+                if events[_p][1] < 0:
+                    events[_p][1] = clock[0]
+                if _leaf:
+                    leaves.append((_p, max(1, b // rows), clock[0]))
+
+            es.callback(m.register_forward_pre_hook(start).remove)
             es.callback(m.register_forward_hook(count).remove)
         es.enter_context(_hooks.observe(lambda op, inp, spec: probe.add("dropkit")))
         model.train()
@@ -204,7 +287,25 @@ def stochastic_modules(model: torch.nn.Module, x: tuple, extra: Iterable[str] = 
     for name, m in modules.items():  # dropout modules that the probe did not reach stay out
         if is_dropout_module(m) and name in probe.calls:
             probe.calls[name].add("module")
-    return probe.order, probe.calls, max(1, nbytes[0] // rows)
+    return _ProbeResult(probe.order, probe.calls, max(1, nbytes[0] // rows), leaves,
+                        {p: (a, b) for p, (a, b) in events.items()})
+
+
+def stochastic_modules(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> tuple[list[str], dict, int]:
+    """Paths of the modules whose forward is random in training (first-called first), the kinds of
+    random call each makes, and the activation bytes per example measured in the probe."""
+    r = _probe(model, x, extra)
+    return r.paths, r.calls, r.row_bytes
+
+
+def _sample_bytes(r: _ProbeResult, after: str | None, inclusive: bool) -> int:
+    """Activation bytes per example and sample: leaf outputs from the call of module ``after`` on
+    (its start when ``inclusive`` is false, its end otherwise); all of them when ``after`` is None."""
+    if after is None or after not in r.events:
+        return r.row_bytes
+    start, end = r.events[after]
+    mark = end if inclusive else start
+    return max(1, sum(b for _, b, e in r.leaf_bytes if e >= mark))
 
 
 def _rng_state(device: torch.device):
@@ -255,7 +356,7 @@ class _SharedFunctional(TorchFunctionMode):
 
 @contextlib.contextmanager
 def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent: bool, k_box: list[int],
-              prefix_path: str | None, batch: int) -> Iterator[None]:
+              prefix_path: str | None, batch_box: list[int], fold: FoldPlan | None = None) -> Iterator[None]:
     """Modes set for sampling; hooks and patched forwards installed; everything undone on exit."""
     modules = dict(model.named_modules())
     stochastic = {p: modules[p] for p in paths}
@@ -279,7 +380,20 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
                         f"module {p or '<model>'!r} draws randomness another way ({', '.join(sorted(calls[p]))})"
                     )
             es.enter_context(_SharedFunctional(k_box[0]))
-        if prefix_path is not None:
+        if fold is not None:
+            folded = [False]
+            container = fold.container
+
+            def forward(x, _c=container):
+                if folded[0] or not isinstance(x, torch.Tensor) or x.shape[0] != batch_box[0]:
+                    return torch.nn.Sequential.forward(_c, x)
+                folded[0] = True
+                return run_fold(fold, x, k_box[0], consistent)
+
+            container.forward = forward
+            es.callback(container.__dict__.pop, "forward", None)
+            es.callback(model.register_forward_pre_hook(lambda m, a: folded.__setitem__(0, False)).remove)
+        elif prefix_path is not None:
             seen = [False]
 
             def repeat(module, args):
@@ -289,7 +403,7 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
                 k = k_box[0]
                 return tuple(
                     a.unsqueeze(0).expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:])
-                    if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch else a
+                    if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch_box[0] else a
                     for a in args
                 )
 
@@ -314,7 +428,7 @@ def predict(
     output: str | None = "auto",
     consistent_masks: bool = False,
     share_prefix: bool = True,
-    memory_budget: int = 64 << 20,
+    memory_budget: int | None = None,
     modules: Iterable[str] = (),
 ) -> MCResult:
     """Monte-Carlo dropout prediction: ``samples`` forwards with only dropout stochastic.
@@ -332,7 +446,8 @@ def predict(
             ``F.dropout``-family calls.
         share_prefix: compute the network before the first stochastic module once (see
             the module docstring); ``False`` repeats the input ``T`` times instead.
-        memory_budget: bytes of activations one batched forward may hold (chunks of samples).
+        memory_budget: bytes of activations one batched forward may hold (slices of examples, chunks
+            of samples); ``None``: 4 MiB on CPU, 1 GiB on other devices.
         modules: extra module paths to treat as stochastic.
 
     Returns:
@@ -347,7 +462,7 @@ def predict(
     T = check_int(samples, "samples", minimum=1)
     check_bool(consistent_masks, "consistent_masks")
     check_bool(share_prefix, "share_prefix")
-    budget = check_int(memory_budget, "memory_budget", minimum=1)
+    budget = None if memory_budget is None else check_int(memory_budget, "memory_budget", minimum=1)
     if output == "auto":
         output = getattr(model, "output_activation", "softmax")
     if output is not None:
@@ -356,49 +471,81 @@ def predict(
     if not xs or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in xs):
         raise TypeError("`x` must be a batched tensor or a tuple of batched tensors")
     batch = xs[0].shape[0]
+    if budget is None:
+        budget = 4 << 20 if xs[0].device.type == "cpu" else 1 << 30
     if batch == 0 or any(a.shape[0] != batch for a in xs):
         raise ValueError(f"every input needs the same non-zero batch size (dim 0); received {[tuple(a.shape) for a in xs]}")
 
     probe_x = tuple(a[:2] if batch >= 2 else torch.cat([a, a]) for a in xs)  # BatchNorm needs 2 rows in training
-    paths, calls, row_bytes = stochastic_modules(model, probe_x, modules)
+    probed = _probe_cached(model, probe_x, modules)
+    paths, calls = probed.paths, probed.calls
     if not paths:
         raise NoDropoutError(
             f"{type(model).__name__} has no dropout: nothing is random in training mode, so Monte-Carlo "
             "dropout would return T identical samples. Add dropout layers (or pass modules=...)."
         )
-    k = max(1, min(T, budget // max(1, batch * row_bytes)))
     prefix_path = paths[0] if share_prefix and paths[0] != "" else None
     named = dict(model.named_modules())
-    if any(getattr(named[p], "batch_first", True) is False for p in paths):
-        k, prefix_path = 1, None  # a mask shared along dim 0 (seq-first locked dropout): one sample per forward
-    k_box = [k]
-    chunks: list[torch.Tensor] = []
+    seq_first = any(getattr(named[p], "batch_first", True) is False for p in paths)
+    fold = None
+    if prefix_path is not None and not seq_first and kernels.mask_fold_compiled(xs[0].device):
+        fold = plan_fold(model, prefix_path, set(paths))
+    # chunks: slices of `e` examples (all of them with consistent masks, which must see one
+    # set of T masks), `k` samples per forward, k * e * row_bytes <= budget
+    if seq_first:
+        row_bytes = probed.row_bytes
+    elif fold is not None:  # per sample: what follows the layers the fold replaces
+        row_bytes = _sample_bytes(probed, fold.child_path(fold.end - 1), inclusive=True)
+    elif prefix_path is not None:
+        row_bytes = _sample_bytes(probed, prefix_path, inclusive=False)
+    else:
+        row_bytes = probed.row_bytes
+    if consistent_masks or T * batch * row_bytes <= budget:
+        e = batch
+        k = max(1, min(T, budget // max(1, batch * row_bytes)))
+    else:
+        e = max(1, min(batch, budget // (T * row_bytes)))
+        k = T if T * row_bytes <= budget else max(1, budget // row_bytes)
+    if seq_first:
+        k, prefix_path, fold = 1, None, None  # a mask shared along dim 0 (seq-first locked dropout): one sample per forward
+    modes = [m for m, ok in (("fold", fold), ("prefix", prefix_path), ("repeat", True)) if ok]
+    k_box, batch_box = [k], [e]
+
+    def run(mode: str) -> torch.Tensor:
+        slices = []
+        with _sampling(model, paths, calls, consistent_masks, k_box, prefix_path if mode == "prefix" else None,
+                       batch_box, fold if mode == "fold" else None):
+            for s0 in range(0, batch, e):
+                xb = tuple(a[s0: s0 + e] for a in xs)
+                batch_box[0] = nb = xb[0].shape[0]
+                chunks, done = [], 0
+                while done < T:
+                    k_box[0] = n = min(k, T - done)
+                    out = model(*xb) if mode != "repeat" else model(*_repeat_inputs(xb, n))
+                    if not isinstance(out, torch.Tensor) or out.shape[0] != n * nb:
+                        if mode != "repeat":
+                            raise RuntimeError(f"{mode} changed the output's batch size")
+                        raise ValueError(
+                            f"the model must return one tensor with the batch in dim 0; got "
+                            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+                        )
+                    chunks.append(_transform(out.reshape(n, nb, *out.shape[1:]), output))
+                    done += n
+                slices.append(torch.cat(chunks))
+        return torch.cat(slices, dim=1)
+
     with contextlib.ExitStack() as es:
         es.enter_context(torch.inference_mode())
         if seed is not None:
             es.enter_context(torch.random.fork_rng(devices=[d for d in {a.device for a in xs} if d.type == "cuda"]))
             torch.manual_seed(seed)
-        done = 0
-        while done < T:
-            k_box[0] = n = min(k, T - done)
-            out = None
-            if prefix_path is not None:
-                try:
-                    with _sampling(model, paths, calls, consistent_masks, k_box, prefix_path, batch):
-                        out = model(*xs)
-                    if not isinstance(out, torch.Tensor) or out.shape[0] != n * batch:
-                        raise RuntimeError("prefix sharing changed the output's batch size")
-                except RuntimeError:
-                    prefix_path, out = None, None  # not a sample-independent chain: repeat the input instead
-            if out is None:
-                with _sampling(model, paths, calls, consistent_masks, k_box, None, batch):
-                    out = model(*_repeat_inputs(xs, n))
-            if not isinstance(out, torch.Tensor) or out.shape[0] != n * batch:
-                raise ValueError(
-                    f"the model must return one tensor with the batch in dim 0; got "
-                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
-                )
-            out = out.reshape(n, batch, *out.shape[1:])
-            chunks.append(_transform(out, output))
-            done += n
-    return MCResult(torch.cat(chunks).clone(), output)
+        for mode in modes:
+            try:
+                samples_out, method = run(mode), mode
+                break
+            except RuntimeError:
+                # the fold or the shared prefix does not fit this model (e.g. a skip connection from
+                # before the first dropout): the next, more general mode; repeating the input always works
+                if mode == "repeat":
+                    raise
+    return MCResult(samples_out.clone(), output, method)

@@ -9,6 +9,10 @@ returns bit-identical results (tests compare every backend with
   for a contiguous ``x``, the product taken in float32 (float64 for float64 inputs)
   and rounded once to ``x.dtype``.
 
+One more primitive serves Monte-Carlo dropout (:mod:`dropkit.mc`): ``mask_fold``, T binary
+masks on the input of a linear map summed over per-unit contributions (compiled CPU
+kernel for float32, torch reference elsewhere; equal up to rounding, not bit for bit).
+
 Backends, in order of preference: the compiled CPU kernel (``kernels/cpu``,
 AVX-512 / AVX2 / NEON / scalar C) for CPU tensors, Triton (``kernels/triton``) for
 CUDA tensors, and the portable torch reference everywhere. :func:`backend_info`
@@ -23,7 +27,7 @@ import torch
 
 from dropkit.kernels import reference
 
-__all__ = ["keep_mask", "dropout_mul", "backend_info", "set_backend", "BACKENDS"]
+__all__ = ["keep_mask", "dropout_mul", "mask_fold", "mask_fold_compiled", "backend_info", "set_backend", "BACKENDS"]
 
 #: Names accepted by :func:`set_backend`.
 BACKENDS = ("auto", "reference", "cpu", "triton")
@@ -116,3 +120,22 @@ def dropout_mul(
 ) -> torch.Tensor:
     """``x * (keep ? scale : 0)`` for contiguous ``x``; writes into ``out`` when given."""
     return _select(x.device).dropout_mul(x, p, scale, seed, stream, offset, out)
+
+
+def mask_fold_compiled(device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`mask_fold` runs the compiled kernel for float32 tensors on ``device``."""
+    return torch.device(device).type == "cpu" and _select(torch.device("cpu")) is not reference
+
+
+def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
+              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``out[t, b, p*O + o] = act(scale * max_r sum_d [mask[t, b, d] != 0] * sum_k A[d, k, o] * X[b, d, k, r, p]
+    + bias[o])``, ``act`` = ReLU if ``relu`` else the identity, no bias if ``bias`` is None.
+
+    ``A`` ``(D, K, O)``, ``X`` ``(B or 1, D, K, R, P)``, ``mask`` ``(T, B, D)`` with values 0 or
+    ``scale`` (else ``ValueError``); returns ``(T, B, P * O)``. The compiled kernel serves
+    float32 CPU tensors (:func:`mask_fold_compiled`), the torch reference everything else.
+    """
+    if A.dtype == X.dtype == mask.dtype == torch.float32 and A.is_cpu and mask_fold_compiled():
+        return _select(torch.device("cpu")).mask_fold(A, X, mask, scale, R, P, bias, relu)
+    return reference.mask_fold(A, X, mask, scale, R, P, bias, relu)

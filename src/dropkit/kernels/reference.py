@@ -11,7 +11,7 @@ import numpy as np
 
 from dropkit.rng import keep_mask_numpy, keep_mask_torch
 
-__all__ = ["keep_mask", "dropout_mul", "compute_dtype"]
+__all__ = ["keep_mask", "dropout_mul", "compute_dtype", "mask_fold"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,3 +39,26 @@ def dropout_mul(
     if out is None:
         return y.to(x.dtype)
     return out.copy_(y)
+
+
+def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
+              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """The Monte-Carlo dropout fold in torch ops (see ``kernels/cpu/mask_fold.c``): ``out[t, b, p*O + o] =
+    act(scale * max_r sum_d [mask[t, b, d] != 0] * sum_k A[d, k, o] * X[b, d, k, r, p] + bias[o])``,
+    ``act`` = ReLU if ``relu`` else the identity.
+
+    ``A`` is ``(D, K, O)``, ``X`` ``(B or 1, D, K, R, P)``, ``mask`` ``(T, B, D)`` with values 0 or
+    ``scale``; returns ``(T, B, P * O)``. Same math as the compiled kernel; the rounding differs.
+    """
+    kept = mask != 0
+    if bool((kept & (mask != scale)).any()):
+        raise ValueError(f"mask_fold: every mask value must be 0 or scale={scale}")
+    U = torch.einsum("dko,bdkrp->bdrpo", A, X)  # (B, D, R, P, O)
+    if U.shape[0] == 1:
+        U = U.expand(mask.shape[1], *U.shape[1:])
+    out = torch.einsum("tbd,bdrpo->tbrpo", kept.to(U.dtype), U).amax(2) * scale  # (T, B, P, O)
+    if bias is not None:
+        out = out + bias
+    if relu:
+        out = out.clamp_min(0)
+    return out.reshape(mask.shape[0], mask.shape[1], -1)

@@ -55,11 +55,12 @@ __all__ = [
     "supported_isas",
     "ISAS",
     "parallel_threshold",
+    "mask_fold",
 ]
 
 #: ISA levels, lowest first (the index is the level the C library uses).
 ISAS = ("scalar", "avx2", "avx512", "neon")
-_SOURCES = ("dropkit_cpu.c",)
+_SOURCES = ("dropkit_cpu.c", "mask_fold.c")
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 #: Below this many elements a call stays on one thread. Measured on the 2-core AMD EPYC
@@ -152,6 +153,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dk_use_openmp.argtypes = [c.c_void_p, c.c_void_p]
     lib.dk_set_spin_us.restype = c.c_longlong
     lib.dk_set_spin_us.argtypes = [c.c_longlong]
+    lib.dk_mask_fold_f32.restype = c.c_int
+    lib.dk_mask_fold_f32.argtypes = [c.c_void_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_int64, c.c_int64,
+                                     c.c_void_p, c.c_int64, c.c_int64, *[c.c_int64] * 7, c.c_float, c.c_void_p,
+                                     c.c_int, c.c_int, c.c_int]
     lib.dk_dropout_mul.restype = c.c_int
     lib.dk_dropout_mul.argtypes = [c.c_int, c.c_void_p, c.c_void_p, c.c_int64, c.c_uint32, c.c_double,
                                    c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
@@ -345,3 +350,43 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     a0, b0 = a.data_ptr(), b.data_ptr()
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
+              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """The Monte-Carlo dropout fold (``mask_fold.c``; :func:`dropkit.kernels.reference.mask_fold` is the
+    same math in torch ops): ``out[t, b, p*O + o] = act(scale * max_r sum_d [mask[t, b, d] != 0] *
+    sum_k A[d, k, o] * X[b, d, k, r, p] + bias[o])`` for float32 CPU tensors ``A`` ``(D, K, O)``,
+    ``X`` ``(B or 1, D, K, R, P)`` and ``mask`` ``(T, B, D)`` (any strides on its first two dims);
+    ``act`` is ReLU when ``relu`` is true, else the identity; no bias when ``bias`` is None.
+
+    Raises ``ValueError`` when a mask value is neither 0 nor ``scale``.
+    """
+    if not available():
+        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    T, B, D = mask.shape
+    _, K, O = A.shape
+    if A.dtype != torch.float32 or X.dtype != torch.float32 or mask.dtype != torch.float32:
+        raise TypeError("mask_fold takes float32 tensors")
+    if bias is not None:
+        bias = bias.detach().contiguous()
+        if bias.shape != (O,) or bias.dtype != torch.float32:
+            raise ValueError(f"mask_fold: `bias` must be a float32 tensor of shape ({O},); received "
+                             f"{tuple(bias.shape)} {bias.dtype}")
+    if A.shape[0] != D or X.shape[1:] != (D, K, R, P) or X.shape[0] not in (1, B):
+        raise ValueError(f"mask_fold: inconsistent shapes A={tuple(A.shape)} X={tuple(X.shape)} "
+                         f"mask={tuple(mask.shape)} R={R} P={P}")
+    A, X = A.contiguous(), X.contiguous()
+    if mask.stride(2) != 1:
+        mask = mask.contiguous()
+    out = torch.empty((T, B, P * O), dtype=torch.float32)
+    sxb = 0 if X.shape[0] == 1 else X.stride(0)
+    rc = _state["lib"].dk_mask_fold_f32(A.data_ptr(), X.data_ptr(), sxb, mask.data_ptr(), mask.stride(0),
+                                        mask.stride(1), out.data_ptr(), out.stride(0), out.stride(1), T, B, D, O, K,
+                                        R, P, float(scale), None if bias is None else bias.data_ptr(), int(relu),
+                                        _state["isa"], torch.get_num_threads())
+    if rc == -2:
+        raise ValueError(f"mask_fold: every mask value must be 0 or scale={scale}")
+    if rc:
+        raise RuntimeError(f"dk_mask_fold_f32 failed with code {rc}")
+    return out

@@ -857,6 +857,50 @@ static void dk_omp_body(void *arg) {
     while ((i = atomic_fetch_add(&c->next, 1)) < c->n) dk_run_task(&c->tasks[i]);
 }
 
+/* Generic task runner for the other kernels of this library (mask_fold.c): fn(ctx, i) for
+ * i < n, tasks claimed in order by torch's OpenMP team when it is borrowed (each thread
+ * with the caller's MXCSR), else run on the calling thread. */
+typedef struct {
+    void (*fn)(void *, int64_t);
+    void *ctx;
+    int64_t n;
+    _Atomic int64_t next;
+#ifdef DK_X86
+    unsigned int mxcsr;
+#endif
+} dk_tasks_ctx;
+
+static void dk_tasks_body(void *arg) {
+    dk_tasks_ctx *c = (dk_tasks_ctx *)arg;
+#ifdef DK_X86
+    unsigned int saved = _mm_getcsr();
+    _mm_setcsr(c->mxcsr);
+#endif
+    int64_t i;
+    while ((i = atomic_fetch_add(&c->next, 1)) < c->n) c->fn(c->ctx, i);
+#ifdef DK_X86
+    _mm_setcsr(saved);
+#endif
+}
+
+int dk_parallel_tasks(void (*fn)(void *, int64_t), void *ctx, int64_t n, int nthreads) {
+    dk_tasks_ctx c;
+    c.fn = fn;
+    c.ctx = ctx;
+    c.n = n;
+    atomic_store(&c.next, 0);
+#ifdef DK_X86
+    c.mxcsr = _mm_getcsr();
+#endif
+    if (nthreads > n) nthreads = (int)n;
+    if (nthreads > DK_MAXTHREADS) nthreads = DK_MAXTHREADS;
+    if (nthreads > 1 && dk_gomp_parallel != NULL && dk_omp_pid == getpid())
+        dk_gomp_parallel(dk_tasks_body, &c, (unsigned)nthreads, 0);
+    else
+        dk_tasks_body(&c);
+    return 0;
+}
+
 static int dk_run(dk_job *J, size_t n, int nthreads) {
     if (n == 0) return 0;
     if (nthreads < 1) nthreads = 1;
