@@ -1,38 +1,42 @@
-"""The dropout fold of :func:`dropkit.mc.predict`: the first dropout's T masks summed through the next linear layer.
+"""The dropout fold of :func:`dropkit.mc.predict`: the first dropout's T masks summed through the next convolution.
 
-When the first stochastic module of a model is a binary dropout mask ``m`` (values 0 and
-``s``) on a deterministic input ``z`` -- the same for all T samples -- and a linear map
-``L`` follows, every sample is
+When the first stochastic module of a model is channel (spatial) dropout -- a binary mask
+``m`` (values 0 and ``s``) over the channels of a deterministic input ``z``, the same for
+all T samples -- and a Conv2d follows, every sample is
 
-    ``L(m_t * z) = s * sum_{d kept by m_t} L_d(z) + bias``
+    ``conv(m_t * z) = s * sum_{c kept by m_t} conv_c(z_c) + bias``
 
-where ``L_d(z)`` is the contribution of mask unit ``d`` alone: a column of the weight
-times ``z_d`` for a Linear layer after element-wise dropout, the convolution of one input
-channel for a Conv2d after channel (spatial) dropout. The contributions are computed
-once per example; each sample then costs a sum over its kept units, and
-:func:`dropkit.kernels.mask_fold` sums them four units at a time from a table of the 16
-subset sums (the method of the Four Russians), D/4 vector adds per output instead of D
-multiply-adds. A max-pool that follows the convolution (through ReLUs and more channel
-dropout, which all commute with it) is fused into the same pass, so the per-sample
-feature maps are never materialised at full size; so are the layer's bias and a ReLU
-right after it.
+where ``conv_c(z_c)`` is the convolution of input channel ``c`` alone. The per-channel
+contributions are computed once per example; each sample then costs a sum over its kept
+channels, and :func:`dropkit.kernels.mask_fold` sums them four channels at a time from a
+table of the 16 subset sums (the method of the Four Russians): C/4 vector adds per output
+instead of C * kh * kw multiply-adds. A max-pool after the convolution (through a ReLU and
+more channel dropout, which commute with it) is fused into the same pass, so per-sample
+feature maps are never materialised at full size; so are the bias and a ReLU right after
+the convolution.
 
-Recognised patterns, as consecutive children of one ``torch.nn.Sequential`` (the only
-place where the order of modules is known without tracing):
+Where it applies, as consecutive children of one ``torch.nn.Sequential`` (the only place
+where the order of modules is known without tracing):
 
-* ``Dropout`` -> (ReLU | LeakyReLU | Identity | Flatten)* -> ``Linear`` on 2-D input;
-* ``Dropout2d`` -> (ReLU | LeakyReLU | Identity | MaxPool2d | AvgPool2d)* -> ``Conv2d``
-  (groups 1, zero padding), optionally -> (ReLU | LeakyReLU | Identity | Dropout2d)* ->
-  ``MaxPool2d`` with stride equal to its kernel (fused).
+    ``Dropout2d`` -> (ReLU | LeakyReLU | Identity | MaxPool2d | AvgPool2d)* -> ``Conv2d``
+    (groups 1, zero padding) [-> (ReLU | LeakyReLU | Identity | Dropout2d)* -> ``MaxPool2d``
+    with stride equal to its kernel (fused)]
 
-``Dropout`` / ``Dropout2d`` are torch's or dropkit's (exact classes, so a subclass that
-changes ``forward`` is not misread), with no hooks on the modules the fold replaces.
-The modules between the dropout and the linear layer commute with a non-negative mask
-(``f(s x) = s f(x)``), so they run once per example, before the mask. Masks come from
-the dropout module itself, called on a tensor of ones, so they have its exact
-distribution (and, for a seeded dropkit module, the very masks the unfolded model
-would draw). Anything else -- no such pattern, another dtype or device, an input that
-is not finite -- leaves :func:`~dropkit.mc.predict` on its general path.
+``Dropout2d`` is torch's or dropkit's (exact classes, so a subclass that changes
+``forward`` is not misread), and the modules the fold replaces carry no hooks. The modules
+between the dropout and the convolution commute with a non-negative channel mask
+(``f(s x) = s f(x)``), so they run once per example, before the mask. Masks come from the
+dropout module itself, called on a ``(rows, C, 1, 1)`` tensor of ones, so they have its
+exact distribution (for a seeded dropkit module or torch's global RNG, the very masks the
+unfolded model would draw).
+
+The fold is planned only where it saves work: per output it replaces ``C * kh * kw``
+multiply-adds by ``C / 4`` table adds plus ``16 * C / 4 / T`` for the table, and a table
+add costs several multiply-adds of a tuned matmul; :data:`MIN_GAIN` is the required ratio
+of the operation counts (a 3x3 kernel at T = 50: 27; a 1x1 kernel or a Linear layer after
+element-wise dropout, whose ratio stays under 4, measured no faster than one batched
+matmul, so they take the shared-prefix path). Anything else -- another dtype or device,
+an input that is not finite -- leaves :func:`~dropkit.mc.predict` on its general path.
 """
 
 from __future__ import annotations
@@ -46,17 +50,14 @@ from torch import nn
 
 from dropkit import kernels
 
-__all__ = ["FoldPlan", "plan_fold", "run_fold", "FoldUnavailable"]
+__all__ = ["FoldPlan", "plan_fold", "run_fold", "FoldUnavailable", "MIN_GAIN"]
+
+#: Smallest ratio of multiply-adds saved to table adds spent for which the fold is planned.
+MIN_GAIN = 6.0
 
 
 class FoldUnavailable(RuntimeError):
     """The fold cannot run on this input; the caller takes the general path."""
-
-
-def _element_dropouts() -> tuple[type, ...]:
-    import dropkit.nn
-
-    return (nn.Dropout, dropkit.nn.Dropout)
 
 
 def _channel_dropouts() -> tuple[type, ...]:
@@ -66,15 +67,10 @@ def _channel_dropouts() -> tuple[type, ...]:
 
 
 def _homogeneous(m: nn.Module) -> bool:
-    """``f(s * x) = s * f(x)`` for ``s >= 0``, elementwise."""
+    """``f(s * x) = s * f(x)`` for ``s >= 0``, elementwise and non-decreasing (so it also commutes with a max-pool)."""
     if type(m) in (nn.ReLU, nn.Identity):
         return True
     return type(m) is nn.LeakyReLU and m.negative_slope >= 0
-
-
-def _monotone(m: nn.Module) -> bool:
-    """Elementwise and non-decreasing (commutes with a max-pool) and homogeneous (commutes with a mask)."""
-    return _homogeneous(m)
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -94,18 +90,17 @@ def _pool_window(m: nn.Module) -> tuple[int, int] | None:
 
 @dataclass
 class FoldPlan:
-    """Where the fold applies: ``container[start]`` is the dropout, ``container[linear]`` the
-    linear layer, ``container[pool]`` a fused max-pool (or ``None``), ``container[end:]`` the rest."""
+    """Where the fold applies: ``container[start]`` is the dropout, ``container[conv]`` the
+    convolution, ``container[pool]`` a fused max-pool (or ``None``), ``container[end:]`` the rest."""
 
     path: str
     container: nn.Sequential
-    kind: str  # "element" or "channel"
     start: int
-    linear: int
+    conv: int
     pool: int | None
     end: int
     children: list[nn.Module] = field(default_factory=list)
-    relu: bool = False  # container[linear + 1] is a ReLU, fused into the kernel
+    relu: bool = False  # container[conv + 1] is a ReLU, fused into the kernel
 
     def child_path(self, i: int) -> str:
         """Module path of ``container[i]``."""
@@ -114,129 +109,83 @@ class FoldPlan:
         return f"{parent}.{name}" if parent else name
 
 
-def plan_fold(model: nn.Module, first: str, stochastic: set[str]) -> FoldPlan | None:
-    """The fold for the first stochastic module ``first`` (a module path), or ``None``."""
-    if "." not in first and first == "":
+def plan_fold(model: nn.Module, first: str, stochastic: set[str], samples: int) -> FoldPlan | None:
+    """The fold for the first stochastic module ``first`` (a module path) and ``samples`` samples, or ``None``."""
+    if first == "":
         return None
     parent_path, _, name = first.rpartition(".")
     named = dict(model.named_modules())
     container = named.get(parent_path)
-    if type(container) is not nn.Sequential or _hooked(named[first]):
+    if type(container) is not nn.Sequential or _hooked(named[first]) or type(named[first]) not in _channel_dropouts():
         return None
     names = list(container._modules)
     children = list(container._modules.values())
     start = names.index(name)
-    drop = children[start]
     path_of = {id(m): (f"{parent_path}.{n}" if parent_path else n) for n, m in zip(names, children)}
-    if type(drop) in _element_dropouts():
-        kind = "element"
-        if getattr(drop, "noise_shape", None) is not None:
-            return None
-    elif type(drop) in _channel_dropouts():
-        kind = "channel"
-    else:
-        return None
-    passthrough = (nn.Flatten,) if kind == "element" else (nn.MaxPool2d, nn.AvgPool2d)
     i = start + 1
-    while i < len(children) and (_homogeneous(children[i]) or type(children[i]) in passthrough):
-        m = children[i]
-        if type(m) is nn.Flatten and (m.start_dim, m.end_dim) != (1, -1):
-            return None
-        if path_of[id(m)] in stochastic:
+    while i < len(children) and (_homogeneous(children[i]) or type(children[i]) in (nn.MaxPool2d, nn.AvgPool2d)):
+        if path_of[id(children[i])] in stochastic:
             return None
         i += 1
     if i == len(children):
         return None
-    lin = children[i]
-    if _hooked(lin) or path_of[id(lin)] in stochastic:
-        return None
-    if kind == "element" and type(lin) is not nn.Linear:
-        return None
-    if kind == "channel" and not (
-        type(lin) is nn.Conv2d and lin.groups == 1 and lin.padding_mode == "zeros" and not isinstance(lin.padding, str)
+    conv = children[i]
+    if _hooked(conv) or path_of[id(conv)] in stochastic or not (
+        type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     ):
+        return None
+    taps = conv.kernel_size[0] * conv.kernel_size[1]
+    if taps / (0.25 + 4.0 / samples) < MIN_GAIN:
         return None
     nxt = children[i + 1] if i + 1 < len(children) else None
     relu = type(nxt) is nn.ReLU and not _hooked(nxt) and path_of[id(nxt)] not in stochastic
     pool, end = None, i + 1 + relu
-    if kind == "channel":
-        j = i + 1 + relu
-        while j < len(children) and (_monotone(children[j]) or type(children[j]) in _channel_dropouts()):
-            m = children[j]
-            if _hooked(m) or (type(m) not in _channel_dropouts() and path_of[id(m)] in stochastic):
-                break
-            j += 1
-        if j < len(children) and _pool_window(children[j]) is not None:
-            pool, end = j, j + 1
-    return FoldPlan(first, container, kind, start, i, pool, end, children, relu)
+    j = end
+    while j < len(children) and (_homogeneous(children[j]) or type(children[j]) in _channel_dropouts()):
+        m = children[j]
+        if _hooked(m) or (type(m) not in _channel_dropouts() and path_of[id(m)] in stochastic):
+            break
+        j += 1
+    if j < len(children) and _pool_window(children[j]) is not None:
+        pool, end = j, j + 1
+    return FoldPlan(first, container, start, i, pool, end, children, relu)
 
 
-def _draw_masks(drop: nn.Module, kind: str, in_shape: torch.Size, n: int, batch: int, consistent: bool) -> torch.Tensor:
-    """``(n, batch, D)`` float32 masks from ``drop`` itself (its unpatched ``forward`` on ones)."""
+def _draw_masks(drop: nn.Module, channels: int, n: int, batch: int, consistent: bool) -> torch.Tensor:
+    """``(n, batch, channels)`` float32 masks from ``drop`` itself (its unpatched ``forward`` on ones)."""
     rows = n if consistent else n * batch
-    shape = (rows, *in_shape[1:]) if kind == "element" else (rows, in_shape[1], 1, 1)
-    m = type(drop).forward(drop, torch.ones(shape, dtype=torch.float32))
-    m = m.reshape(n, 1 if consistent else batch, -1)
-    return m.expand(n, batch, m.shape[-1]) if consistent else m
+    m = type(drop).forward(drop, torch.ones((rows, channels, 1, 1), dtype=torch.float32))
+    m = m.reshape(n, 1 if consistent else batch, channels)
+    return m.expand(n, batch, channels) if consistent else m
 
 
 def run_fold(plan: FoldPlan, x: torch.Tensor, n: int, consistent: bool) -> torch.Tensor:
     """The container's forward on ``x`` (``batch`` rows) for ``n`` samples: ``(n * batch, ...)`` rows, sample-major."""
     ch = plan.children
-    h = x
+    z = x
     for m in ch[: plan.start]:
-        h = m(h)
-    batch, in_shape = h.shape[0], h.shape
-    z = h
-    for m in ch[plan.start + 1: plan.linear]:
         z = m(z)
-    lin = ch[plan.linear]
-    bias = lin.bias
-    if (z.dtype != torch.float32 or lin.weight.dtype != torch.float32 or not z.is_cpu
+    for m in ch[plan.start + 1: plan.conv]:
+        z = m(z)
+    conv = ch[plan.conv]
+    bias = conv.bias
+    if (z.dtype != torch.float32 or conv.weight.dtype != torch.float32 or not z.is_cpu or z.dim() != 4
             or (bias is not None and bias.dtype != torch.float32)):
-        raise FoldUnavailable("the fold needs float32 CPU tensors")
-    # NaN * 0 is NaN in the real network, but a dropped unit never enters the fold's sums;
+        raise FoldUnavailable("the fold needs a 4-D float32 CPU input and float32 weights")
+    # NaN * 0 is NaN in the real network, but a dropped channel never enters the fold's sums;
     # one sum per tensor tells whether all are finite (an overflow only sends it to the general path)
-    if not (math.isfinite(float(z.sum())) and math.isfinite(float(lin.weight.sum()))):
+    if not (math.isfinite(float(z.sum())) and math.isfinite(float(conv.weight.sum()))):
         raise FoldUnavailable("the input or the weights are not finite")
-    if plan.kind == "element" and (z.dim() != 2 or z.shape[1] != lin.in_features):
-        raise FoldUnavailable("Linear after element-wise dropout needs a 2-D input")
-    if plan.kind == "channel" and z.dim() != 4:
-        raise FoldUnavailable("Conv2d after channel dropout needs a 4-D input")
-    mask = _draw_masks(ch[plan.start], plan.kind, in_shape, n, batch, consistent)
-    if plan.kind == "element" and mask.shape[-1] != z.shape[1]:
-        raise FoldUnavailable("the element-wise mask does not line up with the Linear input")
-    scale = float(mask.amax()) if mask.numel() else 1.0
-    weight = lin.weight.detach()
-    bias = None if bias is None else bias.detach()
-    try:
-        if plan.kind == "element":
-            out = kernels.mask_fold(weight.t().reshape(z.shape[1], 1, -1), z.reshape(batch, -1, 1, 1, 1), mask,
-                                    scale, 1, 1, bias, plan.relu)
-            y = out.reshape(n * batch, -1)
-            post: list[nn.Module] = []
-        else:
-            y = _fold_conv(plan, lin, z, mask, scale, n, bias)
-            post = ch[plan.linear + 1 + plan.relu: plan.pool] if plan.pool is not None else []
-    except ValueError as exc:  # a mask that is not {0, s}: not a plain dropout after all
-        raise FoldUnavailable(str(exc)) from exc
-    for m in post:
-        y = m(y)
-    for m in ch[plan.end:]:
-        y = m(y)
-    return y
-
-
-def _fold_conv(plan: FoldPlan, conv: nn.Conv2d, z: torch.Tensor, mask: torch.Tensor, scale: float, n: int,
-               bias: torch.Tensor | None) -> torch.Tensor:
     batch, C, H, W = z.shape
+    mask = _draw_masks(ch[plan.start], C, n, batch, consistent)
+    scale = float(mask.amax()) if mask.numel() else 1.0
     O, _, kh, kw = conv.weight.shape
     K = kh * kw
     cols = F.unfold(z, (kh, kw), dilation=conv.dilation, padding=conv.padding, stride=conv.stride)  # (B, C*K, L)
     Ho = (H + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
     Wo = (W + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
-    if plan.pool is not None:
-        qh, qw = _pool_window(plan.children[plan.pool])
+    if plan.pool is not None:  # window offsets (dy, dx) as r, pooled positions as p
+        qh, qw = _pool_window(ch[plan.pool])
         Hp, Wp = Ho // qh, Wo // qw
         X = (cols.view(batch, C, K, Ho, Wo)[:, :, :, : Hp * qh, : Wp * qw]
              .reshape(batch, C, K, Hp, qh, Wp, qw).permute(0, 1, 2, 4, 6, 3, 5).reshape(batch, C, K, qh * qw, Hp * Wp))
@@ -245,5 +194,14 @@ def _fold_conv(plan: FoldPlan, conv: nn.Conv2d, z: torch.Tensor, mask: torch.Ten
         Hp, Wp, R = Ho, Wo, 1
         X = cols.view(batch, C, K, 1, Ho * Wo)
     A = conv.weight.detach().reshape(O, C, K).permute(1, 2, 0)  # (C, K, O)
-    out = kernels.mask_fold(A.contiguous(), X.contiguous(), mask, scale, R, Hp * Wp, bias, plan.relu)  # channels last
-    return out.view(n * batch, Hp, Wp, O).permute(0, 3, 1, 2)
+    try:
+        out = kernels.mask_fold(A.contiguous(), X.contiguous(), mask, scale, R, Hp * Wp,
+                                None if bias is None else bias.detach(), plan.relu)
+    except ValueError as exc:  # a mask that is not {0, s}: not a plain dropout after all
+        raise FoldUnavailable(str(exc)) from exc
+    y = out.view(n * batch, Hp, Wp, O).permute(0, 3, 1, 2)  # channels last in memory
+    for m in ch[plan.conv + 1 + plan.relu: plan.pool] if plan.pool is not None else ():
+        y = m(y)  # ReLUs and channel dropout, on the pooled map (they commute with the max)
+    for m in ch[plan.end:]:
+        y = m(y)
+    return y

@@ -22,12 +22,12 @@ a rate or swapping a layer probes again; :func:`clear_cache` forgets every answe
 Speed, three ways, the fastest that applies (each falls back to the next when the model
 does not fit it; the last always works):
 
-1. **Fold** (float32 on CPU with the compiled kernel): when the first dropout is a binary
-   mask on a deterministic input followed, in an ``nn.Sequential``, by a Linear layer
-   (element-wise dropout) or a Conv2d (channel dropout), the ``T`` masks are summed through
-   that layer from per-unit contributions computed once per example, and a max-pool after
-   the Conv2d is fused in (see :mod:`dropkit._mc_fold`). Same masks, same distribution;
-   only the rounding of the sums differs.
+1. **Fold** (float32 on CPU with the compiled kernel): when the first dropout is channel
+   dropout on a deterministic input followed, in an ``nn.Sequential``, by a Conv2d, the
+   ``T`` channel masks are summed through the convolution from per-channel contributions
+   computed once per example, with a following max-pool fused in (see
+   :mod:`dropkit._mc_fold`). Same masks, same distribution; only the rounding of the sums
+   differs.
 2. **Shared prefix**: the network before the first stochastic module runs once on
    ``batch`` rows; a forward pre-hook on that module repeats its input ``T`` times
    (sample-major), then one batched forward of ``T * batch`` rows.
@@ -489,7 +489,7 @@ def predict(
     seq_first = any(getattr(named[p], "batch_first", True) is False for p in paths)
     fold = None
     if prefix_path is not None and not seq_first and kernels.mask_fold_compiled(xs[0].device):
-        fold = plan_fold(model, prefix_path, set(paths))
+        fold = plan_fold(model, prefix_path, set(paths), T)
     # chunks: slices of `e` examples (all of them with consistent masks, which must see one
     # set of T masks), `k` samples per forward, k * e * row_bytes <= budget
     if seq_first:
