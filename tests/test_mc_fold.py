@@ -229,10 +229,7 @@ def test_folded_consistent_masks(monkeypatch):
 
 def test_reference_fold_through_predict(monkeypatch):
     """With no compiler the fold is off; the torch reference of mask_fold still gives the same samples."""
-    model = lab_cnn(dropkit.nn.Dropout2d, seed=1)
-    x = torch.randn(2, 1, 8, 8)
-    with torch.no_grad():
-        model.eval()(x)
+    model, x = built_cnn(seed=1, shape=(2, 1, 8, 8))
     kernels.set_backend("reference")
     try:
         ref = mc.predict(model, x, samples=5, seed=0, output=None)
@@ -247,12 +244,17 @@ def test_reference_fold_through_predict(monkeypatch):
     torch.testing.assert_close(folded.samples, ref.samples, rtol=1e-4, atol=1e-5)
 
 
-@needs_kernel
-def test_non_finite_input_takes_the_general_path(monkeypatch):
-    model = lab_cnn(dropkit.nn.Dropout2d, seed=4)
-    x = torch.randn(3, 1, 10, 10)
+def built_cnn(seed=4, shape=(3, 1, 10, 10)):
+    """A seeded lab-like CNN with its lazy layer materialised, and an input for it."""
+    model, x = lab_cnn(dropkit.nn.Dropout2d, seed=seed), torch.randn(shape)
     with torch.no_grad():
         model.eval()(x)
+    return model, x
+
+
+@needs_kernel
+def test_non_finite_input_takes_the_general_path():
+    model, x = built_cnn()
     x[1, 0, 2, 2] = float("nan")
     r = mc.predict(model, x, samples=4, seed=11, output=None)
     assert r.method != "fold"
@@ -262,10 +264,7 @@ def test_non_finite_input_takes_the_general_path(monkeypatch):
 
 @needs_kernel
 def test_non_binary_mask_falls_back(monkeypatch):
-    model = lab_cnn(dropkit.nn.Dropout2d, seed=4)
-    x = torch.randn(3, 1, 10, 10)
-    with torch.no_grad():
-        model.eval()(x)
+    model, x = built_cnn()
     calls = []
     real = _mc_fold._draw_masks
 
