@@ -127,13 +127,13 @@ def plan(model, x, samples=50):
     with torch.no_grad():
         model.eval()(x)  # materialise lazy layers
     r = mc._probe(model, (x[:2],))
-    return _mc_fold.plan_fold(model, r.paths[0], set(r.paths), samples)
+    return _mc_fold.plan_fold(dict(model.named_modules()), r.paths[0], set(r.paths), samples)
 
 
 def test_plans_for_the_lab_cnn():
     p = plan(lab_cnn(), torch.randn(4, 1, 12, 12))
     assert (p.start, p.conv, p.relu, p.pool, p.end) == (2, 4, True, 7, 8)
-    assert p.child_path(p.pool) == "7"
+    assert p.paths[p.pool] == "7"
     p = plan(lab_cnn(pool=torch.nn.AvgPool2d(2)), torch.randn(4, 1, 12, 12))
     assert (p.conv, p.pool, p.end) == (4, None, 6)  # only a max-pool whose windows tile the map is fused
     model = lab_cnn()

@@ -100,55 +100,50 @@ class FoldPlan:
     pool: int | None
     end: int
     children: list[nn.Module] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # module path of each child
     relu: bool = False  # container[conv + 1] is a ReLU, fused into the kernel
 
-    def child_path(self, i: int) -> str:
-        """Module path of ``container[i]``."""
-        parent = self.path.rpartition(".")[0]
-        name = list(self.container._modules)[i]
-        return f"{parent}.{name}" if parent else name
 
-
-def plan_fold(model: nn.Module, first: str, stochastic: set[str], samples: int) -> FoldPlan | None:
-    """The fold for the first stochastic module ``first`` (a module path) and ``samples`` samples, or ``None``."""
+def plan_fold(named: dict[str, nn.Module], first: str, stochastic: set[str], samples: int) -> FoldPlan | None:
+    """The fold for the first stochastic module ``first`` (a path in ``named``, the model's
+    ``dict(named_modules())``) and ``samples`` samples, or ``None``."""
     if first == "":
         return None
     parent_path, _, name = first.rpartition(".")
-    named = dict(model.named_modules())
     container = named.get(parent_path)
     if type(container) is not nn.Sequential or _hooked(named[first]) or type(named[first]) not in _channel_dropouts():
         return None
     names = list(container._modules)
     children = list(container._modules.values())
+    paths = [f"{parent_path}.{n}" if parent_path else n for n in names]
     start = names.index(name)
-    path_of = {id(m): (f"{parent_path}.{n}" if parent_path else n) for n, m in zip(names, children)}
     i = start + 1
     while i < len(children) and (_homogeneous(children[i]) or type(children[i]) in (nn.MaxPool2d, nn.AvgPool2d)):
-        if path_of[id(children[i])] in stochastic:
+        if paths[i] in stochastic:
             return None
         i += 1
     if i == len(children):
         return None
     conv = children[i]
-    if _hooked(conv) or path_of[id(conv)] in stochastic or not (
+    if _hooked(conv) or paths[i] in stochastic or not (
         type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     ):
         return None
     taps = conv.kernel_size[0] * conv.kernel_size[1]
     if taps / (0.25 + 4.0 / samples) < MIN_GAIN:
         return None
-    nxt = children[i + 1] if i + 1 < len(children) else None
-    relu = type(nxt) is nn.ReLU and not _hooked(nxt) and path_of[id(nxt)] not in stochastic
+    relu = i + 1 < len(children) and type(children[i + 1]) is nn.ReLU and not _hooked(children[i + 1]) \
+        and paths[i + 1] not in stochastic
     pool, end = None, i + 1 + relu
     j = end
     while j < len(children) and (_homogeneous(children[j]) or type(children[j]) in _channel_dropouts()):
         m = children[j]
-        if _hooked(m) or (type(m) not in _channel_dropouts() and path_of[id(m)] in stochastic):
+        if _hooked(m) or (type(m) not in _channel_dropouts() and paths[j] in stochastic):
             break
         j += 1
     if j < len(children) and _pool_window(children[j]) is not None:
         pool, end = j, j + 1
-    return FoldPlan(first, container, start, i, pool, end, children, relu)
+    return FoldPlan(first, container, start, i, pool, end, children, paths, relu)
 
 
 def _draw_masks(drop: nn.Module, channels: int, n: int, batch: int, consistent: bool) -> torch.Tensor:
@@ -163,9 +158,7 @@ def run_fold(plan: FoldPlan, x: torch.Tensor, n: int, consistent: bool) -> torch
     """The container's forward on ``x`` (``batch`` rows) for ``n`` samples: ``(n * batch, ...)`` rows, sample-major."""
     ch = plan.children
     z = x
-    for m in ch[: plan.start]:
-        z = m(z)
-    for m in ch[plan.start + 1: plan.conv]:
+    for m in ch[: plan.start] + ch[plan.start + 1: plan.conv]:  # all but the dropout, once per example
         z = m(z)
     conv = ch[plan.conv]
     bias = conv.bias

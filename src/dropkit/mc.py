@@ -64,11 +64,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from dropkit import _hooks, kernels
-from dropkit._mc_fold import FoldPlan, FoldUnavailable, plan_fold, run_fold
+from dropkit._mc_fold import FoldPlan, plan_fold, run_fold
 from dropkit._validation import check_bool, check_choice, check_int
 from dropkit.guard import (
     _RANDOM_FUNCS,
@@ -199,7 +198,7 @@ def _flat_tensors(out) -> list[torch.Tensor]:
     return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
-#: Probe results per model: {model: (fingerprint, (paths, calls, row_bytes))}.
+#: Probe results per model: {model: (fingerprint, _ProbeResult)}.
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -380,43 +379,43 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
                         f"module {p or '<model>'!r} draws randomness another way ({', '.join(sorted(calls[p]))})"
                     )
             es.enter_context(_SharedFunctional(k_box[0]))
+        once = [False]  # the fold / the repeat happens once per model forward
+        if fold is not None or prefix_path is not None:
+            es.callback(model.register_forward_pre_hook(lambda m, a: once.__setitem__(0, False)).remove)
         if fold is not None:
-            folded = [False]
             container = fold.container
 
             def forward(x, _c=container):
-                if folded[0] or not isinstance(x, torch.Tensor) or x.shape[0] != batch_box[0]:
+                if once[0] or not isinstance(x, torch.Tensor) or x.shape[0] != batch_box[0]:
                     return torch.nn.Sequential.forward(_c, x)
-                folded[0] = True
+                once[0] = True
                 return run_fold(fold, x, k_box[0], consistent)
 
             container.forward = forward
             es.callback(container.__dict__.pop, "forward", None)
-            es.callback(model.register_forward_pre_hook(lambda m, a: folded.__setitem__(0, False)).remove)
         elif prefix_path is not None:
-            seen = [False]
 
             def repeat(module, args):
-                if seen[0]:
+                if once[0]:
                     return None
-                seen[0] = True
-                k = k_box[0]
+                once[0] = True
                 return tuple(
-                    a.unsqueeze(0).expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:])
-                    if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch_box[0] else a
+                    _repeat(a, k_box[0]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch_box[0]
+                    else a
                     for a in args
                 )
 
-            def reset(module, args):
-                seen[0] = False
-
-            es.callback(model.register_forward_pre_hook(reset).remove)
             es.callback(modules[prefix_path].register_forward_pre_hook(repeat).remove)
         yield
 
 
+def _repeat(a: torch.Tensor, k: int) -> torch.Tensor:
+    """``a`` stacked ``k`` times along dim 0, sample-major: ``(k * rows, ...)``."""
+    return a.unsqueeze(0).expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:])
+
+
 def _repeat_inputs(x: tuple, k: int) -> tuple:
-    return tuple(a.unsqueeze(0).expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:]) for a in x)
+    return tuple(_repeat(a, k) for a in x)
 
 
 def predict(
@@ -487,19 +486,20 @@ def predict(
     prefix_path = paths[0] if share_prefix and paths[0] != "" else None
     named = dict(model.named_modules())
     seq_first = any(getattr(named[p], "batch_first", True) is False for p in paths)
-    fold = None
-    if prefix_path is not None and not seq_first and kernels.mask_fold_compiled(xs[0].device):
-        fold = plan_fold(model, prefix_path, set(paths), T)
-    # chunks: slices of `e` examples (all of them with consistent masks, which must see one
-    # set of T masks), `k` samples per forward, k * e * row_bytes <= budget
     if seq_first:
-        row_bytes = probed.row_bytes
-    elif fold is not None:  # per sample: what follows the layers the fold replaces
-        row_bytes = _sample_bytes(probed, fold.child_path(fold.end - 1), inclusive=True)
+        prefix_path = None  # a mask shared along dim 0 (seq-first locked dropout): one sample per forward
+    fold = None
+    if prefix_path is not None and kernels.mask_fold_compiled(xs[0].device):
+        fold = plan_fold(named, prefix_path, set(paths), T)
+    # per-sample activation bytes: what follows the layers the fold replaces, or the first stochastic module on
+    if fold is not None:
+        row_bytes = _sample_bytes(probed, fold.paths[fold.end - 1], inclusive=True)
     elif prefix_path is not None:
         row_bytes = _sample_bytes(probed, prefix_path, inclusive=False)
     else:
         row_bytes = probed.row_bytes
+    # chunks: slices of `e` examples (all of them with consistent masks, which must see one
+    # set of T masks), `k` samples per forward, k * e * row_bytes <= budget
     if consistent_masks or T * batch * row_bytes <= budget:
         e = batch
         k = max(1, min(T, budget // max(1, batch * row_bytes)))
@@ -507,7 +507,7 @@ def predict(
         e = max(1, min(batch, budget // (T * row_bytes)))
         k = T if T * row_bytes <= budget else max(1, budget // row_bytes)
     if seq_first:
-        k, prefix_path, fold = 1, None, None  # a mask shared along dim 0 (seq-first locked dropout): one sample per forward
+        k = 1
     modes = [m for m, ok in (("fold", fold), ("prefix", prefix_path), ("repeat", True)) if ok]
     k_box, batch_box = [k], [e]
 

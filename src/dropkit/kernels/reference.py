@@ -43,12 +43,8 @@ def dropout_mul(
 
 def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
               bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """The Monte-Carlo dropout fold in torch ops (see ``kernels/cpu/mask_fold.c``): ``out[t, b, p*O + o] =
-    act(scale * max_r sum_d [mask[t, b, d] != 0] * sum_k A[d, k, o] * X[b, d, k, r, p] + bias[o])``,
-    ``act`` = ReLU if ``relu`` else the identity.
-
-    ``A`` is ``(D, K, O)``, ``X`` ``(B or 1, D, K, R, P)``, ``mask`` ``(T, B, D)`` with values 0 or
-    ``scale``; returns ``(T, B, P * O)``. Same math as the compiled kernel; the rounding differs.
+    """:func:`dropkit.kernels.mask_fold` in torch ops (any dtype and device); the same math as
+    ``kernels/cpu/mask_fold.c``, the rounding differs.
     """
     kept = mask != 0
     if bool((kept & (mask != scale)).any()):

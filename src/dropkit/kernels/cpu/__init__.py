@@ -354,13 +354,9 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
               bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """The Monte-Carlo dropout fold (``mask_fold.c``; :func:`dropkit.kernels.reference.mask_fold` is the
-    same math in torch ops): ``out[t, b, p*O + o] = act(scale * max_r sum_d [mask[t, b, d] != 0] *
-    sum_k A[d, k, o] * X[b, d, k, r, p] + bias[o])`` for float32 CPU tensors ``A`` ``(D, K, O)``,
-    ``X`` ``(B or 1, D, K, R, P)`` and ``mask`` ``(T, B, D)`` (any strides on its first two dims);
-    ``act`` is ReLU when ``relu`` is true, else the identity; no bias when ``bias`` is None.
-
-    Raises ``ValueError`` when a mask value is neither 0 nor ``scale``.
+    """:func:`dropkit.kernels.mask_fold` in ``mask_fold.c``, for float32 CPU tensors (``mask`` may
+    have any strides on its first two dims). Raises ``ValueError`` when a mask value is neither
+    0 nor ``scale``.
     """
     if not available():
         raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")

@@ -7,12 +7,12 @@
  *
  * (bias optional, act = identity or ReLU: the layer's bias and a ReLU that follows it, fused).
  *
- * A Linear layer y = W z with an element-wise mask on z: D = in_features, O = out_features,
- * K = R = P = 1, A[d][0][o] = W[o][d], X[b][d] = z[b][d]. A Conv2d with a channel mask on
- * its input: D = input channels, O = output channels, K = kernel taps, X = the unfolded
- * input (im2col), P = output positions (out is channels-last); R > 1 fuses a
- * non-overlapping max-pool whose window offsets are r (X is laid out window-offset-major
- * by the caller).
+ * A Conv2d with a channel mask on its input (what dropkit.mc folds): D = input channels,
+ * O = output channels, K = kernel taps, X = the unfolded input (im2col), P = output
+ * positions (out is channels-last); R > 1 fuses a non-overlapping max-pool whose window
+ * offsets are r (X is laid out window-offset-major by the caller). The same math covers a
+ * Linear layer after element-wise dropout (K = R = P = 1, A[d][0][o] = W[o][d],
+ * X[b][d] = z[b][d]); dropkit.mc does not fold it, a matmul being as fast (measured).
  *
  * Method of the Four Russians: the D mask units are cut into groups of 4. For one example
  * and one tile of outputs, the 16 subset sums of each group's 4 rows U[b][d] are tabulated
@@ -38,7 +38,7 @@ typedef struct {
     const float *A, *X, *mask;
     float *out;
     int64_t sXb, smt, smb, sot, sob;
-    int64_t T, B, D, O, K, R, P, G, ptile, otile, np, no;
+    int64_t T, D, O, K, R, P, G, ptile, otile, np, no;
     float scale;
     const float *bias; /* O values added after scaling, or NULL */
     int relu;          /* then max(0, .) */
@@ -288,7 +288,6 @@ DK_API int dk_mask_fold_f32(const float *A, const float *X, int64_t sXb, const f
     J.sot = sot;
     J.sob = sob;
     J.T = T;
-    J.B = B;
     J.D = D;
     J.O = O;
     J.K = K;
