@@ -52,7 +52,8 @@ def test_mask_is_the_contract_mask():
     y = DF.fused_bias_act_dropout_add(x, b, r, 0.4, "identity", seed=123, stream=4)
     keep = keep_mask(x.numel(), 0.4, 123, 4).view(x.shape)
     assert torch.equal(y[~keep], r[~keep])  # dropped: exactly the residual
-    torch.testing.assert_close(y[keep], (r + (x + b) / 0.6)[keep], rtol=1e-6, atol=1e-6)
+    # survivors scaled by 1 / q(0.4), the inverse of the realised keep probability (dropkit.rng.inverted_scale)
+    torch.testing.assert_close(y[keep], (r + (x + b) * dropkit.rng.inverted_scale(0.4))[keep], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

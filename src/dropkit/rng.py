@@ -15,9 +15,15 @@ in one paragraph:
     into eight 16-bit values (word ``k`` gives lanes ``2k`` = low half and
     ``2k + 1`` = high half) and element ``e`` takes lane ``e % 8``. The element
     is **kept** iff that 16-bit value ``u`` satisfies ``u >= threshold(p)`` with
-    ``threshold(p) = min(65536, floor(p * 65536 + 0.5))``. So the keep probability is
-    ``1 - threshold(p) / 65536``, within ``2**-17`` of ``1 - p``; ``p`` is the
-    probability of *dropping*.
+    ``threshold(p) = floor(p * 65536 + 0.5)``, capped at 65535 for every ``p < 1``
+    (65536, every element dropped, only at ``p = 1``). So the keep probability
+    ``q(p) = 1 - threshold(p) / 65536`` is within ``2**-17`` of ``1 - p`` and never 0
+    below ``p = 1``; inverted dropout scales survivors by ``1 / q(p)``, so ``E[y] = x``
+    exactly at every ``p < 1``. ``p`` is the probability of *dropping*.
+
+A call's randomness is one **key**: four 32-bit words ``(lo(seed), hi(seed), lo(stream),
+hi(stream))`` (:func:`key_words`), carried through registered ops as an int64 tensor of
+shape ``(4,)`` (:func:`key_tensor`) so that torch.compile and torch.export see it as data.
 
 Uniform and normal samples (Gaussian dropout, Concrete dropout, ...) use the same
 counter layout with 32-bit lanes: element ``e`` takes word ``e % 4`` of the block
@@ -47,6 +53,12 @@ __all__ = [
     "check_seed",
     "check_key_args",
     "check_rng_args",
+    "check_offset",
+    "key_words",
+    "key_tensor",
+    "key_ints",
+    "inverted_scale",
+    "compute_dtype",
     "batch_shard",
     "current_batch_start",
     "ELEMENTS_PER_BLOCK",
@@ -119,17 +131,45 @@ def philox4x32_10(counters: np.ndarray, key: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Thresholds
 # ---------------------------------------------------------------------------
-def threshold(p: float) -> int:
-    """The 16-bit drop threshold for drop probability ``p``: ``min(65536, floor(p*65536 + 0.5))``.
+def _check_rate(p: object) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"`p` must be a real number in [0, 1] (the probability of dropping); received p={p!r}")
+    return float(p)
 
-    An element is dropped iff its 16-bit value is ``< threshold(p)``.
+
+def threshold(p: float) -> int:
+    """The 16-bit drop threshold for drop probability ``p``: ``floor(p*65536 + 0.5)``, at most 65535 for ``p < 1``.
+
+    An element is dropped iff its 16-bit value is ``< threshold(p)``; only ``p = 1`` gives
+    65536 (every element dropped), so a rate below 1 always keeps some elements and
+    :func:`inverted_scale` stays finite.
     """
-    return min(1 << MASK_BITS, int(math.floor(float(p) * 65536.0 + 0.5)))
+    p = _check_rate(p)
+    if p == 1.0:
+        return 1 << MASK_BITS
+    return min((1 << MASK_BITS) - 1, int(math.floor(p * 65536.0 + 0.5)))
 
 
 def keep_probability(p: float) -> float:
-    """The exact keep probability that the contract realises for drop probability ``p``."""
+    """The exact keep probability ``q(p) = 1 - threshold(p) / 65536`` that the contract realises."""
     return 1.0 - threshold(p) / 65536.0
+
+
+def inverted_scale(p: float) -> float:
+    """Inverted dropout's survivor scale ``1 / q(p)`` (the exact keep probability), so ``E[y] = x`` at every ``p < 1``.
+
+    It differs from ``1 / (1 - p)`` by a relative ``|q - (1 - p)| / q <= 2**-17 / q``: 0 at
+    ``p = 0.5`` or ``0.75``, under ``1e-5`` for ``p <= 0.5``. ``p = 1`` has no scale (the output is zeros).
+    """
+    q = keep_probability(p)
+    if q == 0.0:
+        raise ValueError("inverted_scale: p = 1 drops every element; there is no scale (the output is zeros)")
+    return 1.0 / q
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which ``x * factor`` is evaluated: float64 for float64 inputs, else float32 (rounded once)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _split_key(seed: int) -> tuple[int, int]:
@@ -208,12 +248,17 @@ def keep_mask(
 ) -> torch.Tensor:
     """Keep mask (``torch.bool``, 1-D, ``True`` = kept) of ``n`` elements per the contract.
 
-    Dispatches to the fastest available backend for ``device`` (see
-    :func:`dropkit.kernels.backend_info`); all backends return identical bits.
+    The contract evaluated in plain torch integer ops (NumPy on CPU): the definition, not
+    the fast path. :func:`dropkit.kernels.keep_mask` returns the same bits from the fastest
+    backend for ``device``.
     """
-    from dropkit import kernels
-
-    return kernels.keep_mask(int(n), float(p), int(seed), int(stream), int(offset), torch.device(device))
+    n = check_offset(n, "n")
+    p = _check_rate(p)
+    seed, stream, offset = check_seed(seed), check_seed(stream, "stream"), check_offset(offset)
+    check_offset(offset + n, "offset + n")
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(keep_mask_numpy(n, p, seed, stream, offset)))
+    return keep_mask_torch(n, p, seed, stream, offset, device)
 
 
 def keep_mask_torch(
@@ -295,6 +340,38 @@ def check_seed(seed: object, name: str = "seed") -> int:
     if not 0 <= seed <= _M64:
         raise ValueError(f"`{name}` must be an int in [0, 2**64) or None; received {name}={seed}")
     return seed
+
+
+def check_offset(offset: object, name: str = "offset") -> int:
+    """A global element index (or count): an int in ``[0, 2**64]`` (the contract's index space)."""
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int in [0, 2**64]; received {offset!r} ({type(offset).__name__})")
+    offset = int(offset)
+    if not 0 <= offset <= 1 << 64:
+        raise ValueError(f"`{name}` must be an int in [0, 2**64] (the contract's index space); received {name}={offset}")
+    return offset
+
+
+def key_words(seed: int, stream: int = 0) -> tuple[int, int, int, int]:
+    """The four 32-bit key words of a call: ``(lo(seed), hi(seed), lo(stream), hi(stream))``.
+
+    Words 0-1 are Philox's key, words 2-3 the high counter words.
+    """
+    seed, stream = check_seed(seed), check_seed(stream, "stream")
+    return seed & _M32, seed >> 32, stream & _M32, stream >> 32
+
+
+def key_tensor(seed: int, stream: int = 0) -> torch.Tensor:
+    """:func:`key_words` as the int64 tensor ``(4,)`` on the CPU that dropkit's registered ops take."""
+    return torch.tensor(key_words(seed, stream), dtype=torch.int64)
+
+
+def key_ints(key: torch.Tensor) -> tuple[int, int]:
+    """``(seed, stream)`` of a key tensor (the inverse of :func:`key_tensor`); reads the tensor (eager only)."""
+    w = key.tolist()
+    if len(w) != 4 or any(not 0 <= v <= _M32 for v in w):
+        raise ValueError(f"a dropkit key is 4 int64 words in [0, 2**32); received {w!r}")
+    return w[0] | (w[1] << 32), w[2] | (w[3] << 32)
 
 
 def check_key_args(seed: object = None, generator: object = None) -> None:

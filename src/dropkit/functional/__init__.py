@@ -7,7 +7,7 @@ contract of :mod:`dropkit.rng`.
 
 from dropkit.functional.dropout import MaskSpec, apply_mask, dropout, keep_mask_like, masked_scale
 from dropkit.functional.alpha import alpha_dropout, feature_alpha_dropout
-from dropkit.functional.concrete import concrete_dropout, concrete_regularizer
+from dropkit.functional.concrete import clamp_logit, concrete_dropout, concrete_regularizer
 from dropkit.functional.drop_block import drop_block2d, drop_block3d
 from dropkit.functional.drop_path import drop_path, drop_path_rates
 from dropkit.functional.embedding import embedding_dropout

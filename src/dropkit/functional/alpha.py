@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from dropkit import _hooks, ops
 from dropkit._validation import check_bool, check_rank
-from dropkit.functional._noise import apply_noise, check_common, zeros_like_input
-from dropkit.functional.dropout import MaskSpec, _shard_offset, keep_mask_like
-from dropkit.rng import resolve_seed
+from dropkit.functional._noise import check_common, write_inplace, zeros_like_input
+from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.rng import compute_dtype
+from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["alpha_dropout", "feature_alpha_dropout", "alpha_coefficients", "SELU_ALPHA_PRIME"]
 
@@ -29,25 +30,11 @@ def alpha_coefficients(p: float) -> tuple[float, float]:
     return a, -a * SELU_ALPHA_PRIME * (1.0 - q)
 
 
-@dataclass(frozen=True)
-class _AlphaNoise:
-    """``f = a * m``, ``b = b + (1 - m) * a * alpha'`` with ``m`` the contract's keep mask."""
-
-    spec: MaskSpec  # spec.scale holds ``a``
-    shift: float
-
-    def factors(self, shape, device, dtype, with_bias):
-        keep = keep_mask_like(self.spec, shape, device)
-        factor = keep.to(dtype) * self.spec.scale
-        if not with_bias:
-            return factor, None
-        a = self.spec.scale
-        dropped_value = torch.tensor(a * SELU_ALPHA_PRIME + self.shift, dtype=dtype, device=device)
-        return factor, torch.where(keep, torch.tensor(self.shift, dtype=dtype, device=device), dropped_value)
-
-
 def _alpha(input, p, training, inplace, feature, seed, generator, stream):
     op = "feature_alpha_dropout" if feature else "alpha_dropout"
+    if has_torch_function_unary(input):
+        fn = feature_alpha_dropout if feature else alpha_dropout
+        return handle_torch_function(fn, (input,), input, p, training, inplace, seed=seed, generator=generator, stream=stream)
     p, stream = check_common(input, p, training, seed, generator, stream)
     check_bool(inplace, "inplace")
     noise_shape = None
@@ -59,9 +46,16 @@ def _alpha(input, p, training, inplace, feature, seed, generator, stream):
     if p == 1.0:  # the limit of the affine map as p -> 1 is 0
         return zeros_like_input(input, inplace)
     a, b = alpha_coefficients(p)
-    key = resolve_seed(seed, generator)
-    spec = MaskSpec(p, a, key, stream, _shard_offset(noise_shape, input.shape), noise_shape)
-    return apply_noise(input, _AlphaNoise(spec, b), f"dropkit.functional.{op}", inplace)
+    key = resolve_key(seed, generator, stream)
+    offset = _shard_offset(noise_shape, input.shape)
+    _hooks.notify(f"dropkit.functional.{op}", input, Drawn(p))
+    # y = a * (x * m + alpha' (1 - m)) + b: the x-linear part through dropkit::dropout, the shift from the same mask
+    cdt = compute_dtype(input.dtype)
+    mshape = list(noise_shape) if noise_shape is not None else list(input.shape)
+    keep = ops.keep_mask_op(key, mshape, p, offset, input.device)
+    shift = torch.where(keep, torch.tensor(b, dtype=cdt), torch.tensor(a * SELU_ALPHA_PRIME + b, dtype=cdt))
+    y = (ops.dropout(input.to(cdt), key, p, a, noise_shape, offset) + shift).to(input.dtype)
+    return write_inplace(input, y) if inplace else y
 
 
 def alpha_dropout(
@@ -70,7 +64,7 @@ def alpha_dropout(
     training: bool = True,
     inplace: bool = False,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -113,7 +107,7 @@ def feature_alpha_dropout(
     training: bool = True,
     inplace: bool = False,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as tnf
-from torch.autograd.function import once_differentiable
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks
+from dropkit import _hooks, ops
 from dropkit._validation import check_bool, check_float_tensor, check_rank, check_real
-from dropkit.functional.dropout import _shard_offset
-from dropkit.kernels.reference import compute_dtype
-from dropkit.rng import check_rng_args, resolve_seed, uniform
+from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.rng import compute_dtype
+from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
-__all__ = ["concrete_dropout", "concrete_regularizer"]
+__all__ = ["concrete_dropout", "concrete_regularizer", "clamp_logit", "LOGIT_LIMIT"]
 
 
 def concrete_dropout(
@@ -24,7 +22,7 @@ def concrete_dropout(
     *,
     temperature: float = 0.1,
     spatial: bool = False,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -54,68 +52,44 @@ def concrete_dropout(
         >>> y.sum().backward(); logit.grad is not None
         True
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            concrete_dropout, (input,), input, p_logit, training, temperature=temperature, spatial=spatial, seed=seed,
+            generator=generator, stream=stream,
+        )  # fmt: skip
     check_float_tensor(input)
     if not isinstance(p_logit, torch.Tensor) or p_logit.numel() != 1 or not p_logit.is_floating_point():
         raise TypeError(f"`p_logit` must be a floating tensor with one element; received {p_logit!r}")
     check_bool(training, "training")
     check_bool(spatial, "spatial")
     temperature = check_real(temperature, "temperature", low=0.0, low_open=True)
-    stream = check_rng_args(seed, generator, stream)
+    stream = check_seed_arg(seed, generator, stream)
     if spatial:
         check_rank(input, range(2, 9), "concrete_dropout(spatial=True)", "(N, C, *)")
     if not training:
         return input
     noise_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if spatial else tuple(input.shape)
-    key = resolve_seed(seed, generator)
-    noise = _ConcreteNoise(key, stream, _shard_offset(noise_shape, input.shape), noise_shape, temperature)
-    _hooks.notify("dropkit.functional.concrete_dropout", input, noise)
-    return _ConcreteFunction.apply(input, p_logit.reshape(()), noise)
+    key = resolve_key(seed, generator, stream)
+    offset = _shard_offset(noise_shape, input.shape)
+    logit = clamp_logit(p_logit.reshape(()))
+    if _hooks._observers:  # the rate is a tensor: read it only for an observer (never on a traced path)
+        _hooks.notify("dropkit.functional.concrete_dropout", input, Drawn(float(torch.sigmoid(logit.detach()))))
+    cdt = compute_dtype(input.dtype)
+    u = ops.uniform_op(key, list(noise_shape), offset, torch.float64, input.device)
+    logit_u = (torch.log(u) - torch.log1p(-u)).to(cdt)  # in float64: u near 1 stays < 1
+    logit = logit.to(cdt)
+    keep = torch.sigmoid(-(logit + logit_u) / temperature)  # the relaxed keep indicator 1 - z~
+    return (input.to(cdt) * (keep / torch.sigmoid(-logit))).to(input.dtype)
 
 
-@dataclass(frozen=True)
-class _ConcreteNoise:
-    """The relaxed keep factor as a function of (key, stream, offset) and the logit: regenerated in backward."""
-
-    key: int
-    stream: int
-    offset: int
-    noise_shape: tuple[int, ...]
-    temperature: float
-
-    def keep(self, logit: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1 - z~, 1 - p)``: the relaxed keep indicator and the keep rate, in ``dtype``."""
-        u = uniform(self.noise_shape, self.key, self.stream, self.offset, dtype=torch.float64, device=device)
-        logit_u = (torch.log(u) - torch.log1p(-u)).to(dtype)  # in float64: u near 1 stays < 1
-        logit = logit.to(dtype)
-        return torch.sigmoid(-(logit + logit_u) / self.temperature), torch.sigmoid(-logit)
+#: ``|p_logit|`` is clamped here: ``p`` stays in ``[sigmoid(-15), sigmoid(15)]`` (about 3e-7 from 0 and 1), so the
+#: output (divided by ``1 - p``) and :func:`concrete_regularizer` stay finite in float32.
+LOGIT_LIMIT = 15.0
 
 
-class _ConcreteFunction(torch.autograd.Function):
-    """``y = x * k / (1 - p)``; saves ``x`` and the logit, regenerates the uniforms in backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, logit: torch.Tensor, noise: _ConcreteNoise) -> torch.Tensor:  # type: ignore[override]
-        cdt = compute_dtype(x.dtype)
-        keep, q = noise.keep(logit, x.device, cdt)
-        ctx.noise = noise
-        ctx.save_for_backward(x, logit)
-        return (x.to(cdt) * (keep / q)).to(x.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, logit = ctx.saved_tensors
-        cdt = compute_dtype(grad.dtype)
-        keep, q = ctx.noise.keep(logit.detach(), grad.device, cdt)
-        factor = keep / q
-        g = grad.to(cdt)
-        gx = (g * factor).to(x.dtype) if ctx.needs_input_grad[0] else None
-        glogit = None
-        if ctx.needs_input_grad[1]:
-            # d(k/q)/dlogit = (k/q) * (-(1 - k)/t + (1 - q)) with k = sigmoid(-(logit + logit_u)/t), q = sigmoid(-logit)
-            dfactor = factor * ((keep - 1.0) / ctx.noise.temperature + (1.0 - q))
-            glogit = (g * x.to(cdt) * dfactor).sum().to(logit.dtype)
-        return gx, glogit, None
+def clamp_logit(p_logit: torch.Tensor) -> torch.Tensor:
+    """``p_logit`` clamped to ``[-LOGIT_LIMIT, LOGIT_LIMIT]`` (zero gradient beyond: the rate stops there)."""
+    return p_logit.clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
 
 
 def concrete_regularizer(p_logit: torch.Tensor, units: int, dropout_regularizer: float) -> torch.Tensor:
@@ -126,7 +100,7 @@ def concrete_regularizer(p_logit: torch.Tensor, units: int, dropout_regularizer:
     authors' ``SpatialConcreteDropout`` (using C*H*W there overweights the entropy term
     by H*W). Minimising it pushes ``p`` towards 0.5 (maximum entropy).
     """
-    logit = p_logit.reshape(())
+    logit = clamp_logit(p_logit.reshape(()))
     p = torch.sigmoid(logit)
     neg_entropy = p * tnf.logsigmoid(logit) + (1.0 - p) * tnf.logsigmoid(-logit)  # stable p log p + q log q
     return dropout_regularizer * units * neg_entropy

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import collections
 import functools
-from dataclasses import dataclass
+import math
 
 import torch
-import torch.nn.functional as tnf
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from dropkit import _hooks, ops
 from dropkit._validation import check_bool, check_int, check_rank
-from dropkit.functional._noise import apply_noise, check_common, zeros_like_input
-from dropkit.functional.dropout import _shard_offset
-from dropkit.rng import resolve_seed, uniform
+from dropkit.functional._noise import check_common, write_inplace, zeros_like_input
+from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["drop_block2d", "drop_block3d", "block_seed_rate"]
 
 
-def _cover_counts(size: int, block: int) -> torch.Tensor:
-    """For each position of a dimension of ``size``: how many valid block starts cover it."""
-    i = torch.arange(size, dtype=torch.float64)
-    return torch.minimum(i, torch.tensor(float(size - block))) - torch.clamp(i - block + 1, min=0) + 1
+def _cover_histogram(size: int, block: int) -> collections.Counter:
+    """For one dimension of ``size``: how many positions are covered by ``k`` valid block starts, per ``k``."""
+    return collections.Counter(min(i, size - block) - max(i - block + 1, 0) + 1 for i in range(size))
 
 
 @functools.lru_cache(maxsize=256)
@@ -29,52 +30,39 @@ def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> floa
     A block of side ``block_size`` starts at each of the :math:`\prod_d (L_d - b + 1)` valid
     positions independently with probability :math:`\gamma`; position ``i`` is covered by
     :math:`k(i)` starts, so :math:`E[\text{dropped}] = 1 - \frac{1}{\prod L_d}\sum_i (1-\gamma)^{k(i)}`.
-    Solved by bisection. The paper's closed form
-    :math:`\gamma = \frac{p}{b^{d}} \prod_d \frac{L_d}{L_d - b + 1}` is the first-order
-    approximation; it drops noticeably less than ``p`` once blocks overlap.
+    Solved by bisection (plain Python numbers: a constant under torch.compile). The paper's
+    closed form :math:`\gamma = \frac{p}{b^{d}} \prod_d \frac{L_d}{L_d - b + 1}` is the
+    first-order approximation; it drops noticeably less than ``p`` once blocks overlap.
     """
-    k = functools.reduce(lambda a, c: (a.unsqueeze(-1) * c).flatten(), [_cover_counts(s, block_size) for s in spatial])
+    hist = collections.Counter({1: 1})
+    for size in spatial:  # k(i) is the product of the per-dimension counts
+        hist = _product(hist, _cover_histogram(size, block_size))
+    total = math.prod(spatial)
     lo, hi = 0.0, 1.0
     for _ in range(60):  # f(gamma) = 1 - mean((1-gamma)^k) is increasing; 2^-60 precision
         mid = 0.5 * (lo + hi)
-        if 1.0 - torch.pow(1.0 - mid, k).mean().item() < p:
+        if 1.0 - sum(n * (1.0 - mid) ** k for k, n in hist.items()) / total < p:
             lo = mid
         else:
             hi = mid
     return 0.5 * (lo + hi)
 
 
-@dataclass(frozen=True)
-class _BlockNoise:
-    """``f = keep * numel / kept`` per sample: blocks grown from Bernoulli(gamma) starts on the valid grid."""
-
-    gamma: float
-    block_size: int
-    key: int
-    stream: int
-    offset: int
-    seed_shape: tuple[int, ...]  # (N?, C or 1, *valid)
-    spatial_dims: int
-    batched: bool = True
-
-    def factors(self, shape, device, dtype, with_bias):
-        starts = uniform(self.seed_shape, self.key, self.stream, self.offset, dtype=torch.float64, device=device)
-        starts = (starts < self.gamma).to(dtype)
-        b, d = self.block_size, self.spatial_dims
-        # a start at s covers s .. s + b - 1: pad b - 1 on both sides and take the max over each window
-        padded = tnf.pad(starts, [b - 1] * (2 * d))
-        pool = tnf.max_pool2d if d == 2 else tnf.max_pool3d
-        keep = 1.0 - pool(padded, kernel_size=b, stride=1)
-        # per sample: the result does not depend on how a batch is split across processes (batch_shard)
-        dims = tuple(range(1, keep.dim())) if self.batched else tuple(range(keep.dim()))
-        kept = keep.sum(dim=dims, keepdim=True)
-        per_sample = keep[0].numel() if self.batched else keep.numel()
-        scale = torch.where(kept > 0, per_sample / kept.clamp(min=1.0), torch.zeros_like(kept))
-        return keep * scale, None
+def _product(a: collections.Counter, b: collections.Counter) -> collections.Counter:
+    out: collections.Counter = collections.Counter()
+    for ka, na in a.items():
+        for kb, nb in b.items():
+            out[ka * kb] += na * nb
+    return out
 
 
 def _drop_block(input, p, block_size, training, inplace, share_channels, dims, seed, generator, stream):
     op = f"drop_block{dims}d"
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            drop_block2d if dims == 2 else drop_block3d, (input,), input, p, block_size, training, inplace,
+            share_channels=share_channels, seed=seed, generator=generator, stream=stream,
+        )  # fmt: skip
     p, stream = check_common(input, p, training, seed, generator, stream)
     check_bool(inplace, "inplace")
     check_bool(share_channels, "share_channels")
@@ -95,17 +83,13 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
     if share_channels:
         lead[-1] = 1
     seed_shape = tuple(lead) + tuple(s - block_size + 1 for s in spatial)
-    noise = _BlockNoise(
-        block_seed_rate(p, spatial, block_size),
-        block_size,
-        resolve_seed(seed, generator),
-        stream,
-        _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0,  # batch_shard: offset by sample
-        seed_shape,
-        dims,
-        rank == dims + 2,
+    key = resolve_key(seed, generator, stream)
+    offset = _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0  # batch_shard: offset by sample
+    _hooks.notify(f"dropkit.functional.{op}", input, Drawn(p))
+    y = ops.apply_linear(
+        ops.drop_block_op, input, key, block_seed_rate(p, spatial, block_size), block_size, list(seed_shape), dims, offset
     )
-    return apply_noise(input, noise, f"dropkit.functional.{op}", inplace)
+    return write_inplace(input, y) if inplace else y
 
 
 def drop_block2d(
@@ -116,7 +100,7 @@ def drop_block2d(
     inplace: bool = False,
     *,
     share_channels: bool = False,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -161,7 +145,7 @@ def drop_block3d(
     inplace: bool = False,
     *,
     share_channels: bool = False,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""Core dropout op on the Philox mask contract (see :mod:`dropkit.rng`).
+"""Core dropout op on the Philox mask contract (see :mod:`dropkit.rng`), through the registered op ``dropkit::dropout``.
 
-The autograd function saves only integers (seed, stream, offset, p): backward
-regenerates the mask from them, so no tensor proportional to the input is kept.
+Autograd saves only the key (4 words) and a few numbers: backward regenerates the mask from
+them, so no tensor proportional to the input is kept.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, kernels
+from dropkit import _hooks, ops
 from dropkit._validation import (
     check_bool,
     check_choice,
@@ -22,9 +23,10 @@ from dropkit._validation import (
     check_p,
     SCALINGS,
 )
-from dropkit.rng import check_rng_args, current_batch_start, resolve_seed
+from dropkit.rng import current_batch_start, inverted_scale, key_tensor
+from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
-__all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale"]
+__all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale", "Drawn"]
 
 
 @dataclass(frozen=True)
@@ -42,64 +44,48 @@ class MaskSpec:
     offset: int = 0
     noise_shape: tuple[int, ...] | None = None
 
+    def key(self) -> torch.Tensor:
+        return key_tensor(self.seed, self.stream)
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """What an observer of :mod:`dropkit._hooks` is told about one random dropkit call: its rate ``p``."""
+
+    p: float
+
 
 def keep_mask_like(spec: MaskSpec, shape: Sequence[int], device: torch.device) -> torch.Tensor:
     """The ``bool`` keep mask of ``spec`` (``True`` = kept), shaped ``noise_shape`` or ``shape``."""
     mshape = tuple(spec.noise_shape) if spec.noise_shape is not None else tuple(shape)
-    n = math.prod(mshape)
-    return kernels.keep_mask(n, spec.p, spec.seed, spec.stream, spec.offset, device).view(mshape)
+    return ops.keep_mask_op(spec.key(), list(mshape), spec.p, spec.offset, device)
 
 
 def apply_mask(x: torch.Tensor, spec: MaskSpec, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x * (keep ? scale : 0)`` with the mask of ``spec``; writes into ``out`` when given.
-
-    Values equal those of ``x.contiguous()`` whatever ``x``'s strides.
-    """
-    if spec.noise_shape is None:
-        xc = x.contiguous()
-        if out is not None and out.is_contiguous() and out.data_ptr() == xc.data_ptr():
-            return kernels.dropout_mul(xc, spec.p, spec.scale, spec.seed, spec.stream, spec.offset, out=out)
-        y = kernels.dropout_mul(xc, spec.p, spec.scale, spec.seed, spec.stream, spec.offset)
-        return y if out is None else out.copy_(y)
-    keep = keep_mask_like(spec, x.shape, x.device)
-    cdt = kernels.reference.compute_dtype(x.dtype)
-    factor = keep.to(cdt) * spec.scale  # exact: 0 or scale rounded to cdt
-    if out is None:
-        return (x.to(cdt) * factor).to(x.dtype)
-    if cdt == x.dtype:
-        return out.mul_(factor) if out is x else torch.mul(x, factor, out=out)
-    return out.copy_(x.to(cdt) * factor)
-
-
-class _DropoutFunction(torch.autograd.Function):
-    """y = x * m * scale with m regenerated from ``spec`` in backward (nothing saved)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, spec: MaskSpec, inplace: bool) -> torch.Tensor:  # type: ignore[override]
-        ctx.spec = spec
-        if inplace:
-            ctx.mark_dirty(x)
-            return apply_mask(x, spec, out=x)
-        return apply_mask(x, spec)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        if torch.is_grad_enabled() and grad.requires_grad:  # double backward (create_graph=True)
-            return _DropoutFunction.apply(grad, ctx.spec, False), None, None
-        return apply_mask(grad, ctx.spec), None, None
+    """``x * (keep ? scale : 0)`` with the mask of ``spec`` (no autograd); writes into ``out`` when given."""
+    ns = None if spec.noise_shape is None else list(spec.noise_shape)
+    if out is x:
+        ops.dropout_inplace_op(x, spec.key(), spec.p, spec.scale, ns, spec.offset)
+        return x
+    y = ops.dropout_op(x, spec.key(), spec.p, spec.scale, ns, spec.offset)
+    return y if out is None else out.copy_(y)
 
 
 def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
-    """Apply ``spec``'s mask with autograd support (the entry point for every mask-based variant)."""
-    _hooks.notify("dropkit.functional.masked_scale", x, spec)  # observers: dropkit.guard
-    if inplace or (torch.is_grad_enabled() and x.requires_grad):
-        return _DropoutFunction.apply(x, spec, inplace)
-    return apply_mask(x, spec)
+    """Apply ``spec``'s mask with autograd support (``dropkit::dropout`` / ``dropkit::dropout_``)."""
+    _hooks.notify("dropkit.functional.masked_scale", x, Drawn(spec.p))  # observers: dropkit.guard
+    ns = None if spec.noise_shape is None else list(spec.noise_shape)
+    if inplace:
+        return ops.dropout_(x, spec.key(), spec.p, spec.scale, ns, spec.offset)
+    return ops.dropout(x, spec.key(), spec.p, spec.scale, ns, spec.offset)
 
 
 def zeros_like_input(input: torch.Tensor, inplace: bool) -> torch.Tensor:
     """The ``p == 1`` result: ``x * 0`` (never ``0 * inf``: zeros for every finite input), in place when asked."""
-    return input.mul_(0.0) if inplace else input * 0.0
+    if inplace:
+        ops.check_inplace(input)
+        return input.mul_(0.0)
+    return input * 0.0
 
 
 def _shard_offset(noise_shape: tuple[int, ...] | None, shape: torch.Size, batch_dim: int = 0) -> int:
@@ -134,7 +120,7 @@ def dropout(
     *,
     scaling: str = "inverted",
     noise_shape: Sequence[int | None] | None = None,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
     batch_dim: int = 0,
@@ -144,7 +130,9 @@ def dropout(
     ``p`` is the probability of **dropping** (PyTorch / Keras convention), not of keeping.
 
     * ``scaling="inverted"`` (default, as PyTorch and Keras): training
-      :math:`y = x \odot m / (1-p)`, :math:`m_j \sim \mathrm{Bernoulli}(1-p)`; eval :math:`y = x`.
+      :math:`y = x \odot m / q`, :math:`m_j \sim \mathrm{Bernoulli}(q)`, :math:`q = 1 - p` to within
+      :math:`2^{-17}` (:func:`dropkit.rng.keep_probability`; dividing by the exact ``q`` keeps
+      :math:`E[y] = x`); eval :math:`y = x`.
     * ``scaling="classic"`` (the original papers): training :math:`y = x \odot m`; eval :math:`y = (1-p)\,x`.
 
     The mask is a pure function of a 64-bit key and the element index (see
@@ -160,7 +148,9 @@ def dropout(
         noise_shape: Keras semantics, one entry per input dimension: ``1`` shares one
             mask value along that dimension, ``None`` or the dimension's size draws
             independently. ``(N, C, 1, 1)`` on an (N, C, H, W) input is spatial dropout.
-        seed: use this 64-bit key directly (same seed, same mask, every call).
+        seed: an int: use this 64-bit key directly (same seed, same mask, every call); a
+            :class:`dropkit.SeedGenerator`: its next key (call ``k`` uses stream ``k``); ``None``:
+            draw the key from ``generator`` (see :mod:`dropkit.seed`).
         generator: CPU ``torch.Generator`` to draw the key from; default: torch's global
             generator, so ``torch.manual_seed`` makes runs reproducible.
         stream: 64-bit sub-stream (Philox counter words 2-3); modules use it as a call counter.
@@ -180,23 +170,35 @@ def dropout(
         >>> dropkit.functional.dropout(x, p=0.5, training=False) is x
         True
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout, (input,), input, p, training, inplace, scaling=scaling, noise_shape=noise_shape, seed=seed,
+            generator=generator, stream=stream, batch_dim=batch_dim,
+        )  # fmt: skip
     check_float_tensor(input)
     p = check_p(p)
     check_bool(training, "training")
     check_bool(inplace, "inplace")
     check_choice(scaling, "scaling", SCALINGS)
     shape = check_noise_shape(noise_shape, input.shape)
-    stream = check_rng_args(seed, generator, stream)
+    stream = check_seed_arg(seed, generator, stream)
+    batch_dim = check_int(batch_dim, "batch_dim")
 
     if not training:
         if scaling == "inverted" or p == 0.0:
             return input
-        return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
+        if inplace:
+            ops.check_inplace(input)
+            return input.mul_(1.0 - p)
+        return input * (1.0 - p)
     if p == 0.0:
         return input
     if p == 1.0:
         return zeros_like_input(input, inplace)
-    key = resolve_seed(seed, generator)
-    scale = 1.0 / (1.0 - p) if scaling == "inverted" else 1.0
-    spec = MaskSpec(p, scale, key, stream, _shard_offset(shape, input.shape, check_int(batch_dim, "batch_dim")), shape)
-    return masked_scale(input, spec, inplace)
+    key = resolve_key(seed, generator, stream)
+    scale = inverted_scale(p) if scaling == "inverted" else 1.0
+    offset = _shard_offset(shape, input.shape, batch_dim)
+    _hooks.notify("dropkit.functional.masked_scale", input, Drawn(p))  # observers: dropkit.guard
+    if inplace:
+        return ops.dropout_(input, key, p, scale, shape, offset)
+    return ops.dropout(input, key, p, scale, shape, offset)

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as tnf
 
+from dropkit import _hooks, ops
 from dropkit._validation import check_float_tensor
-from dropkit.functional._noise import apply_noise, check_common
-from dropkit.functional.dropout import MaskSpec, keep_mask_like
-from dropkit.rng import resolve_seed
+from dropkit.functional._noise import check_common
+from dropkit.functional.dropout import Drawn
+from dropkit.rng import inverted_scale
+from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["embedding_dropout"]
-
-
-@dataclass(frozen=True, eq=False)
-class _RowNoise:
-    """``f = keep[token] / (1 - p)``: the keep mask over the vocabulary, gathered at the tokens.
-
-    Holds a reference to the index tensor (which ``F.embedding`` saves for backward anyway).
-    """
-
-    spec: MaskSpec  # noise_shape = (num_embeddings,)
-    indices: torch.Tensor
-
-    def factors(self, shape, device, dtype, with_bias):
-        keep = keep_mask_like(self.spec, self.spec.noise_shape, device)
-        return (keep.to(dtype) * self.spec.scale)[self.indices].unsqueeze(-1), None
 
 
 def embedding_dropout(
@@ -41,7 +26,7 @@ def embedding_dropout(
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
     sparse: bool = False,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -87,5 +72,6 @@ def embedding_dropout(
         return out
     if p == 1.0:
         return out * 0.0
-    spec = MaskSpec(p, 1.0 / (1.0 - p), resolve_seed(seed, generator), stream, 0, (weight.shape[0],))
-    return apply_noise(out, _RowNoise(spec, input), "dropkit.functional.embedding_dropout")
+    key = resolve_key(seed, generator, stream)
+    _hooks.notify("dropkit.functional.embedding_dropout", out, Drawn(p))
+    return ops.apply_linear(ops.embedding_dropout_op, out, key, input, weight.shape[0], p, inverted_scale(p))

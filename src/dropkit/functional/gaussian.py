@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks
+from dropkit import _hooks, ops
 from dropkit._validation import check_p, check_real
-from dropkit.functional._noise import apply_noise, check_common
-from dropkit.functional.dropout import _shard_offset
-from dropkit.rng import normal, resolve_seed
+from dropkit.functional._noise import check_common
+from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["gaussian_dropout", "gaussian_noise", "check_gaussian_p"]
-
-
-@dataclass(frozen=True)
-class _GaussianFactor:
-    """``f = 1 + sigma * z`` with ``z`` the contract's standard normals at ``(key, stream, offset)``."""
-
-    sigma: float
-    key: int
-    stream: int
-    offset: int
-
-    def factors(self, shape, device, dtype, with_bias):
-        z = normal(tuple(shape), self.key, self.stream, self.offset, dtype=dtype, device=device)
-        return z.mul_(self.sigma).add_(1.0), None
 
 
 def check_gaussian_p(p: object) -> float:
@@ -46,7 +31,7 @@ def gaussian_dropout(
     p: float,
     training: bool = True,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -76,11 +61,16 @@ def gaussian_dropout(
         >>> round(y.mean().item(), 1), round(y.var().item(), 1)
         (1.0, 1.0)
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            gaussian_dropout, (input,), input, p, training, seed=seed, generator=generator, stream=stream
+        )
     p, stream = check_common(input, check_gaussian_p(p), training, seed, generator, stream)
     if not training or p == 0.0:
         return input
-    noise = _GaussianFactor(math.sqrt(p / (1.0 - p)), resolve_seed(seed, generator), stream, _shard_offset(None, input.shape))
-    return apply_noise(input, noise, "dropkit.functional.gaussian_dropout")
+    key = resolve_key(seed, generator, stream)
+    _hooks.notify("dropkit.functional.gaussian_dropout", input, Drawn(p))
+    return ops.apply_linear(ops.gaussian_dropout_op, input, key, math.sqrt(p / (1.0 - p)), _shard_offset(None, input.shape))
 
 
 def gaussian_noise(
@@ -88,7 +78,7 @@ def gaussian_noise(
     std: float,
     training: bool = True,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -112,12 +102,14 @@ def gaussian_noise(
         >>> round(y.std().item(), 2)
         0.1
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(gaussian_noise, (input,), input, std, training, seed=seed, generator=generator, stream=stream)
     # std takes the place of p: check it, then the rest with a dummy rate
     std = check_real(std, "std", low=0.0, what="(the noise's standard deviation)")
     _, stream = check_common(input, 0.0, training, seed, generator, stream)
     if not training or std == 0.0:
         return input
-    key = resolve_seed(seed, generator)
-    z = normal(tuple(input.shape), key, stream, _shard_offset(None, input.shape), dtype=input.dtype, device=input.device)
-    _hooks.notify("dropkit.functional.gaussian_noise", input, (std, key, stream))
-    return input + z.mul_(std)
+    key = resolve_key(seed, generator, stream)
+    z = ops.normal_op(key, list(input.shape), _shard_offset(None, input.shape), input.dtype, input.device)
+    _hooks.notify("dropkit.functional.gaussian_noise", input, Drawn(1.0))
+    return input + z * std

@@ -8,6 +8,7 @@ import torch
 
 from dropkit._validation import check_bool, check_choice, check_p, SCALINGS
 from dropkit.rng import check_seed
+from dropkit.seed import SeedGenerator, state_tensor
 
 _INT64 = 1 << 64
 
@@ -17,43 +18,66 @@ class SeededStream:
 
     Without a seed the module has no state at all and every call draws its key from
     torch's global generator. With ``seed=<int>`` call ``k`` in training mode uses
-    ``(key=seed, stream=k)``; the pair ``(seed, k)`` is stored in the persistent buffer
-    ``rng_state`` (int64, two's complement for seeds >= 2**63), so a run resumed from a
-    checkpoint draws exactly the masks an uninterrupted run would have.
+    ``(key=seed, stream=k)``: the state ``[seed, k]`` is the persistent int64 buffer
+    ``rng_state`` (two's complement for seeds >= 2**63), drawn from and advanced by the
+    registered op ``dropkit::next_key`` (a :class:`dropkit.SeedGenerator` over the buffer).
+    So a run resumed from a checkpoint draws exactly the masks an uninterrupted run would,
+    torch.compile and torch.export see the advance as a buffer mutation, and an activation
+    checkpoint's recompute draws the forward's masks (see :mod:`dropkit.seed`).
     """
 
     seed: int | None
-    _calls: int
 
     def _init_stream(self, seed: int | None) -> None:
         self.seed = None if seed is None else check_seed(seed)
-        self._calls = 0
         if self.seed is not None:
-            self.register_buffer("rng_state", torch.zeros(2, dtype=torch.int64))  # type: ignore[attr-defined]
+            self.register_buffer("rng_state", state_tensor(self.seed))  # type: ignore[attr-defined]
+
+    @property
+    def _calls(self) -> int:
+        """How many keys the owned stream has drawn (0 without a seed)."""
+        return int(self.rng_state[1]) if self.seed is not None else 0  # type: ignore[attr-defined]
+
+    @_calls.setter
+    def _calls(self, value: int) -> None:
+        if self.seed is not None:
+            with torch.no_grad():
+                self.rng_state[1] = int(value)  # type: ignore[attr-defined]
+
+    def seed_generator(self) -> SeedGenerator | None:
+        """The :class:`dropkit.SeedGenerator` over ``rng_state`` (``None`` without a seed)."""
+        return None if self.seed is None else SeedGenerator(state=self.rng_state)  # type: ignore[attr-defined]
+
+    def key_kwargs(self) -> dict[str, SeedGenerator]:
+        """``seed=`` for this call: the owned stream in training, nothing in eval (or without a seed)."""
+        if self.seed is None or not self.training:  # type: ignore[attr-defined]
+            return {}
+        return {"seed": SeedGenerator(state=self.rng_state)}  # type: ignore[attr-defined]
 
     def rng_kwargs(self) -> dict[str, int]:
-        """Keyword arguments (``seed``, ``stream``) for the next training-mode call; advances the stream."""
+        """``seed``/``stream`` as ints for the next call, advancing the stream (for code that calls ops by hand)."""
         if self.seed is None:
             return {}
         stream = self._calls
-        self._calls += 1
+        self._calls = stream + 1
         return {"seed": self.seed, "stream": stream}
 
-    def key_kwargs(self) -> dict[str, int]:
-        """``seed``/``stream`` for this call: the owned stream in training, nothing in eval."""
-        return self.rng_kwargs() if self.training else {}  # type: ignore[attr-defined]
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
-        if self.seed is not None:
-            seed = self.seed - _INT64 if self.seed >= 1 << 63 else self.seed
-            self.rng_state.copy_(torch.tensor([seed, self._calls], dtype=torch.int64))  # type: ignore[attr-defined]
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        if self.seed is not None and not keep_vars:  # a snapshot: later calls advance the live buffer in place
+            destination[prefix + "rng_state"] = self.rng_state.detach().clone()  # type: ignore[attr-defined]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
         if self.seed is not None and prefix + "rng_state" in state_dict:
-            seed, calls = (int(v) for v in state_dict[prefix + "rng_state"].tolist())
-            self.seed, self._calls = seed % _INT64, calls
+            self.seed = int(state_dict[prefix + "rng_state"][0]) % _INT64
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile {type(self).__name__} (dropkit's ops are torch.library ops called from "
+            "Python). For inference use dropkit.guard.freeze(model) first (it removes dropout layers), then script; "
+            "for training graphs use torch.compile or torch.export."
+        )
 
 
 def init_dropout_args(module: Any, p: float, inplace: bool, scaling: str, *, allow_one: bool = True) -> None:

@@ -76,7 +76,7 @@ class ConcreteDropout(VariantModule, torch.nn.Module):
     @property
     def p(self) -> float:  # type: ignore[override]
         """The current drop rate :math:`\\sigma(\\text{p\\_logit})` as a float."""
-        return float(torch.sigmoid(self.p_logit.detach()))
+        return float(torch.sigmoid(F.clamp_logit(self.p_logit.detach())))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor) and input.dim() >= (2 if self.spatial else 1):
@@ -101,7 +101,7 @@ class ConcreteDropout(VariantModule, torch.nn.Module):
             if not isinstance(layer, torch.nn.Module):
                 raise TypeError(f"`layer` must be a torch.nn.Module or None; received {type(layer).__name__}")
             squares = sum((w.pow(2).sum() for w in layer.parameters()), torch.zeros((), device=self.p_logit.device))
-            reg = reg + self.weight_regularizer * squares / torch.sigmoid(-self.p_logit)
+            reg = reg + self.weight_regularizer * squares / torch.sigmoid(-F.clamp_logit(self.p_logit))
         return reg
 
     def extra_repr(self) -> str:

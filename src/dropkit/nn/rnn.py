@@ -11,10 +11,10 @@ With ``dropout``/``weight_dropout`` only, each layer still runs torch's fused ke
 (``torch._VF``) on the dropped weights; ``recurrent_dropout`` needs a masked
 ``h_{t-1}`` inside the time loop, so it runs a Python loop over time steps.
 
-Randomness: one key per forward (the module's stream when ``seed=`` is given, else
-drawn from ``generator``-less :func:`dropkit.rng.resolve_seed`); the mask of kind
-``k`` (0 weight, 1 recurrent, 2 between layers) for layer ``l`` and direction ``d``
-uses stream ``(call << 16) | (4 * (l * D + d) + k)``.
+Randomness: one key per forward (the module's :class:`dropkit.SeedGenerator` when ``seed=``
+is given, else drawn from torch's generator), ``(seed, call)``; the mask of kind ``k``
+(0 weight, 1 recurrent, 2 between layers) for layer ``l`` and direction ``d`` uses its
+sub-stream ``(call << 16) | (4 * (l * D + d) + k)`` (:func:`dropkit.seed.sub_key`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from dropkit import functional as F
 from dropkit._validation import check_p
 from dropkit.nn._base import SeededStream, extra_repr_suffix
-from dropkit.rng import batch_shard, resolve_seed
+from dropkit.rng import batch_shard
+from dropkit.seed import resolve_key, sub_key
 
 __all__ = ["LSTM", "GRU"]
 
@@ -84,9 +85,8 @@ class _DropRNN(SeededStream):
         if batch_sizes is None and self.batch_first:
             x = x.transpose(0, 1)  # work time-major
 
-        kw = self.rng_kwargs()
-        key = kw["seed"] if kw else resolve_seed()
-        call = kw.get("stream", 0)
+        gen = self.seed_generator()
+        key = resolve_key(gen)  # one key per forward; each mask takes a sub-stream of it
         names = self._flat_weights_names
         per_dir = len(names) // (self.num_layers * d)
         flat = [getattr(self, n) for n in names]  # one read per forward (one sample of any parametrization)
@@ -99,18 +99,18 @@ class _DropRNN(SeededStream):
                 w = list(flat[j * per_dir : (j + 1) * per_dir])
                 if self.weight_dropout > 0:
                     with batch_shard(0):  # weights are shared by all shards of a batch: one mask everywhere
-                        w[1] = F.dropout(w[1], self.weight_dropout, seed=key, stream=(call << 16) | (4 * j))
+                        w[1] = F.dropout(w[1], self.weight_dropout, seed=sub_key(key, 4 * j))
                 weights.append(w)
             rows = slice(layer * d, (layer + 1) * d)
             state = (h0[rows], c0[rows]) if lstm else h0[rows]
             if self.recurrent_dropout > 0:
-                x, h, c = self._manual_layer(x, batch_sizes, state, weights, key, call, layer)
+                x, h, c = self._manual_layer(x, batch_sizes, state, weights, key, layer)
             else:
                 x, h, c = self._fused_layer(x, batch_sizes, state, [t for w in weights for t in w])
             h_n.append(h)
             c_n.append(c)
             if layer < self.num_layers - 1 and self.dropout > 0:
-                x = _locked(x, batch_sizes, self.dropout, key, (call << 16) | (4 * layer * d + 2))
+                x = _locked(x, batch_sizes, self.dropout, sub_key(key, 4 * layer * d + 2))
 
         h_n = torch.cat(h_n)
         hidden = (h_n, torch.cat(c_n)) if lstm else h_n
@@ -134,7 +134,7 @@ class _DropRNN(SeededStream):
             out = fn(x, batch_sizes, state, weights, self.bias, 1, 0.0, True, self.bidirectional)
         return out[0], out[1], (out[2] if self.mode == "LSTM" else None)
 
-    def _manual_layer(self, x, batch_sizes, state, weights, key, call, layer):
+    def _manual_layer(self, x, batch_sizes, state, weights, key, layer):
         """One layer with recurrent dropout: a Python loop over time (padded, with lengths if packed)."""
         lengths = None
         if batch_sizes is not None:
@@ -144,8 +144,8 @@ class _DropRNN(SeededStream):
         for direction, w in enumerate(weights):
             h = state[0][direction] if lstm else state[direction]
             c = state[1][direction] if lstm else None
-            stream = (call << 16) | (4 * (layer * len(weights) + direction) + 1)
-            mask = F.dropout(torch.ones_like(h), self.recurrent_dropout, seed=key, stream=stream)
+            sub = sub_key(key, 4 * (layer * len(weights) + direction) + 1)
+            mask = F.dropout(torch.ones_like(h), self.recurrent_dropout, seed=sub)
             out, h, c = _run_direction(x, h, c, w, mask, direction == 1, lengths, lstm, self.bias, self.proj_size > 0)
             outs.append(out)
             hs.append(h)
@@ -194,12 +194,12 @@ def _run_direction(x, h, c, w, mask, reverse, lengths, lstm, bias, proj):
     return torch.stack(outs), h, c
 
 
-def _locked(x, batch_sizes, p, key, stream):
+def _locked(x, batch_sizes, p, key):
     """Between-layer dropout, one mask per sequence: a noise shape (1, B, F) on time-major ``x``."""
     if batch_sizes is None:
-        return F.locked_dropout(x, p, seed=key, stream=stream)
+        return F.locked_dropout(x, p, seed=key)
     batch = int(batch_sizes[0])
-    mask = F.dropout(x.new_ones(batch, x.shape[-1]), p, seed=key, stream=stream)
+    mask = F.dropout(x.new_ones(batch, x.shape[-1]), p, seed=key)
     rows = torch.cat([torch.arange(int(b)) for b in batch_sizes]).to(x.device)  # packed row -> sequence
     return x * mask[rows]
 

@@ -1,0 +1,522 @@
+"""dropkit's registered PyTorch ops: the ``torch.ops.dropkit`` namespace.
+
+Every random primitive of dropkit is a ``torch.library`` op, so torch.compile, torch.export,
+``torch.func``, activation checkpointing and dispatch modes see it as one op with a schema:
+
+=====================================  ==========================================================
+op                                     what it computes
+=====================================  ==========================================================
+``next_key(state!)``                   the key of a seeded stream's next call; advances ``state``
+``keep_mask(key, shape, p, offset)``   the contract's keep mask (``bool``), :mod:`dropkit.rng`
+``uniform(key, shape, offset)``        uniforms in (0, 1) of the contract's 32-bit lanes
+``normal(key, shape, offset)``         standard normals (Box-Muller over those uniforms)
+``dropout(x, key, p, scale, ns, off)``  ``x * (keep ? scale : 0)``, mask shaped ``ns`` (broadcast)
+``dropout_(x!, ...)``                  the same, in place
+``gaussian_dropout(x, key, sigma)``    ``x * (1 + sigma * z)``
+``drop_block(x, key, gamma, ...)``     ``x * M * numel / sum(M)`` per sample, ``M`` grown blocks
+``embedding_dropout(x, key, ids, ...)`` ``x * keep[ids] * scale``: whole vocabulary rows
+``fused_bias_act_dropout_add(...)``    ``residual + dropout(act(x + bias))``
+=====================================  ==========================================================
+
+The key is an int64 tensor ``(4,)`` on the CPU (:func:`dropkit.rng.key_tensor`), never a Python
+int, so no traced path calls ``.item()``. Each op has a fake (meta) implementation, autograd that
+regenerates the noise from the key in backward (no per-element tensor saved), and a vmap rule:
+with one key the op is a pure function of its input, so ``vmap`` over a batch returns what a
+loop over the rows returns (every row gets the mask of one row). In eager mode the functional
+API wraps the x-linear ops (dropout, gaussian_dropout, drop_block) in an ``autograd.Function``
+that adds forward-mode AD (the tangent goes through the same op: dropout is linear in ``x``) and
+the ``torch.func`` transforms; under torch.compile it calls the op directly.
+
+Implementations call :mod:`dropkit.kernels`, the single dispatch point (compiled C on CPU, Triton
+on CUDA, torch ops elsewhere).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as tnf
+
+from dropkit import kernels, rng
+from dropkit.seed import next_key_impl
+
+__all__ = ["OPS", "dropout", "dropout_", "apply_linear", "has_functorch_or_fwd_ad"]
+
+_LIB = torch.library.Library("dropkit", "DEF")  # noqa: TOR901 - the namespace is ours
+
+_KEY_CHECK = "a dropkit key is an int64 tensor of shape (4,) on the CPU (dropkit.rng.key_tensor)"
+
+
+def _define(schema: str, impl, fake, *, tags: tuple = ()) -> torch._ops.OpOverload:
+    name = schema.split("(", 1)[0]
+    _LIB.define(schema, tags=tags)
+    _LIB.impl(name, impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"dropkit::{name}", fake, lib=_LIB)
+    return getattr(torch.ops.dropkit, name).default
+
+
+def _key(key: torch.Tensor) -> tuple[int, int]:
+    if key.dtype != torch.int64 or key.shape != (4,) or key.device.type != "cpu":
+        raise ValueError(f"{_KEY_CHECK}; received {key.dtype} {tuple(key.shape)} on {key.device}")
+    return rng.key_ints(key)
+
+
+def _check_offset(offset: int) -> int:
+    if not 0 <= offset < 1 << 63:
+        raise ValueError(f"`offset` of a dropkit op must be in [0, 2**63); received {offset}")
+    return offset
+
+
+# ---------------------------------------------------------------------------
+# next_key: a seeded stream's draw (mutates its state)
+# ---------------------------------------------------------------------------
+def _next_key_fake(state):
+    return torch.empty(4, dtype=torch.int64)
+
+
+next_key_op = _define(
+    "next_key(Tensor(a!) state) -> Tensor", next_key_impl, _next_key_fake, tags=(torch.Tag.nondeterministic_seeded,)
+)
+
+
+# ---------------------------------------------------------------------------
+# Random tensors: keep mask, uniform, normal
+# ---------------------------------------------------------------------------
+def _keep_mask_impl(key, shape, p, offset, device):
+    seed, stream = _key(key)
+    n = math.prod(shape)
+    return kernels.keep_mask(n, float(p), seed, stream, _check_offset(offset), torch.device(device)).view(tuple(shape))
+
+
+def _keep_mask_fake(key, shape, p, offset, device):
+    return torch.empty(tuple(shape), dtype=torch.bool, device=device)
+
+
+keep_mask_op = _define(
+    "keep_mask(Tensor key, SymInt[] shape, float p, int offset, Device device) -> Tensor", _keep_mask_impl, _keep_mask_fake
+)
+
+
+def _uniform_impl(key, shape, offset, dtype, device):
+    seed, stream = _key(key)
+    n = math.prod(shape)
+    fast = getattr(kernels, "uniform", None)
+    if fast is not None:
+        return fast(n, seed, stream, _check_offset(offset), torch.device(device), dtype=dtype).view(tuple(shape))
+    return rng.uniform(tuple(shape), seed, stream, _check_offset(offset), dtype=dtype, device=device)
+
+
+def _normal_impl(key, shape, offset, dtype, device):
+    seed, stream = _key(key)
+    n = math.prod(shape)
+    fast = getattr(kernels, "normal", None)
+    if fast is not None:
+        return fast(n, seed, stream, _check_offset(offset), torch.device(device), dtype=dtype).view(tuple(shape))
+    return rng.normal(tuple(shape), seed, stream, _check_offset(offset), dtype=dtype, device=device)
+
+
+def _random_fake(key, shape, offset, dtype, device):
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+_RANDOM_SCHEMA = "(Tensor key, SymInt[] shape, int offset, ScalarType dtype, Device device) -> Tensor"
+uniform_op = _define("uniform" + _RANDOM_SCHEMA, _uniform_impl, _random_fake)
+normal_op = _define("normal" + _RANDOM_SCHEMA, _normal_impl, _random_fake)
+
+
+# ---------------------------------------------------------------------------
+# The x-linear noise ops: y = x * f(key)   (backward: g * f, the same op on g)
+# ---------------------------------------------------------------------------
+def _into_layout(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` (row-major values of ``x``'s shape) in ``x``'s memory format, as ``torch.empty_like(x)`` lays it out."""
+    if y.dtype == x.dtype and y.stride() == torch.empty_like(x).stride():
+        return y
+    return torch.empty_like(x).copy_(y)
+
+
+def _mask_factor(key, p, scale, shape, offset, device, dtype):
+    keep = keep_mask_op(key, list(shape), p, offset, device)
+    return keep.to(dtype) * scale  # exact: 0 or scale rounded to dtype
+
+
+def _dropout_impl(x, key, p, scale, noise_shape, offset):
+    seed, stream = _key(key)
+    offset = _check_offset(offset)
+    if noise_shape is None:
+        y = kernels.dropout_mul(x.contiguous(), p, scale, seed, stream, offset)
+        return _into_layout(x, y)
+    cdt = rng.compute_dtype(x.dtype)
+    return _into_layout(x, x.to(cdt) * _mask_factor(key, p, scale, noise_shape, offset, x.device, cdt))
+
+
+def _dropout_inplace_impl(x, key, p, scale, noise_shape, offset):
+    seed, stream = _key(key)
+    offset = _check_offset(offset)
+    if noise_shape is None and x.is_contiguous():
+        kernels.dropout_mul(x, p, scale, seed, stream, offset, out=x)
+        torch.autograd.graph.increment_version(x)  # the kernel wrote through the data pointer
+    else:
+        x.copy_(_dropout_impl(x, key, p, scale, noise_shape, offset))
+
+
+def _like_fake(x, *args):
+    return torch.empty_like(x)
+
+
+def _inplace_fake(x, *args):
+    return None
+
+
+_DROPOUT_ARGS = "Tensor key, float p, float scale, SymInt[]? noise_shape, int offset"
+dropout_op = _define(f"dropout(Tensor x, {_DROPOUT_ARGS}) -> Tensor", _dropout_impl, _like_fake)
+dropout_inplace_op = _define(f"dropout_(Tensor(a!) x, {_DROPOUT_ARGS}) -> ()", _dropout_inplace_impl, _inplace_fake)
+
+
+def _gaussian_factor(key, sigma, shape, offset, device, dtype):
+    return normal_op(key, list(shape), offset, dtype, device).mul_(sigma).add_(1.0)
+
+
+def _gaussian_impl(x, key, sigma, offset):
+    cdt = rng.compute_dtype(x.dtype)
+    return _into_layout(x, x.to(cdt) * _gaussian_factor(key, sigma, x.shape, _check_offset(offset), x.device, cdt))
+
+
+gaussian_dropout_op = _define(
+    "gaussian_dropout(Tensor x, Tensor key, float sigma, int offset) -> Tensor", _gaussian_impl, _like_fake
+)
+
+
+def _drop_block_factor(key, gamma, block_size, seed_shape, dims, offset, device, dtype):
+    """Blocks grown from Bernoulli(gamma) starts on the valid grid; survivors rescaled per sample."""
+    u = uniform_op(key, list(seed_shape), offset, torch.float64, device)
+    starts = (u < gamma).to(dtype)
+    b = block_size
+    padded = tnf.pad(starts, [b - 1] * (2 * dims))  # a start at s covers s .. s + b - 1
+    pool = tnf.max_pool2d if dims == 2 else tnf.max_pool3d
+    keep = 1.0 - pool(padded, kernel_size=b, stride=1)
+    batched = keep.dim() == dims + 2
+    sum_dims = tuple(range(1, keep.dim())) if batched else tuple(range(keep.dim()))
+    kept = keep.sum(dim=sum_dims, keepdim=True)
+    per_sample = math.prod(keep.shape[1:]) if batched else keep.numel()
+    scale = torch.where(kept > 0, per_sample / kept.clamp(min=1.0), torch.zeros_like(kept))
+    return keep * scale
+
+
+def _drop_block_impl(x, key, gamma, block_size, seed_shape, dims, offset):
+    cdt = rng.compute_dtype(x.dtype)
+    f = _drop_block_factor(key, gamma, block_size, seed_shape, dims, _check_offset(offset), x.device, cdt)
+    return _into_layout(x, x.to(cdt) * f)
+
+
+drop_block_op = _define(
+    "drop_block(Tensor x, Tensor key, float gamma, int block_size, int[] seed_shape, int dims, int offset) -> Tensor",
+    _drop_block_impl,
+    _like_fake,
+)
+
+
+def _embedding_factor(key, indices, num_embeddings, p, scale, device, dtype):
+    return _mask_factor(key, p, scale, [num_embeddings], 0, device, dtype)[indices].unsqueeze(-1)
+
+
+def _embedding_impl(x, key, indices, num_embeddings, p, scale):
+    cdt = rng.compute_dtype(x.dtype)
+    return _into_layout(x, x.to(cdt) * _embedding_factor(key, indices, num_embeddings, p, scale, x.device, cdt))
+
+
+embedding_dropout_op = _define(
+    "embedding_dropout(Tensor x, Tensor key, Tensor indices, int num_embeddings, float p, float scale) -> Tensor",
+    _embedding_impl,
+    _like_fake,
+)
+
+
+def _factor_of(op, key, args, shape, device, dtype):
+    """The factor ``f`` of an x-linear op for an input of ``shape`` (used by the vmap rules)."""
+    if op is dropout_op:
+        p, scale, noise_shape, offset = args
+        return _mask_factor(key, p, scale, noise_shape if noise_shape is not None else shape, offset, device, dtype)
+    if op is gaussian_dropout_op:
+        sigma, offset = args
+        return _gaussian_factor(key, sigma, shape, offset, device, dtype)
+    if op is embedding_dropout_op:
+        return _embedding_factor(key, *args, device, dtype)
+    gamma, block_size, seed_shape, dims, offset = args
+    return _drop_block_factor(key, gamma, block_size, seed_shape, dims, offset, device, dtype)
+
+
+def _register_linear(op, n_args: int) -> None:
+    """Autograd (g -> op(g)) and the vmap rule (one row's noise, broadcast over the batch) of an x-linear op."""
+    qualname = f"dropkit::{op._schema.name.split('::')[1]}"
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.args = inputs[2:]
+
+    def backward(ctx, grad):
+        (key,) = ctx.saved_tensors
+        return (op(grad, key, *ctx.args), None) + (None,) * n_args
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=_LIB)
+
+    def vmap_rule(info, in_dims, x, key, *args):
+        if any(d is not None for d in in_dims[1:]):
+            raise ValueError(f"vmap of {qualname} maps over its input `x` only (one key, unbatched arguments)")
+        if in_dims[0] is None:
+            return op(x, key, *args), None
+        x = x.movedim(in_dims[0], 0)
+        cdt = rng.compute_dtype(x.dtype)
+        f = _factor_of(op, key, args, x.shape[1:], x.device, cdt)
+        return (x.to(cdt) * f).to(x.dtype), 0
+
+    torch.library.register_vmap(qualname, vmap_rule, lib=_LIB)
+
+
+_register_linear(dropout_op, 4)
+_register_linear(gaussian_dropout_op, 2)
+_register_linear(drop_block_op, 5)
+_register_linear(embedding_dropout_op, 4)
+
+
+def _dropout_inplace_vmap(info, in_dims, x, key, p, scale, noise_shape, offset):
+    if in_dims[1] is not None:
+        raise ValueError("vmap over the key of dropkit::dropout_ is not supported: map over the input with one key")
+    if in_dims[0] is None:
+        dropout_inplace_op(x, key, p, scale, noise_shape, offset)
+        return None
+    xb = x.movedim(in_dims[0], 0)
+    cdt = rng.compute_dtype(x.dtype)
+    xb.copy_(xb.to(cdt) * _mask_factor(key, p, scale, noise_shape or xb.shape[1:], offset, x.device, cdt))
+    return None
+
+
+torch.library.register_vmap("dropkit::dropout_", _dropout_inplace_vmap, lib=_LIB)
+
+
+# ---------------------------------------------------------------------------
+# The fused bias-activation-dropout-add
+# ---------------------------------------------------------------------------
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(h)
+    if activation == "gelu":
+        return 0.5 * h * (1.0 + torch.erf(h * _SQRT1_2))
+    if activation == "silu":
+        return h / (1.0 + torch.exp(-h))
+    return h
+
+
+def _act_grad(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return (h > 0).to(h.dtype)
+    if activation == "gelu":
+        return 0.5 * (1.0 + torch.erf(h * _SQRT1_2)) + h * (_INV_SQRT_2PI * torch.exp(-0.5 * h * h))
+    if activation == "silu":
+        s = 1.0 / (1.0 + torch.exp(-h))
+        return s * (1.0 + h * (1.0 - s))
+    return torch.ones_like(h)
+
+
+def _fused_run(a, x, bias, key, p, scale, activation, offset, backward):
+    """Forward (``a`` = residual): ``a + act(h) * f``; backward (``a`` = grad): ``a * f * act'(h)``; ``h = x + bias``."""
+    seed, stream = _key(key)
+    offset = _check_offset(offset)
+    fast = getattr(kernels, "fused_bias_act_dropout_add", None)
+    x, a = x.contiguous(), a.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    if fast is not None:
+        return fast(a, x, bias, activation, backward, p, scale, seed, stream, offset)
+    cdt = rng.compute_dtype(x.dtype)
+    h = x.to(cdt) if bias is None else x.to(cdt) + bias.to(cdt)
+    f = _mask_factor(key, p, scale, x.shape, offset, x.device, cdt)
+    y = (a.to(cdt) * f) * _act_grad(h, activation) if backward else a.to(cdt) + _act(h, activation) * f
+    return y.to(x.dtype)
+
+
+def _fused_impl(x, bias, residual, key, p, scale, activation, offset):
+    return _fused_run(residual, x, bias, key, p, scale, activation, offset, False)
+
+
+def _fused_bw_impl(grad, x, bias, key, p, scale, activation, offset):
+    return _fused_run(grad, x, bias, key, p, scale, activation, offset, True)
+
+
+def _fused_fake(x, bias, residual, key, p, scale, activation, offset):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+_FUSED_TAIL = "Tensor key, float p, float scale, str activation, int offset"
+fused_op = _define(
+    f"fused_bias_act_dropout_add(Tensor x, Tensor? bias, Tensor residual, {_FUSED_TAIL}) -> Tensor", _fused_impl, _fused_fake
+)
+fused_backward_op = _define(
+    f"fused_bias_act_dropout_add_backward(Tensor grad, Tensor x, Tensor? bias, {_FUSED_TAIL}) -> Tensor",
+    _fused_bw_impl,
+    _fused_fake,
+)
+
+
+def _fused_setup(ctx, inputs, output):
+    x, bias, residual, key, p, scale, activation, offset = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.key = key  # 32 bytes, not saved per element
+    ctx.rest = (p, scale, activation, offset)
+    ctx.has_bias = bias is not None
+
+
+def _fused_backward(ctx, grad):
+    x, bias = ctx.saved_tensors
+    key = ctx.key
+    need_x, need_b, need_r = ctx.needs_input_grad[:3]
+    grad_x = grad_b = grad_r = None
+    if need_x or (need_b and ctx.has_bias):
+        grad_h = fused_backward_op(grad, x, bias, key, *ctx.rest)
+        grad_x = grad_h if need_x else None
+        if need_b and ctx.has_bias:
+            grad_b = grad_h.reshape(-1, x.shape[-1]).sum(0)
+    if need_r:
+        grad_r = grad
+    return grad_x, grad_b, grad_r, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "dropkit::fused_bias_act_dropout_add", _fused_backward, setup_context=_fused_setup, lib=_LIB
+)
+
+
+def _fused_vmap(info, in_dims, x, bias, residual, key, p, scale, activation, offset):
+    if in_dims[1] is not None or in_dims[3] is not None:
+        raise ValueError("vmap of dropkit::fused_bias_act_dropout_add maps over `x` and `residual` only")
+    b = info.batch_size
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
+    residual = residual.movedim(in_dims[2], 0) if in_dims[2] is not None else residual.expand(b, *residual.shape)
+    cdt = rng.compute_dtype(x.dtype)
+    h = x.to(cdt) if bias is None else x.to(cdt) + bias.to(cdt)
+    f = _mask_factor(key, p, scale, x.shape[1:], offset, x.device, cdt)
+    return (residual.to(cdt) + _act(h, activation) * f).to(x.dtype), 0
+
+
+torch.library.register_vmap("dropkit::fused_bias_act_dropout_add", _fused_vmap, lib=_LIB)
+
+#: Every registered op (``torch.ops.dropkit.*`` overloads), for opcheck and for tools that classify ops.
+OPS = {
+    "next_key": next_key_op,
+    "keep_mask": keep_mask_op,
+    "uniform": uniform_op,
+    "normal": normal_op,
+    "dropout": dropout_op,
+    "dropout_": dropout_inplace_op,
+    "gaussian_dropout": gaussian_dropout_op,
+    "drop_block": drop_block_op,
+    "embedding_dropout": embedding_dropout_op,
+    "fused_bias_act_dropout_add": fused_op,
+    "fused_bias_act_dropout_add_backward": fused_backward_op,
+}
+
+
+# ---------------------------------------------------------------------------
+# Eager entry points: forward AD and torch.func through an autograd.Function
+# ---------------------------------------------------------------------------
+def has_functorch_or_fwd_ad(x: torch.Tensor) -> bool:
+    """Whether ``x`` is inside a torch.func transform or a forward-AD level is active."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.autograd.forward_ad._current_level >= 0
+
+
+class _Linear(torch.autograd.Function):
+    """``y = op(x, key, *args)`` with ``op`` linear in ``x``: backward and the tangent are ``op`` again."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, op, key, *args):  # type: ignore[override]
+        return op(x, key, *args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op, ctx.key, ctx.args = inputs[1], inputs[2], inputs[3:]  # a key of 32 bytes, nothing per element
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        if torch.is_grad_enabled() and grad.requires_grad:  # double backward
+            g = _Linear.apply(grad, ctx.op, ctx.key, *ctx.args)
+        else:
+            g = ctx.op(grad, ctx.key, *ctx.args)
+        return (g, None, None) + (None,) * len(ctx.args)
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):  # type: ignore[override]
+        return _Linear.apply(tangent, ctx.op, ctx.key, *ctx.args)
+
+
+class _DropoutInplace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, key, *args):  # type: ignore[override]
+        dropout_inplace_op(x, key, *args)
+        ctx.mark_dirty(x)
+        ctx.key, ctx.args = key, args
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return (apply_linear(dropout_op, grad, ctx.key, *ctx.args), None) + (None,) * len(ctx.args)
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):  # type: ignore[override]
+        dropout_inplace_op(tangent, ctx.key, *ctx.args)
+        return tangent
+
+
+def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
+    """Call an x-linear op (dropout, gaussian_dropout, drop_block) the way the current mode needs."""
+    if torch.compiler.is_compiling():
+        return op(x, key, *args)
+    if (torch.is_grad_enabled() and x.requires_grad) or has_functorch_or_fwd_ad(x):
+        return _Linear.apply(x, op, key, *args)
+    return op(x, key, *args)
+
+
+def dropout(x: torch.Tensor, key: torch.Tensor, p: float, scale: float,
+            noise_shape: Sequence[int] | None = None, offset: int = 0) -> torch.Tensor:
+    """``x * (keep ? scale : 0)`` through ``dropkit::dropout`` (validated arguments expected)."""
+    ns = None if noise_shape is None else list(noise_shape)
+    return apply_linear(dropout_op, x, key, p, scale, ns, offset)
+
+
+def check_inplace(x: torch.Tensor) -> None:
+    """Raise torch's in-place error before any data is written (not after, as a failed ``mark_dirty`` would)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return
+    base = x._base if x._is_view() else x
+    if base.is_leaf and base.requires_grad:
+        what = "a view of a leaf Variable" if x._is_view() else "a leaf Variable"
+        raise RuntimeError(f"{what} that requires grad is being used in an in-place operation (dropkit checked this "
+                           "before writing; pass inplace=False)")
+
+
+def dropout_(x: torch.Tensor, key: torch.Tensor, p: float, scale: float,
+             noise_shape: Sequence[int] | None = None, offset: int = 0) -> torch.Tensor:
+    """In-place :func:`dropout`; returns ``x``."""
+    ns = None if noise_shape is None else list(noise_shape)
+    check_inplace(x)
+    if torch.compiler.is_compiling():
+        if x.requires_grad:
+            return x.copy_(dropout_op(x, key, p, scale, ns, offset))
+        dropout_inplace_op(x, key, p, scale, ns, offset)
+        return x
+    if (torch.is_grad_enabled() and x.requires_grad) or has_functorch_or_fwd_ad(x):
+        return _DropoutInplace.apply(x, key, p, scale, ns, offset)
+    dropout_inplace_op(x, key, p, scale, ns, offset)
+    return x
+
+
+@functools.lru_cache(maxsize=None)
+def op_names() -> frozenset[str]:
+    """The qualified names (``dropkit::dropout``, ...) of every registered op."""
+    return frozenset(f"dropkit::{name}" for name in OPS)
