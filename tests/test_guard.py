@@ -217,3 +217,11 @@ def test_loading_never_unpickles_arbitrary_objects():
     with _weights_only(), pytest.raises(pickle.UnpicklingError):
         buf.seek(0)
         torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("layer", [lambda: dropkit.nn.DropBlock2d(0.3, 3), lambda: dropkit.nn.GaussianDropout(0.3)])
+def test_dropkit_noise_without_a_single_rate_is_reported(layer):
+    """Ops whose noise carries no `p` (DropBlock's block starts, Gaussian noise) are reported, not a crash."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), layer())
+    report = guard.check_inference(model, (torch.randn(2, 2, 7, 7),), runs=2)
+    assert not report.deterministic and report.culprits[0].path == "1"

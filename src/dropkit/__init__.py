@@ -5,12 +5,32 @@ Every dropout variant as a function (:mod:`dropkit.functional`) and a module
 (Philox4x32-10, :mod:`dropkit.rng`): a mask is a pure function of (seed, element
 index), the same on every device and thread count, and regenerated in backward.
 ``p`` is always the probability of **dropping** an element.
+
+The tools (:mod:`dropkit.guard`, :mod:`dropkit.mc`, :mod:`dropkit.metrics`,
+:mod:`dropkit.lint`, :mod:`dropkit.schedules`, :mod:`dropkit.viz`; implemented in
+:mod:`dropkit.tools`) and the NumPy teaching layer are imported on first use, so
+``import dropkit`` stays fast and ``dropkit.mc.predict(...)`` works after it.
 """
 
-from dropkit import functional, kernels, nn, reference, rng
+import importlib
+from types import ModuleType
+
+from dropkit import functional, kernels, nn, rng
 from dropkit.kernels import backend_info
-from dropkit.lint import lint  # the function; the module stays importable as dropkit.lint
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "rng", "kernels", "reference", "backend_info", "lint", "__version__"]
+#: Submodules imported on first attribute access (PEP 562).
+_LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "tools", "reference")
+
+__all__ = ["functional", "nn", "rng", "kernels", "backend_info", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
