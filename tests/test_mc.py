@@ -53,7 +53,7 @@ def test_raw_and_sigmoid_outputs():
     model = mlp()
     r = mc.predict(model, X, samples=4, seed=0, output=None)
     with pytest.raises(ValueError, match="probabilities"):
-        r.entropy
+        r.entropy  # noqa: B018 (the property raises)
     binary = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
     r = mc.predict(binary, X, samples=4, seed=0, output="sigmoid")
     assert r.samples.shape == (4, 5, 2)

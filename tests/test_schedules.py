@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 import dropkit
@@ -66,8 +65,15 @@ def test_state_dict_round_trip():
 
 
 def test_depthwise_drop_path():
-    assert schedules.drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
-    assert schedules.drop_path_rates(0.3, 1) == [0.3]
+    with pytest.warns(DeprecationWarning, match="functional.drop_path_rates"):
+        assert schedules.drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    with pytest.warns(DeprecationWarning):
+        assert schedules.drop_path_rates(0.3, 1) == [0.3]
+    # one implementation of the rule: the functional one (only depth 1 differs, see drop_path_rates)
+    for p_max, depth in ((0.3, 4), (0.1, 12), (0.25, 7)):
+        mods = [nn.Dropout(0.0) for _ in range(depth)]
+        assert schedules.depthwise_drop_path(mods, p_max) == dropkit.functional.drop_path_rates(p_max, depth)
+    assert schedules.depthwise_drop_path([nn.Dropout(0.0)], 0.3) == [0.3]
     blocks = [nn.Dropout(0.0) for _ in range(3)]
     assert schedules.depthwise_drop_path(blocks, 0.2) == pytest.approx([0.0, 0.1, 0.2])
     assert blocks[2].p == pytest.approx(0.2)

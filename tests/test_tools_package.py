@@ -5,6 +5,7 @@ snippets that run as written."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -171,7 +172,7 @@ def test_import_dropkit_is_lazy_and_every_tool_is_reachable():
         "print(len(names))\n"
     )
     r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
-                       text=True, env={"PYTHONPATH": str(SRC), "PATH": ""})
+                       text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "7"
 
@@ -239,3 +240,25 @@ def test_docs_have_python_blocks():
 def test_docs_tools_python_block_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(DOCS), "exec"), {"__name__": "__docs__"})
+
+
+def test_version_comes_from_package_metadata():
+    from importlib.metadata import version
+
+    assert dropkit.__version__ == version("dropkit")
+    from dropkit import __version__
+
+    assert __version__ == dropkit.__version__
+    init = (SRC / "dropkit" / "__init__.py").read_text()
+    assert not re.search(r"__version__\s*=\s*['\"]", init), "the version is written in pyproject.toml only"
+
+
+def test_saved_bytes_counts_each_storage_once():
+    from dropkit.tools.memory import saved_bytes
+
+    x = torch.randn(1 << 12)
+    assert saved_bytes(lambda t: dropkit.functional.dropout(t, 0.5, seed=0), x) == 0
+    assert saved_bytes(lambda t: torch.nn.functional.dropout(t, 0.5), x) == 4 * x.numel()  # torch's float mask
+    assert saved_bytes(lambda t: (t * t).sum() + (t * t).sum(), x) == 4 * x.numel()  # x saved twice, counted once
+    with pytest.raises(TypeError, match="`x`"):
+        saved_bytes(lambda t: t, torch.ones(3, dtype=torch.int64))

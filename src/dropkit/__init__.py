@@ -8,7 +8,7 @@ index), the same on every device and thread count, and regenerated in backward.
 
 The tools (:mod:`dropkit.guard`, :mod:`dropkit.mc`, :mod:`dropkit.metrics`,
 :mod:`dropkit.lint`, :mod:`dropkit.schedules`, :mod:`dropkit.viz`; implemented in
-:mod:`dropkit.tools`) and the NumPy teaching layer are imported on first use, so
+:mod:`dropkit.tools`) and the NumPy teaching layer (:mod:`dropkit.scratch`) are imported on first use, so
 ``import dropkit`` stays fast and ``dropkit.mc.predict(...)`` works after it.
 """
 
@@ -18,19 +18,31 @@ from types import ModuleType
 from dropkit import functional, kernels, nn, rng
 from dropkit.kernels import backend_info
 
-__version__ = "0.1.0"
-
 #: Submodules imported on first attribute access (PEP 562).
-_LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "tools", "reference")
+_LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "tools", "scratch")
+_DEPRECATED = ("reference",)  # dropkit.scratch's old name (importing it warns)
 
 __all__ = ["functional", "nn", "rng", "kernels", "backend_info", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> ModuleType:
-    if name in _LAZY:
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dropkit")
+    except PackageNotFoundError:  # a source tree on sys.path without `pip install`
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> ModuleType | str:
+    if name == "__version__":
+        globals()["__version__"] = v = _version()
+        return v
+    if name in _LAZY or name in _DEPRECATED:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})

@@ -7,6 +7,7 @@
 :mod:`dropkit.lint`                 dropout pitfalls, codes DK101-DK109 (``dropkit.lint(model)``)
 :mod:`dropkit.schedules`            dropout-rate schedules (early, late, ramps, depth rule)
 :mod:`dropkit.viz`                  mask pictures
+:mod:`dropkit.tools.memory`         bytes autograd saves for backward (``saved_bytes``)
 ``dropkit.tools._introspect``       the one introspection layer the tools share
 ``dropkit.tools._mc_fold``          MC dropout's fold of the first dropout into a convolution
 =================================== =====================================================
@@ -17,7 +18,7 @@ plain ``import dropkit``. Submodules are imported on first use.
 
 Example:
     >>> import dropkit
-    >>> dropkit.tools.metrics is dropkit.metrics.__wrapped_module__
+    >>> dropkit.tools.guard.check_inference is dropkit.guard.check_inference
     True
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["guard", "mc", "metrics", "lint", "schedules", "viz"]
+__all__ = ["guard", "mc", "metrics", "lint", "schedules", "viz", "memory"]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -47,13 +47,12 @@ CODES = {
     "DK106": "warning", "DK107": "warning", "DK108": "warning", "DK109": "info",
 }
 _SPATIAL = ("Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout", "DropBlock2d", "DropBlock3d")
-_ELEMENTWISE = ("Dropout", "AlphaDropout", "GaussianDropout")
 _CONV = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
-_PASSTHROUGH = (torch.nn.Identity,)
-_OUTPUT_ACT = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Sigmoid, torch.nn.Identity, torch.nn.Flatten)
+_PASSTHROUGH = (torch.nn.Identity,)  # left out of the layer order below
+_OUTPUT_ACT = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Sigmoid, torch.nn.Flatten)
 _CHANNELWISE = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.GELU, torch.nn.SiLU,
                 torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.MaxPool2d,
-                torch.nn.MaxPool3d, torch.nn.AvgPool2d, torch.nn.AvgPool3d, torch.nn.Identity)
+                torch.nn.MaxPool3d, torch.nn.AvgPool2d, torch.nn.AvgPool3d)
 _BATCHNORM = (torch.nn.modules.batchnorm._BatchNorm,)
 
 
@@ -81,7 +80,7 @@ def _kind(module: torch.nn.Module) -> str | None:
     names = [c.__name__ for c in type(module).__mro__]
     if any(n in _SPATIAL for n in names) or getattr(module, "share", None) == "spatial":
         return "spatial"
-    if type(module).__name__ in _ELEMENTWISE or names[0].endswith("Dropout") and names[0] not in ("LockedDropout",):
+    if names[0].endswith("Dropout") and names[0] != "LockedDropout":  # Dropout, AlphaDropout, GaussianDropout, ...
         return "elementwise"
     return "other"
 
@@ -151,7 +150,7 @@ def lint(model: torch.nn.Module, example_inputs: Sequence | None = None) -> list
             on_maps = shape is not None and len(shape) >= 4
             if shape is None:
                 j = i - 1
-                while j >= 0 and isinstance(core[j][1], _CHANNELWISE) and not isinstance(core[j][1], _CONV):
+                while j >= 0 and isinstance(core[j][1], _CHANNELWISE):
                     j -= 1
                 on_maps = j >= 0 and isinstance(core[j][1], _CONV)
             if on_maps:

@@ -253,7 +253,9 @@ def _probe(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> _Prob
                 clock[0] += 1
                 events.setdefault(_p, [clock[0], -1])
 
-            def count(module, args, output, _p=path, _leaf=not any(True for _ in m.children())):
+            leaf = next(m.children(), None) is None
+
+            def count(module, args, output, _p=path, _leaf=leaf):
                 clock[0] += 1
                 b = sum(t.numel() * t.element_size() for t in _flat_tensors(output))
                 nbytes[0] += b
@@ -337,7 +339,7 @@ class _SharedFunctional(TorchFunctionMode):
         kwargs = kwargs or {}
         call = dropout_call(func, args, kwargs)
         if call is not None and call[1] and call[0] > 0:
-            bound = dict(zip(("input",), args[:1]), **kwargs)
+            bound = dict(zip(("input",), args[:1], strict=False), **kwargs)
             x = bound.pop("input") if "input" in bound else kwargs["input"]
             rest = args[1:]
             return _shared_noise(lambda t: func(t, *rest, **{k: v for k, v in bound.items()}), x, self.k)

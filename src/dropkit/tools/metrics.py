@@ -44,7 +44,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     correct = (pred == labels).double()
     idx = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
     n = probs.shape[0]
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, torch.ones(n, dtype=torch.float64))
     acc = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, correct)
     cs = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, conf)
     return float((acc - cs).abs().sum() / n)

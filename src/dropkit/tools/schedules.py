@@ -12,10 +12,10 @@ made) by a factor ``f(step)``; call :meth:`DropoutSchedule.step` once per optimi
 * :func:`dropblock_ramp` -- DropBlock's keep-probability ramp (Ghiasi et al. 2018): keep
   probability from 1 down to ``1 - p`` linearly over ``k`` steps (``f`` from 0 to 1).
 * :func:`depthwise_drop_path` -- stochastic depth's linear rule (Huang et al. 2016):
-  block ``i`` of ``L`` gets ``p_max * i / (L - 1)``.
+  block ``i`` of ``L`` gets ``p_max * i / (L - 1)`` (:func:`dropkit.functional.drop_path_rates`).
 
 Targets: every dropout layer of a model (anything with a ``p`` that
-:func:`dropkit.guard.is_dropout_module` recognises), or a chosen list of modules.
+:func:`dropkit.tools._introspect.is_dropout_module` recognises), or a chosen list of modules.
 :func:`from_spec` builds one from a short string for command lines, e.g.
 ``from_spec("early:linear:500", model)``.
 
@@ -28,10 +28,12 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from dropkit import functional
 from dropkit._validation import check_choice, check_int, check_p
 from dropkit.tools._introspect import is_dropout_module
 
@@ -75,7 +77,7 @@ class DropoutSchedule:
 
     def _apply(self) -> None:
         f = min(1.0, max(0.0, float(self.factor(self.last_step))))
-        for m, base in zip(self.modules, self.base_rates):
+        for m, base in zip(self.modules, self.base_rates, strict=True):
             m.p = base * f
 
     def step(self) -> None:
@@ -135,18 +137,35 @@ def dropblock_ramp(target, steps: int) -> DropoutSchedule:
     return linear_ramp(target, steps, 0.0, 1.0)
 
 
-def drop_path_rates(p_max: float, depth: int) -> list[float]:
-    """Stochastic depth's linear rule: ``[p_max * i / (depth - 1) for i in range(depth)]`` (``[p_max]`` for depth 1)."""
+def _depth_rates(p_max: float, depth: int) -> list[float]:
+    """Stochastic depth's linear rule, :func:`dropkit.functional.drop_path_rates` (the one implementation),
+    except that one block gets ``p_max`` (a single DropPath to schedule is the deepest one)."""
     p_max = check_p(p_max, "p_max")
-    depth = check_int(depth, "depth", minimum=1)
-    return [p_max] if depth == 1 else [p_max * i / (depth - 1) for i in range(depth)]
+    rates = functional.drop_path_rates(p_max, depth)
+    return [p_max] if len(rates) == 1 else rates
+
+
+def drop_path_rates(p_max: float, depth: int) -> list[float]:
+    """Deprecated: use :func:`dropkit.functional.drop_path_rates` (``[p_max * i / (depth - 1)]``).
+
+    The two agree except at ``depth == 1``, where this one gives ``[p_max]`` and the
+    functional one ``[0.0]`` (timm's ``linspace(0, p_max, 1)``).
+    """
+    warnings.warn(
+        "dropkit.schedules.drop_path_rates is deprecated: use dropkit.functional.drop_path_rates "
+        "(the same rates, except depth=1 gives [0.0] there and [p_max] here)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _depth_rates(p_max, depth)
 
 
 def depthwise_drop_path(modules: Sequence[torch.nn.Module], p_max: float) -> list[float]:
-    """Set ``p`` of the given DropPath modules (shallow to deep) by the linear rule; returns the rates."""
+    """Set ``p`` of the given DropPath modules (shallow to deep) by the linear rule
+    (:func:`dropkit.functional.drop_path_rates`; one module gets ``p_max``); returns the rates."""
     mods = _targets(modules)
-    rates = drop_path_rates(p_max, len(mods))
-    for m, r in zip(mods, rates):
+    rates = _depth_rates(p_max, len(mods))
+    for m, r in zip(mods, rates, strict=True):
         m.p = r
     return rates
 

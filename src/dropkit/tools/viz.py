@@ -63,7 +63,7 @@ def mask_figure(shape: Sequence[int] = (8, 6, 12, 12), p: float = 0.3, block_siz
     masks = variant_masks(shape, p, block_size, seed)
     fig = Figure(figsize=(3.6 * len(masks), 5.6), dpi=100)
     axes = fig.subplots(1, len(masks))
-    for ax, (label, keep) in zip(axes, masks.items()):
+    for ax, (label, keep) in zip(axes, masks.items(), strict=True):
         ax.imshow(_tiles(keep).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         dropped = 1.0 - keep.float().mean().item()
         ax.set_title(f"{label}\ndropped {dropped:.1%}", fontsize=10)
