@@ -7,6 +7,10 @@
 * :func:`accuracy_coverage` -- accuracy of the ``coverage`` most certain examples, for a curve
   of selective prediction (reject the most uncertain first).
 
+Every function checks its inputs first and raises ``ValueError`` naming the argument:
+``labels`` must be class indices in ``[0, C)``, ``probs`` probabilities in [0, 1] (NaN
+refused) whose rows sum to 1 within ``1e-3 + C * eps(dtype)`` (pass a softmax, not logits).
+
 Example:
     >>> r = dropkit.mc.predict(model, x, samples=50)
     >>> dropkit.metrics.expected_calibration_error(r.mean, y, bins=15)
@@ -24,15 +28,41 @@ __all__ = ["expected_calibration_error", "nll", "brier_score", "accuracy_coverag
 
 
 def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``probs`` ``(N, C)`` in [0, 1] with rows summing to 1 (within ``1e-3 + C * eps(dtype)``),
+    ``labels`` ``(N,)`` integers in [0, C); both as float64 / int64. ValueError naming the argument otherwise."""
     if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or not probs.is_floating_point():
         raise ValueError(f"`probs` must be a float tensor of shape (N, C); received {getattr(probs, 'shape', probs)!r}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != probs.shape[:1] or labels.is_floating_point():
+    if probs.layout != torch.strided:
+        raise ValueError(f"`probs` must be a dense (strided) tensor; received layout={probs.layout}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != probs.shape[:1] or labels.is_floating_point() \
+            or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(
             f"`labels` must be an integer tensor of shape ({probs.shape[0]},); received {getattr(labels, 'shape', labels)!r}"
+            + (f" of dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else "")
         )
-    if probs.shape[0] == 0:
+    n, classes = probs.shape
+    if n == 0:
         raise ValueError("`probs` must hold at least one example")
-    return probs.double(), labels.long()
+    if classes == 0:
+        raise ValueError("`probs` must hold at least one class (shape (N, C) with C >= 1)")
+    p, y = probs.detach().double(), labels.detach().long()
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"Invalid value in `labels`: expected class indices in [0, {classes - 1}] ({classes} classes "
+                         f"in `probs`). Received: labels[{i}]={int(y[i])}")
+    outside = ~((p >= 0) & (p <= 1))  # NaN included
+    if outside.any():
+        i, j = (int(v) for v in outside.nonzero()[0])
+        raise ValueError(f"Invalid value in `probs`: expected probabilities in [0, 1]. Received: probs[{i}, {j}]="
+                         f"{float(p[i, j])!r}")
+    tol = 1e-3 + classes * torch.finfo(probs.dtype).eps
+    err = (p.sum(1) - 1).abs()
+    if bool((err > tol).any()):
+        i = int(err.argmax())
+        raise ValueError(f"Invalid value in `probs`: expected rows summing to 1 (within {tol:.3g}; class "
+                         f"probabilities, e.g. a softmax). Received: probs[{i}].sum()={float(p[i].sum())!r}")
+    return p, y
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -74,9 +104,14 @@ def accuracy_coverage(
     ``mutual_information``. Ties keep the original order (stable sort).
     """
     probs, labels = _check(probs, labels)
-    u = 1 - probs.max(1).values if uncertainty is None else uncertainty.double().reshape(-1)
+    if uncertainty is not None and not (isinstance(uncertainty, torch.Tensor) and uncertainty.is_floating_point()):
+        raise ValueError(f"`uncertainty` must be a float tensor with one value per example; received "
+                         f"{getattr(uncertainty, 'dtype', type(uncertainty).__name__)}")
+    u = 1 - probs.max(1).values if uncertainty is None else uncertainty.detach().double().reshape(-1)
     if u.shape[0] != probs.shape[0]:
         raise ValueError(f"`uncertainty` must have one value per example ({probs.shape[0]}); received {tuple(u.shape)}")
+    if not bool(torch.isfinite(u).all()):
+        raise ValueError("Invalid value in `uncertainty`: expected finite numbers. Received: a NaN or infinity")
     order = torch.sort(u, stable=True).indices
     correct = (probs.argmax(1) == labels)[order].double()
     out = []
