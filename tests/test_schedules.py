@@ -92,3 +92,42 @@ def test_from_spec_and_errors():
         schedules.early(nn.Linear(2, 2), 5)
     with pytest.raises(TypeError, match="`p`"):
         schedules.early([nn.Linear(2, 2)], 5)
+
+
+def test_load_state_dict_validates_before_changing_anything():
+    """issue #13: rates in [0, 1], finite factors, missing keys named."""
+    m = model()
+    s = schedules.early(m, 10)
+    s.step()
+    before = (s.last_step, list(s.base_rates), s.get_rates())
+    good = s.state_dict()
+    with pytest.raises(ValueError, match=r"base_rates\[0\].*5\.0"):
+        s.load_state_dict({**good, "base_rates": [5.0] * len(good["base_rates"])})
+    with pytest.raises(ValueError, match="base_rates"):
+        s.load_state_dict({**good, "base_rates": [float("nan")] * len(good["base_rates"])})
+    with pytest.raises(ValueError, match="'base_rates'"):
+        s.load_state_dict({"last_step": 1})
+    with pytest.raises(ValueError, match="'last_step'"):
+        s.load_state_dict({})
+    with pytest.raises(ValueError, match="last_step"):
+        s.load_state_dict({**good, "last_step": -3})
+    with pytest.raises(TypeError, match="last_step"):
+        s.load_state_dict({**good, "last_step": 1.5})
+    with pytest.raises(TypeError, match="`state`"):
+        s.load_state_dict([1, 2])
+    assert (s.last_step, s.base_rates, s.get_rates()) == before
+    s.load_state_dict(good)
+    assert s.get_rates() == before[2]
+
+
+def test_a_factor_that_is_not_finite_is_an_error_not_a_silent_zero():
+    m = model()
+    s = schedules.DropoutSchedule(m, lambda t: 1.0 if t < 2 else float("nan"))
+    s.step()
+    with pytest.raises(ValueError, match=r"factor\(2\).*nan"):
+        s.step()
+    assert s.last_step == 1 and s.get_rates() == [0.5, 0.2]
+    with pytest.raises(ValueError, match="finite"):
+        schedules.DropoutSchedule(model(), lambda t: float("inf"))
+    with pytest.raises(TypeError, match="real number"):
+        schedules.DropoutSchedule(model(), lambda t: "half")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -76,13 +76,25 @@ class DropoutSchedule:
         self._apply()
 
     def _apply(self) -> None:
-        f = min(1.0, max(0.0, float(self.factor(self.last_step))))
+        raw = self.factor(self.last_step)
+        try:
+            f = float(raw)
+        except (TypeError, ValueError):
+            raise TypeError(f"the schedule's factor({self.last_step}) must return a real number; "
+                            f"received {raw!r}") from None
+        if not math.isfinite(f):  # NaN would otherwise clamp to a silent 0
+            raise ValueError(f"the schedule's factor({self.last_step}) must be finite; received {f!r}")
+        f = min(1.0, max(0.0, f))
         for m, base in zip(self.modules, self.base_rates, strict=True):
             m.p = base * f
 
     def step(self) -> None:
         self.last_step += 1
-        self._apply()
+        try:
+            self._apply()
+        except Exception:
+            self.last_step -= 1  # a factor that fails leaves the schedule where it was
+            raise
 
     def get_rates(self) -> list[float]:
         """The current ``p`` of every target module."""
@@ -92,13 +104,28 @@ class DropoutSchedule:
         return {"last_step": self.last_step, "base_rates": list(self.base_rates)}
 
     def load_state_dict(self, state: dict) -> None:
-        if len(state["base_rates"]) != len(self.modules):
-            raise ValueError(
-                f"state has {len(state['base_rates'])} base rates for {len(self.modules)} scheduled modules"
-            )
-        self.last_step = int(state["last_step"])
-        self.base_rates = [float(b) for b in state["base_rates"]]
-        self._apply()
+        """Restore ``last_step`` and ``base_rates`` from :meth:`state_dict`, validated before anything changes:
+        both keys present, ``last_step`` an int >= 0, one rate in [0, 1] per scheduled module."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"`state` must be a dict from DropoutSchedule.state_dict(); received {type(state).__name__}")
+        for key in ("last_step", "base_rates"):
+            if key not in state:
+                raise ValueError(f"`state` has no {key!r} entry (a DropoutSchedule.state_dict() has "
+                                 f"'last_step' and 'base_rates'); received keys {sorted(map(str, state))}")
+        rates = state["base_rates"]
+        if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
+            raise TypeError(f"`state['base_rates']` must be a list of rates; received {type(rates).__name__}")
+        if len(rates) != len(self.modules):
+            raise ValueError(f"state has {len(rates)} base rates for {len(self.modules)} scheduled modules")
+        base_rates = [check_p(b, f"base_rates[{i}]") for i, b in enumerate(rates)]
+        last_step = check_int(state["last_step"], "last_step", minimum=0)
+        previous = self.last_step, self.base_rates
+        self.last_step, self.base_rates = last_step, base_rates
+        try:
+            self._apply()
+        except Exception:
+            self.last_step, self.base_rates = previous
+            raise
 
 
 def early(target, steps: int, mode: str = "linear") -> DropoutSchedule:
