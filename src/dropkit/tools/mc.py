@@ -34,6 +34,12 @@ does not fit it; the last always works):
 3. **Repeat**: the model's input repeated ``T`` times. Used when the first two do not fit,
    e.g. a skip connection from before the first dropout.
 
+Whether a way fits is decided once per model configuration (cached with the probe) by a
+trial of 2 samples on the probe's examples; a trial failure counts as a misfit only when
+the plain forward (the input repeated) works, otherwise it is the model's own error and
+is raised. Sampling then falls back only on :class:`FoldUnavailable` /
+:class:`BatchUnavailable`: a model's error or an out-of-memory surfaces once.
+
 The first two assume a batch-first network that treats examples independently after the
 first dropout (the usual case). Memory bound: a forward holds about ``k * e * A`` bytes of
 activations for ``k`` samples of ``e`` examples, ``A`` = the per-example bytes of the
@@ -61,7 +67,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -76,9 +82,10 @@ from dropkit.tools._introspect import (
     observe_dropkit_ops,
     preserved_state,
 )
-from dropkit.tools._mc_fold import FoldPlan, plan_fold, run_fold
+from dropkit.tools._mc_fold import FoldPlan, FoldUnavailable, plan_fold, run_fold
 
-__all__ = ["MCResult", "predict", "stochastic_modules", "clear_cache", "NoDropoutError"]
+__all__ = ["MCResult", "predict", "stochastic_modules", "clear_cache", "NoDropoutError", "BatchUnavailable",
+           "FoldUnavailable"]
 
 _EPS = 1e-12
 _FAST_PATH_CLASSES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder, torch.nn.MultiheadAttention)
@@ -86,6 +93,12 @@ _FAST_PATH_CLASSES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEnco
 
 class NoDropoutError(ValueError):
     """The model has nothing stochastic for Monte-Carlo dropout to sample."""
+
+
+class BatchUnavailable(RuntimeError):
+    """Shared-prefix sampling (samples batched after the first stochastic module) does not fit this model,
+    e.g. a skip connection from before the first dropout; :func:`predict` repeats the input instead.
+    (:class:`FoldUnavailable` is the fold's counterpart.) These are the only errors ``predict`` falls back on."""
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -217,7 +230,9 @@ def _probe_cached(model: torch.nn.Module, x: tuple, extra: Iterable[str]) -> _Pr
     if hit is None or hit[0] != key:
         hit = _PROBES[model] = (key, _probe(model, x, extra))
     r = hit[1]
-    return _ProbeResult(list(r.paths), {p: set(c) for p, c in r.calls.items()}, r.row_bytes, r.leaf_bytes, r.events)
+    # `fits` is shared with the cache on purpose: which sampling ways fit this model configuration
+    return _ProbeResult(list(r.paths), {p: set(c) for p, c in r.calls.items()}, r.row_bytes, r.leaf_bytes, r.events,
+                        r.fits)
 
 
 def clear_cache() -> None:
@@ -232,6 +247,8 @@ class _ProbeResult:
     row_bytes: int  # bytes of all module outputs per example
     leaf_bytes: list[tuple[str, int, int]]  # (path, bytes per example, end event) of leaf modules
     events: dict[str, tuple[int, int]]  # path -> (start event, end event) of its first call
+    #: (way, consistent_masks) -> whether "fold" / "prefix" sampling fits the model (a trial decided it)
+    fits: dict[tuple[str, bool], bool] = field(default_factory=dict)
 
 
 def _probe(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> _ProbeResult:
@@ -329,11 +346,11 @@ def _shared_noise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k
 
 
 class _SharedFunctional(TorchFunctionMode):
-    """Consistent masks for ``F.dropout``-family calls inside forwards."""
+    """Consistent masks for ``F.dropout``-family calls inside forwards; ``k_box[0]`` = samples in this forward."""
 
-    def __init__(self, k: int):
+    def __init__(self, k_box: list[int]):
         super().__init__()
-        self.k = k
+        self.k_box = k_box
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -342,7 +359,7 @@ class _SharedFunctional(TorchFunctionMode):
             bound = dict(zip(("input",), args[:1], strict=False), **kwargs)
             x = bound.pop("input") if "input" in bound else kwargs["input"]
             rest = args[1:]
-            return _shared_noise(lambda t: func(t, *rest, **{k: v for k, v in bound.items()}), x, self.k)
+            return _shared_noise(lambda t: func(t, *rest, **{k: v for k, v in bound.items()}), x, self.k_box[0])
         return func(*args, **kwargs)
 
 
@@ -371,7 +388,7 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
                         f"consistent_masks covers dropout modules and torch.nn.functional dropout calls; "
                         f"module {p or '<model>'!r} draws randomness another way ({', '.join(sorted(calls[p]))})"
                     )
-            es.enter_context(_SharedFunctional(k_box[0]))
+            es.enter_context(_SharedFunctional(k_box))
         once = [False]  # the fold / the repeat happens once per model forward
         if fold is not None or prefix_path is not None:
             es.callback(model.register_forward_pre_hook(lambda m, a: once.__setitem__(0, False)).remove)
@@ -429,7 +446,7 @@ def predict(
         model: a ``torch.nn.Module`` (batch-first: dim 0 of inputs and outputs is the batch).
         x: input batch, or a tuple of positional inputs that share the batch dimension.
         samples: ``T``, the number of stochastic forwards, >= 1.
-        seed: make the samples reproducible (torch's global RNG state is left unchanged).
+        seed: an int in [0, 2**64): make the samples reproducible (torch's global RNG state is left unchanged).
         output: ``"softmax"`` (class probabilities from logits), ``"sigmoid"`` (binary:
             ``[1 - s, s]``), ``None`` (raw outputs, e.g. regression) or ``"auto"``: the model's
             ``output_activation`` attribute if it has one (dropkit's lab models), else softmax.
@@ -448,6 +465,11 @@ def predict(
 
     Raises:
         NoDropoutError: the model has no dropout (nothing random in training mode).
+        TypeError, ValueError: a bad argument (named in the message), checked before the model runs.
+
+    Errors of the model itself (and out-of-memory) propagate from its first failing forward:
+    ``predict`` switches to a slower way only on its own :class:`FoldUnavailable` /
+    :class:`BatchUnavailable` signals.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; received {type(model).__name__}")
@@ -455,6 +477,10 @@ def predict(
     check_bool(consistent_masks, "consistent_masks")
     check_bool(share_prefix, "share_prefix")
     budget = None if memory_budget is None else check_int(memory_budget, "memory_budget", minimum=1)
+    if seed is not None:
+        seed = check_int(seed, "seed")
+        if not 0 <= seed < 1 << 64:
+            raise ValueError(f"Invalid value for `seed`: expected an int in [0, 2**64). Received: seed={seed!r}")
     if output == "auto":
         output = getattr(model, "output_activation", "softmax")
     if output is not None:
@@ -503,13 +529,15 @@ def predict(
         k = 1
     modes = [m for m, ok in (("fold", fold), ("prefix", prefix_path), ("repeat", True)) if ok]
     k_box, batch_box = [k], [e]
+    devices = sorted({a.device for a in xs if a.device.type == "cuda"}, key=str)
 
-    def run(mode: str) -> torch.Tensor:
+    def run(mode: str, inputs: tuple[torch.Tensor, ...], T: int, k: int, e: int) -> torch.Tensor:
+        rows = inputs[0].shape[0]
         slices = []
         with _sampling(model, paths, calls, consistent_masks, k_box, prefix_path if mode == "prefix" else None,
                        batch_box, fold if mode == "fold" else None):
-            for s0 in range(0, batch, e):
-                xb = tuple(a[s0: s0 + e] for a in xs)
+            for s0 in range(0, rows, e):
+                xb = tuple(a[s0: s0 + e] for a in inputs)
                 batch_box[0] = nb = xb[0].shape[0]
                 chunks, done = [], 0
                 while done < T:
@@ -517,7 +545,7 @@ def predict(
                     out = model(*xb) if mode != "repeat" else model(*_repeat_inputs(xb, n))
                     if not isinstance(out, torch.Tensor) or out.shape[0] != n * nb:
                         if mode != "repeat":
-                            raise RuntimeError(f"{mode} changed the output's batch size")
+                            raise BatchUnavailable(f"{mode} sampling changed the output's batch size")
                         raise ValueError(
                             f"the model must return one tensor with the batch in dim 0; got "
                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
@@ -527,18 +555,42 @@ def predict(
                 slices.append(torch.cat(chunks))
         return torch.cat(slices, dim=1)
 
+    def fits(mode: str) -> bool:
+        """Whether ``mode`` fits the model: a trial of 2 samples on the probe's examples (RNG and model
+        state restored), cached with the probe. A trial that fails while the plain forward (the input
+        repeated) works means the way does not fit (e.g. a skip connection from before the first
+        dropout); when the plain forward fails too, that is the model's own error, raised as it is.
+        Out-of-memory is never a reason to switch ways."""
+        if mode == "repeat":
+            return True
+        key = (mode, consistent_masks)
+        if key not in probed.fits:
+            with torch.random.fork_rng(devices=devices):
+                try:
+                    run(mode, probe_x, 2, 2, probe_x[0].shape[0])
+                    probed.fits[key] = True
+                except FoldUnavailable:
+                    return False  # this input (e.g. not finite), not the model: decided again next call
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception:  # noqa: BLE001 - classified right below, by the plain forward
+                    run("repeat", probe_x, 2, 2, probe_x[0].shape[0])  # the model's own error propagates from here
+                    probed.fits[key] = False
+        return probed.fits[key]
+
     with contextlib.ExitStack() as es:
         es.enter_context(torch.inference_mode())
         if seed is not None:
-            es.enter_context(torch.random.fork_rng(devices=[d for d in {a.device for a in xs} if d.type == "cuda"]))
+            es.enter_context(torch.random.fork_rng(devices=devices))
             torch.manual_seed(seed)
-        for mode in modes:
+        fitting = [m for m in modes if fits(m)]
+        for i, method in enumerate(fitting):
             try:
-                samples_out, method = run(mode), mode
+                samples_out = run(method, xs, T, k, e)
                 break
-            except RuntimeError:
-                # the fold or the shared prefix does not fit this model (e.g. a skip connection from
-                # before the first dropout): the next, more general mode; repeating the input always works
-                if mode == "repeat":
+            except (FoldUnavailable, BatchUnavailable):
+                # only the fast ways' own signals (the fold on an input that is not finite, say); the
+                # next way; repeating the input always fits, and any error there is the model's
+                if i == len(fitting) - 1:
                     raise
     return MCResult(samples_out.clone(), output, method)
