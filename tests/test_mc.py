@@ -309,3 +309,15 @@ def test_consistent_masks_in_chunks_that_do_not_divide_the_samples():
     r = mc.predict(model, x, samples=5, seed=0, consistent_masks=True, memory_budget=3 * 8 * 4 * 2 + 1)
     assert r.samples.shape == (5, 3, 3)
     same_masks(r)
+
+
+@pytest.mark.parametrize("text", ['{"dataset": "digits', '["digits"]'])
+def test_cli_names_a_corrupt_config(tmp_path, capsys, text):
+    from dropkit.cli import main
+
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(SystemExit) as info:
+        main(["mc", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and str(tmp_path / "config.json") in err
