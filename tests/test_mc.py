@@ -321,3 +321,11 @@ def test_cli_names_a_corrupt_config(tmp_path, capsys, text):
         main(["mc", str(tmp_path)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and str(tmp_path / "config.json") in err
+
+
+def test_sparse_and_nested_inputs_are_refused_up_front():
+    with pytest.raises(TypeError, match="dense"):
+        mc.predict(mlp(), X.to_sparse(), samples=2)
+    nested = torch.nested.nested_tensor([torch.randn(6), torch.randn(6)])
+    with pytest.raises(TypeError, match="nested"):
+        mc.predict(mlp(), nested, samples=2)

@@ -488,6 +488,9 @@ def predict(
     xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
     if not xs or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in xs):
         raise TypeError("`x` must be a batched tensor or a tuple of batched tensors")
+    if any(a.layout != torch.strided or a.is_nested for a in xs):
+        raise TypeError(f"`x` must be dense (strided) tensors; received layouts {[str(a.layout) for a in xs]}"
+                        + (" (a nested tensor)" if any(a.is_nested for a in xs) else ""))
     batch = xs[0].shape[0]
     if budget is None:
         budget = 4 << 20 if xs[0].device.type == "cpu" else 1 << 30
