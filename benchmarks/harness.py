@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from dropkit.tools.memory import saved_bytes  # noqa: F401 (re-exported: `from harness import saved_bytes`)
+
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -99,24 +101,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "backend": dropkit.backend_info("cpu"),
     }
-
-
-def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
-    """Bytes of tensors autograd saves for backward when running ``fn(x)`` (x requires grad).
-
-    Counts each saved tensor's storage once; the input itself counts if the op saves it.
-    """
-    seen: dict[tuple[int, int], int] = {}
-
-    def pack(t: torch.Tensor):
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        seen[key] = t.untyped_storage().nbytes()
-        return t
-
-    x = x.detach().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(x)
-    return sum(seen.values())
 
 
 def fmt_row(values: Sequence[Any], widths: Sequence[int]) -> str:

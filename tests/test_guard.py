@@ -1,8 +1,12 @@
 """dropkit.guard: culprits found by watching and by comparing runs; inference(), freeze(), the CLI."""
 
+import ast
 import io
+import json
 import pickle
 import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ import torch.nn.functional as F
 import dropkit
 from dropkit import guard
 from dropkit.cli import main
-from dropkit.cli.guard import _weights_only
+from dropkit.tools import loading
 
 
 def mlp(drop=None):
@@ -207,13 +211,122 @@ def test_cli_pt2_and_torchscript(tmp_path, capsys):
 
 
 class Evil:
+    """Unpickling it runs code: it writes the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
-def test_loading_never_unpickles_arbitrary_objects():
+def _pt2(tmp_path, name="model.pt2"):
+    path = tmp_path / name
+    torch.export.save(torch.export.export(mlp().eval(), X), path)
+    return path
+
+
+def _doctor(src, dst, add=(), config=None, replace=None):
+    """A copy of the .pt2 ``src`` with entries added (``{name: bytes}``, names inside the root folder),
+    ``config`` merged into the constants config and ``replace`` = ``{name: bytes}`` swapped in."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        root = zin.namelist()[0].split("/", 1)[0]
+        for info in zin.infolist():
+            data = zin.read(info)
+            inner = info.filename.split("/", 1)[1]
+            if replace and inner in replace:
+                data = replace[inner]
+            if config and inner.endswith("_constants_config.json"):
+                cfg = json.loads(data)
+                cfg["config"].update(config)
+                data = json.dumps(cfg).encode()
+            zout.writestr(info.filename, data)
+        for inner, data in dict(add).items():
+            zout.writestr(f"{root}/{inner}", data)
+    return dst
+
+
+def test_pt2_with_an_opaque_object_is_refused_before_it_runs(tmp_path, capsys):
+    """issue #13: torch.export.load unpickles opaque_obj_* constants with plain pickle.loads."""
+    marker = tmp_path / "marker"
+    evil = _doctor(_pt2(tmp_path), tmp_path / "evil.pt2",
+                   add={"data/constants/opaque_obj_0": pickle.dumps(Evil(marker))},
+                   config={"evil": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
+                                    "tensor_meta": None}})
+    with pytest.raises(loading.UnsafeArchiveError, match="opaque_obj_0"):
+        loading.load_program(str(evil))
+    with pytest.raises(SystemExit) as info:
+        main(["guard", str(evil)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "refused" in err and "opaque_obj_0" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+    # the payload is real: torch's own loader runs it (what the check prevents)
+    try:
+        torch.export.load(str(evil))
+    except Exception:  # noqa: BLE001 - the unknown constant may fail later; the payload already ran
+        pass
+    assert marker.read_text() == "pwned"
+
+
+@pytest.mark.parametrize("case", ["pickled-weight", "custom-obj", "sample-inputs", "legacy", "aoti"])
+def test_every_entry_that_would_be_unpickled_is_refused(tmp_path, case):
+    marker = tmp_path / "marker"
     buf = io.BytesIO()
-    torch.save({"x": Evil()}, buf, pickle_protocol=2)
-    with _weights_only(), pytest.raises(pickle.UnpicklingError):
-        buf.seek(0)
-        torch.load(buf, weights_only=False)
+    torch.save({"x": Evil(marker)}, buf)
+    payload = buf.getvalue()
+    src = _pt2(tmp_path)
+    with zipfile.ZipFile(src) as z:
+        names = [n.split("/", 1)[1] for n in z.namelist()]
+        weights_config = next(n for n in names if n.endswith("_weights_config.json"))
+        sample = next(n for n in names if n.startswith("data/sample_inputs/"))
+        wcfg = json.loads(z.read(f"{z.namelist()[0].split('/', 1)[0]}/{weights_config}"))
+    kwargs = {}
+    if case == "pickled-weight":
+        first = next(iter(wcfg["config"]))
+        wcfg["config"][first]["use_pickle"] = True
+        kwargs = {"replace": {weights_config: json.dumps(wcfg).encode(),
+                              "data/weights/" + wcfg["config"][first]["path_name"]: payload}}
+    elif case == "custom-obj":
+        kwargs = {"add": {"data/constants/custom_obj_0": payload},
+                  "config": {"obj": {"path_name": "custom_obj_0", "is_param": False, "use_pickle": True}}}
+    elif case == "sample-inputs":
+        kwargs = {"replace": {sample: payload}}
+    elif case == "legacy":
+        kwargs = {"add": {"serialized_state_dict.pt": payload}}
+    else:
+        kwargs = {"add": {"data/aotinductor/model/model.so": b"\x7fELF"}}
+    bad = _doctor(src, tmp_path / "bad.pt2", **kwargs)
+    with pytest.raises(loading.UnsafeArchiveError, match="refused"):
+        loading.check_pt2(bad)
+    assert not marker.exists()
+
+
+def test_a_clean_pt2_passes_the_check_and_loads(tmp_path):
+    path = _pt2(tmp_path)
+    loading.check_pt2(path)
+    kind, ep = loading.load_program(str(path))
+    assert kind == "pt2" and isinstance(ep, torch.export.ExportedProgram)
+    with pytest.raises(ValueError, match="not a zip"):
+        loading.check_pt2(Path(__file__))
+
+
+def test_no_loader_patches_torch_and_torch_load_is_weights_only():
+    """No unittest.mock in dropkit; every torch.load call passes weights_only=True explicitly."""
+    src = Path(dropkit.__file__).parent
+    for file in src.rglob("*.py"):
+        tree = ast.parse(file.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.startswith("unittest") for n in names), file
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                kw = {k.arg: k.value for k in node.keywords}
+                assert "weights_only" in kw and ast.literal_eval(kw["weights_only"]) is True, f"{file}:{node.lineno}"
+
+
+@pytest.mark.parametrize("layer", [lambda: dropkit.nn.DropBlock2d(0.3, 3), lambda: dropkit.nn.GaussianDropout(0.3)])
+def test_dropkit_noise_without_a_single_rate_is_reported(layer):
+    """Ops whose noise carries no `p` (DropBlock's block starts, Gaussian noise) are reported, not a crash."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), layer())
+    report = guard.check_inference(model, (torch.randn(2, 2, 7, 7),), runs=2)
+    assert not report.deterministic and report.culprits[0].path == "1"

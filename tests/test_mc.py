@@ -53,7 +53,7 @@ def test_raw_and_sigmoid_outputs():
     model = mlp()
     r = mc.predict(model, X, samples=4, seed=0, output=None)
     with pytest.raises(ValueError, match="probabilities"):
-        r.entropy
+        r.entropy  # noqa: B018 (the property raises)
     binary = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
     r = mc.predict(binary, X, samples=4, seed=0, output="sigmoid")
     assert r.samples.shape == (4, 5, 2)
@@ -245,3 +245,87 @@ def test_cli_on_a_lab_run_folder(tmp_path, capsys):
     assert (run / "mc_uncertainty.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         main(["mc", str(tmp_path)])
+
+
+def test_seed_must_be_an_int_in_the_philox_key_range():
+    """issue #13: 1.5 and -1 were accepted."""
+    with pytest.raises(TypeError, match="seed"):
+        mc.predict(mlp(), X, samples=2, seed=1.5)
+    for bad in (-1, 1 << 64):
+        with pytest.raises(ValueError, match=r"`seed`.*\[0, 2\*\*64\)"):
+            mc.predict(mlp(), X, samples=2, seed=bad)
+    model = mlp()
+    a = mc.predict(model, X, samples=2, seed=(1 << 64) - 1)
+    assert torch.equal(a.samples, mc.predict(model, X, samples=2, seed=(1 << 64) - 1).samples)
+
+
+class Flaky(torch.nn.Module):
+    """Works while the probe runs; then raises ``error`` (the dict is not part of the probe's fingerprint)."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.fc, self.drop, self.out = torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)
+        self.state = {"calls": 0, "error": None}
+        self.error = error
+
+    def forward(self, x):
+        self.state["calls"] += 1
+        if self.state["error"] is not None:
+            raise self.state["error"]
+        return self.out(self.drop(self.fc(x)))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("model is broken"), torch.OutOfMemoryError("out of memory")])
+def test_a_model_error_surfaces_from_its_first_failing_forward(error):
+    """issue #13: mc.predict fell back on any RuntimeError, so a broken model ran again in the slower ways
+    (and an out-of-memory in prefix mode retried in repeat mode, which needs more memory)."""
+    model = Flaky(error).eval()
+    assert mc.predict(model, X, samples=4, seed=0).method == "prefix"  # probe and trial cached
+    model.state.update(calls=0, error=error)
+    with pytest.raises(type(error), match=str(error)):
+        mc.predict(model, X, samples=4, seed=0)
+    assert model.state["calls"] == 1
+
+
+def test_a_model_error_on_a_cold_call_is_raised_not_taken_for_a_misfit():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = torch.nn.Linear(6, 8), torch.nn.Dropout(0.5)
+
+        def forward(self, x):
+            h = self.drop(self.fc(x))
+            if not self.training:  # fails in sampling (the module stays in eval), not in the probe
+                raise RuntimeError("eval-mode bug")
+            return h
+
+    with pytest.raises(RuntimeError, match="eval-mode bug"):
+        mc.predict(Broken().eval(), X, samples=4, seed=0)
+
+
+def test_consistent_masks_in_chunks_that_do_not_divide_the_samples():
+    x = torch.randn(1, 6).repeat(3, 1)
+    model = torch.nn.Sequential(FunctionalBlock("torch"), torch.nn.Linear(8, 3)).eval()
+    r = mc.predict(model, x, samples=5, seed=0, consistent_masks=True, memory_budget=3 * 8 * 4 * 2 + 1)
+    assert r.samples.shape == (5, 3, 3)
+    same_masks(r)
+
+
+@pytest.mark.parametrize("text", ['{"dataset": "digits', '["digits"]'])
+def test_cli_names_a_corrupt_config(tmp_path, capsys, text):
+    from dropkit.cli import main
+
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(SystemExit) as info:
+        main(["mc", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and str(tmp_path / "config.json") in err
+
+
+def test_sparse_and_nested_inputs_are_refused_up_front():
+    with pytest.raises(TypeError, match="dense"):
+        mc.predict(mlp(), X.to_sparse(), samples=2)
+    nested = torch.nested.nested_tensor([torch.randn(6), torch.randn(6)])
+    with pytest.raises(TypeError, match="nested"):
+        mc.predict(mlp(), nested, samples=2)

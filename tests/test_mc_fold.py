@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dropkit
-from dropkit import _mc_fold, kernels, mc
+from dropkit import kernels
+from dropkit.tools import _mc_fold, mc
 from dropkit.kernels import reference
 
 needs_kernel = pytest.mark.skipif(not kernels.mask_fold_compiled(), reason="compiled CPU kernel not available")

@@ -48,3 +48,38 @@ def test_bad_shapes():
         metrics.nll(torch.ones(3), Y)
     with pytest.raises(ValueError, match="labels"):
         metrics.nll(P, Y[:2])
+
+
+@pytest.mark.parametrize("fn", [metrics.expected_calibration_error, metrics.nll, metrics.brier_score,
+                                metrics.accuracy_coverage])
+def test_values_are_validated(fn):
+    """issue #13: labels against the class count, probabilities in [0, 1] with rows summing to 1."""
+    with pytest.raises(ValueError, match=r"`labels`.*\[0, 1\].*labels\[1\]=7"):
+        fn(P, torch.tensor([0, 7, 1, 1]))
+    with pytest.raises(ValueError, match="`labels`.*labels\\[0\\]=-1"):
+        fn(P, torch.tensor([-1, 0, 1, 1]))
+    negative = P.clone()
+    negative[2] = torch.tensor([-0.25, 1.25])  # sums to 1, but not probabilities
+    with pytest.raises(ValueError, match=r"`probs`.*\[0, 1\].*probs\[2, 0\]=-0.25"):
+        fn(negative, Y)
+    with pytest.raises(ValueError, match="`probs`.*nan"):
+        fn(torch.tensor([[float("nan"), 0.5]] * 4), Y)
+    with pytest.raises(ValueError, match=r"`probs`.*summing to 1.*probs\[1\]"):
+        fn(torch.tensor([[0.5, 0.5], [0.9, 0.3], [0.5, 0.5], [0.5, 0.5]]), Y)  # logits or unnormalised scores
+    with pytest.raises(ValueError, match="`labels`"):
+        fn(P, Y.bool())
+
+
+def test_low_precision_softmax_rows_are_accepted():
+    logits = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(64) % 10
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        probs = torch.softmax(logits.to(dtype), dim=-1)
+        assert math.isfinite(metrics.nll(probs, y)) and 0 <= metrics.brier_score(probs, y) <= 2
+
+
+def test_uncertainty_is_validated():
+    with pytest.raises(ValueError, match="`uncertainty`"):
+        metrics.accuracy_coverage(P, Y, [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="`uncertainty`.*finite"):
+        metrics.accuracy_coverage(P, Y, torch.tensor([0.1, float("nan"), 0.3, 0.4]))

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 import dropkit
@@ -66,8 +65,15 @@ def test_state_dict_round_trip():
 
 
 def test_depthwise_drop_path():
-    assert schedules.drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
-    assert schedules.drop_path_rates(0.3, 1) == [0.3]
+    with pytest.warns(DeprecationWarning, match="functional.drop_path_rates"):
+        assert schedules.drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    with pytest.warns(DeprecationWarning):
+        assert schedules.drop_path_rates(0.3, 1) == [0.3]
+    # one implementation of the rule: the functional one (only depth 1 differs, see drop_path_rates)
+    for p_max, depth in ((0.3, 4), (0.1, 12), (0.25, 7)):
+        mods = [nn.Dropout(0.0) for _ in range(depth)]
+        assert schedules.depthwise_drop_path(mods, p_max) == dropkit.functional.drop_path_rates(p_max, depth)
+    assert schedules.depthwise_drop_path([nn.Dropout(0.0)], 0.3) == [0.3]
     blocks = [nn.Dropout(0.0) for _ in range(3)]
     assert schedules.depthwise_drop_path(blocks, 0.2) == pytest.approx([0.0, 0.1, 0.2])
     assert blocks[2].p == pytest.approx(0.2)
@@ -86,3 +92,42 @@ def test_from_spec_and_errors():
         schedules.early(nn.Linear(2, 2), 5)
     with pytest.raises(TypeError, match="`p`"):
         schedules.early([nn.Linear(2, 2)], 5)
+
+
+def test_load_state_dict_validates_before_changing_anything():
+    """issue #13: rates in [0, 1], finite factors, missing keys named."""
+    m = model()
+    s = schedules.early(m, 10)
+    s.step()
+    before = (s.last_step, list(s.base_rates), s.get_rates())
+    good = s.state_dict()
+    with pytest.raises(ValueError, match=r"base_rates\[0\].*5\.0"):
+        s.load_state_dict({**good, "base_rates": [5.0] * len(good["base_rates"])})
+    with pytest.raises(ValueError, match="base_rates"):
+        s.load_state_dict({**good, "base_rates": [float("nan")] * len(good["base_rates"])})
+    with pytest.raises(ValueError, match="'base_rates'"):
+        s.load_state_dict({"last_step": 1})
+    with pytest.raises(ValueError, match="'last_step'"):
+        s.load_state_dict({})
+    with pytest.raises(ValueError, match="last_step"):
+        s.load_state_dict({**good, "last_step": -3})
+    with pytest.raises(TypeError, match="last_step"):
+        s.load_state_dict({**good, "last_step": 1.5})
+    with pytest.raises(TypeError, match="`state`"):
+        s.load_state_dict([1, 2])
+    assert (s.last_step, s.base_rates, s.get_rates()) == before
+    s.load_state_dict(good)
+    assert s.get_rates() == before[2]
+
+
+def test_a_factor_that_is_not_finite_is_an_error_not_a_silent_zero():
+    m = model()
+    s = schedules.DropoutSchedule(m, lambda t: 1.0 if t < 2 else float("nan"))
+    s.step()
+    with pytest.raises(ValueError, match=r"factor\(2\).*nan"):
+        s.step()
+    assert s.last_step == 1 and s.get_rates() == [0.5, 0.2]
+    with pytest.raises(ValueError, match="finite"):
+        schedules.DropoutSchedule(model(), lambda t: float("inf"))
+    with pytest.raises(TypeError, match="real number"):
+        schedules.DropoutSchedule(model(), lambda t: "half")

@@ -6,22 +6,10 @@ import math
 
 import torch
 
+from dropkit.tools.memory import saved_bytes  # noqa: F401 (the one implementation, used by the variant tests)
+
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 ALPHA = 1e-3  # significance of each binomial test (fixed seeds: deterministic, can still fail)
-
-
-def saved_bytes(fn, x: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves for backward while running ``fn(x)`` (each storage once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    x = x.detach().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(x)
-    return sum(seen.values())
 
 
 def positive(shape, dtype=torch.float32, seed=0) -> torch.Tensor:

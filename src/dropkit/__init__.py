@@ -5,13 +5,45 @@ Every dropout variant as a function (:mod:`dropkit.functional`) and a module
 (Philox4x32-10, :mod:`dropkit.rng`): a mask is a pure function of (seed, element
 index), the same on every device and thread count, and regenerated in backward.
 ``p`` is always the probability of **dropping** an element.
+
+The tools (:mod:`dropkit.guard`, :mod:`dropkit.mc`, :mod:`dropkit.metrics`,
+:mod:`dropkit.lint`, :mod:`dropkit.schedules`, :mod:`dropkit.viz`; implemented in
+:mod:`dropkit.tools`) and the NumPy teaching layer (:mod:`dropkit.scratch`) are imported on first use, so
+``import dropkit`` stays fast and ``dropkit.mc.predict(...)`` works after it.
 """
 
-from dropkit import functional, kernels, nn, ops, reference, rng, seed
+import importlib
+from types import ModuleType
+
+from dropkit import functional, kernels, nn, ops, rng, seed
 from dropkit.seed import SeedGenerator
 from dropkit.kernels import backend_info
-from dropkit.lint import lint  # the function; the module stays importable as dropkit.lint
 
-__version__ = "0.1.0"
+#: Submodules imported on first attribute access (PEP 562).
+_LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "tools", "scratch")
+_DEPRECATED = ("reference",)  # dropkit.scratch's old name (importing it warns)
 
-__all__ = ["functional", "nn", "ops", "rng", "seed", "SeedGenerator", "kernels", "reference", "backend_info", "lint", "__version__"]
+__all__ = ["functional", "nn", "ops", "rng", "seed", "SeedGenerator", "kernels", "backend_info", "__version__", *_LAZY]
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dropkit")
+    except PackageNotFoundError:  # a source tree on sys.path without `pip install`
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> ModuleType | str:
+    if name == "__version__":
+        globals()["__version__"] = v = _version()
+        return v
+    if name in _LAZY or name in _DEPRECATED:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})

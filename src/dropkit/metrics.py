@@ -1,89 +1,11 @@
-"""Calibration and uncertainty metrics for class probabilities ``probs`` ``(N, C)`` and labels ``(N,)``.
+"""Calibration and uncertainty metrics: ``dropkit.metrics``, the documented path of :mod:`dropkit.tools.metrics` (same objects).
 
-* :func:`expected_calibration_error` -- ECE (Guo et al., ICML 2017): equal-width confidence
-  bins, ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``.
-* :func:`nll` -- mean negative log-likelihood of the true class (nats).
-* :func:`brier_score` -- mean over examples of ``sum_c (p_c - y_c)^2`` (multi-class Brier, in [0, 2]).
-* :func:`accuracy_coverage` -- accuracy of the ``coverage`` most certain examples, for a curve
-  of selective prediction (reject the most uncertain first).
-
-Example:
-    >>> r = dropkit.mc.predict(model, x, samples=50)
-    >>> dropkit.metrics.expected_calibration_error(r.mean, y, bins=15)
+Names this module used to define that are not public are still found, with a DeprecationWarning
+naming their new home.
 """
 
-from __future__ import annotations
+from dropkit.tools._compat import forward_moved
+from dropkit.tools.metrics import *  # noqa: F403
+from dropkit.tools.metrics import __all__  # noqa: F401
 
-from collections.abc import Sequence
-
-import torch
-
-from dropkit._validation import check_int
-
-__all__ = ["expected_calibration_error", "nll", "brier_score", "accuracy_coverage"]
-
-
-def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or not probs.is_floating_point():
-        raise ValueError(f"`probs` must be a float tensor of shape (N, C); received {getattr(probs, 'shape', probs)!r}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != probs.shape[:1] or labels.is_floating_point():
-        raise ValueError(
-            f"`labels` must be an integer tensor of shape ({probs.shape[0]},); received {getattr(labels, 'shape', labels)!r}"
-        )
-    if probs.shape[0] == 0:
-        raise ValueError("`probs` must hold at least one example")
-    return probs.double(), labels.long()
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """ECE with ``bins`` equal-width bins over confidence ``max_c p_c`` (bin ``b`` is ``((b-1)/bins, b/bins]``,
-    the first bin includes 0)."""
-    probs, labels = _check(probs, labels)
-    bins = check_int(bins, "bins", minimum=1)
-    conf, pred = probs.max(1)
-    correct = (pred == labels).double()
-    idx = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
-    n = probs.shape[0]
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, torch.ones(n, dtype=torch.float64))
-    acc = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, correct)
-    cs = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, conf)
-    return float((acc - cs).abs().sum() / n)
-
-
-def nll(probs: torch.Tensor, labels: torch.Tensor, eps: float = 1e-12) -> float:
-    """Mean ``-log p_{label}`` (probabilities clamped at ``eps``)."""
-    probs, labels = _check(probs, labels)
-    return float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(eps)).mean())
-
-
-def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean ``sum_c (p_c - onehot_c)^2``."""
-    probs, labels = _check(probs, labels)
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-    return float(((probs - onehot) ** 2).sum(1).mean())
-
-
-def accuracy_coverage(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
-    uncertainty: torch.Tensor | None = None,
-    coverages: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-) -> list[tuple[float, float]]:
-    """``[(coverage, accuracy)]``: accuracy on the ``ceil(coverage * N)`` least uncertain examples.
-
-    ``uncertainty`` defaults to ``1 - max_c p_c``; pass e.g. an MC result's ``entropy`` or
-    ``mutual_information``. Ties keep the original order (stable sort).
-    """
-    probs, labels = _check(probs, labels)
-    u = 1 - probs.max(1).values if uncertainty is None else uncertainty.double().reshape(-1)
-    if u.shape[0] != probs.shape[0]:
-        raise ValueError(f"`uncertainty` must have one value per example ({probs.shape[0]}); received {tuple(u.shape)}")
-    order = torch.sort(u, stable=True).indices
-    correct = (probs.argmax(1) == labels)[order].double()
-    out = []
-    for c in coverages:
-        if not 0 < c <= 1:
-            raise ValueError(f"Invalid value in `coverages`: expected numbers in (0, 1]. Received: {c!r}")
-        k = max(1, int(torch.ceil(torch.tensor(c * probs.shape[0] - 1e-9)).item()))
-        out.append((float(c), float(correct[:k].mean())))
-    return out
+__getattr__ = forward_moved(__name__, "dropkit.tools.metrics")

@@ -1,10 +1,12 @@
 """``dropkit guard FILE ...``: gate a deployment on deterministic inference of exported models.
 
 Each file is an exported program (``.pt2``, loaded with ``torch.export.load``) or a
-TorchScript file (anything else, loaded with ``torch.jit.load``). Neither loader runs
-arbitrary pickled Python: ``torch.load`` is forced to ``weights_only=True`` while a
-``.pt2`` loads (torch would otherwise fall back to full unpickling), and TorchScript's
-own unpickler only builds TorchScript types.
+TorchScript file (anything else, loaded with ``torch.jit.load``). Nothing is unpickled:
+a ``.pt2`` is checked before torch reads it, and an archive with any entry that torch
+would unpickle (``opaque_obj_*`` / ``custom_obj_*`` constants, pickled tensors, sample
+inputs that need more than a weights-only load, the legacy format) or compiled code is
+refused with a one-line reason (see :mod:`dropkit.tools.loading`); TorchScript's own
+unpickler only builds TorchScript types. The model is then run: its graph's ops execute.
 
 Example inputs: a ``.pt2`` file carries its input specs, so the tensors are made from
 the saved example inputs or, failing that, from the shapes and dtypes of the graph's
@@ -21,12 +23,10 @@ exits 1 when any file fails (2 on bad input).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-from collections.abc import Iterator
-from unittest import mock
 
 import torch
+
+from dropkit.tools.loading import load_program
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
@@ -52,7 +52,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
     except ValueError:
-        raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints like 1,784. Received: {text!r}")
+        raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints like 1,784. Received: {text!r}") from None
     if not dims or any(d < 0 for d in dims):
         raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints >= 0. Received: {text!r}")
     return dims
@@ -62,32 +62,6 @@ def _make(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> t
     if dtype.is_floating_point:
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
     return torch.zeros(shape, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _weights_only() -> Iterator[None]:
-    """Force every ``torch.load`` to ``weights_only=True`` for the block."""
-    real = torch.load
-
-    def safe_load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return real(*args, **kwargs)
-
-    with mock.patch.object(torch, "load", safe_load):
-        yield
-
-
-def load_program(path: str):
-    """``("pt2", ExportedProgram)`` or ``("torchscript", ScriptModule)``, loaded without arbitrary unpickling."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path!r}")
-    if path.endswith(".pt2"):
-        with _weights_only():
-            return "pt2", torch.export.load(path)
-    try:
-        return "torchscript", torch.jit.load(path, map_location="cpu")
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a TorchScript file or .pt2 exported program ({str(exc).splitlines()[0]})")
 
 
 def _pt2_inputs(ep) -> tuple:

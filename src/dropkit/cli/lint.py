@@ -3,6 +3,10 @@
 ``factory`` is a callable with no arguments returning a ``torch.nn.Module`` or a pair
 ``(model, example_inputs)``; ``--shape`` gives example inputs (standard normal) instead.
 Text or JSON output; exit status 1 when any finding is an error, else 0.
+
+This imports ``package.module`` (with the current folder first on ``sys.path``, as
+``python -m`` does) and calls the factory, so it runs that code: use it on code you would
+run anyway.
 """
 
 from __future__ import annotations

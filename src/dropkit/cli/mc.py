@@ -48,7 +48,12 @@ def _data_settings(run: Path) -> dict:
     for folder in [run, *run.parents][:4]:
         cfg = folder / "config.json"
         if cfg.is_file():
-            data = json.loads(cfg.read_text())
+            try:
+                data = json.loads(cfg.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{cfg}: not valid JSON ({exc}); restore it or rerun the experiment") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{cfg}: expected a JSON object with the run's settings; found {type(data).__name__}")
             for key in ("val_fraction", "train_size", "val_size"):
                 if key in data and key not in settings and data[key] is not None:
                     settings[key] = data[key]

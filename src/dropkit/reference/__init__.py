@@ -1,9 +1,12 @@
-"""Dropout from scratch in NumPy, forward and backward, for people learning how it works.
+"""Deprecated name of :mod:`dropkit.scratch` (the NumPy teaching layer); importing it warns.
 
-Implements the same mask contract as the fast path (:mod:`dropkit.rng`), so for the
-same seed it drops exactly the units that ``dropkit.functional.dropout`` drops.
+"reference" also names a torch backend (``dropkit.kernels.reference``), hence the new name.
 """
 
-from dropkit.reference.dropout import DropoutLayer
+import warnings
 
-__all__ = ["DropoutLayer"]
+from dropkit.scratch import *  # noqa: F403
+from dropkit.scratch import __all__  # noqa: F401
+
+warnings.warn("dropkit.reference is deprecated: the NumPy teaching layer is dropkit.scratch "
+              "(e.g. dropkit.scratch.DropoutLayer(p=0.5))", DeprecationWarning, stacklevel=2)

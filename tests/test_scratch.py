@@ -1,13 +1,19 @@
-"""The from-scratch NumPy layer: parity with the fast path and a finite-difference gradient check."""
+"""The from-scratch NumPy layer (dropkit.scratch): parity with the fast path, a finite-difference gradient
+check, and its old names (dropkit.reference, dropout_rate=) kept with a DeprecationWarning."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import dropkit
-from dropkit.reference import DropoutLayer
+from dropkit.scratch import DropoutLayer
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -15,7 +21,7 @@ from dropkit.reference import DropoutLayer
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_same_mask_and_values_as_fast_path(dtype, shape, p):
     x = np.random.default_rng(0).normal(size=shape).astype(dtype)
-    layer = DropoutLayer(dropout_rate=p, seed=31)
+    layer = DropoutLayer(p=p, seed=31)
     for k in range(3):  # call k of the layer = stream k of the op
         y = layer.forward(x)
         z = dropkit.functional.dropout(torch.from_numpy(x), p, seed=31, stream=k).numpy()
@@ -70,8 +76,12 @@ def test_p1_and_unseeded_layers():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="dropout_rate"):
+    with pytest.raises(ValueError, match="`p`"):
         DropoutLayer(1.2)
+    with pytest.raises(ValueError, match="dropout_rate"), pytest.warns(DeprecationWarning):
+        DropoutLayer(dropout_rate=1.2)
+    with pytest.raises(TypeError, match="`p`"):
+        DropoutLayer(0.3, dropout_rate=0.3)
     with pytest.raises(ValueError, match="scaling"):
         DropoutLayer(0.5, scaling="x")
     with pytest.raises(TypeError, match="floating"):
@@ -80,3 +90,26 @@ def test_errors():
     layer.forward(np.ones((2, 2)))
     with pytest.raises(ValueError, match="grad_output"):
         layer.backward(np.ones(3))
+
+
+def test_old_names_still_work_and_warn():
+    with pytest.warns(DeprecationWarning, match="p=..."):
+        old = DropoutLayer(dropout_rate=0.3, seed=5)
+    assert old.p == 0.3 and DropoutLayer(seed=5).p == 0.5
+    x = np.ones((4, 8), np.float32)
+    np.testing.assert_array_equal(old.forward(x), DropoutLayer(0.3, seed=5).forward(x))
+    sys.modules.pop("dropkit.reference", None)
+    with pytest.warns(DeprecationWarning, match="dropkit.scratch"):
+        import dropkit.reference
+    assert dropkit.reference.DropoutLayer is DropoutLayer
+    from dropkit.reference.dropout import DropoutLayer as deep
+
+    assert deep is DropoutLayer
+
+
+def test_the_teaching_layer_is_reachable_and_lazy():
+    code = "import sys, dropkit; assert 'dropkit.scratch' not in sys.modules; print(dropkit.scratch.DropoutLayer(p=0.2).p)"
+    r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0.2"
