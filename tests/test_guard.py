@@ -73,7 +73,7 @@ def test_dropkit_module_and_op_are_seen():
 
     report = guard.check_inference(torch.nn.Sequential(Op()), X)
     assert kinds(report) == {("0", "dropkit-op")}  # the key drawn from torch's generator is explained
-    assert "masked_scale(p=0.5)" in str(report)
+    assert "dropkit::dropout(p=0.5)" in str(report)
 
 
 def test_functional_dropout_without_training_flag():
@@ -330,3 +330,50 @@ def test_dropkit_noise_without_a_single_rate_is_reported(layer):
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), layer())
     report = guard.check_inference(model, (torch.randn(2, 2, 7, 7),), runs=2)
     assert not report.deterministic and report.culprits[0].path == "1"
+
+
+_VARIANTS = {
+    "Dropout": (lambda: dropkit.nn.Dropout(0.5), (4, 8)),
+    "Dropout1d": (lambda: dropkit.nn.Dropout1d(0.5), (4, 8, 5)),
+    "Dropout2d": (lambda: dropkit.nn.Dropout2d(0.5), (2, 4, 5, 5)),
+    "Dropout3d": (lambda: dropkit.nn.Dropout3d(0.5), (2, 4, 3, 3, 3)),
+    "AlphaDropout": (lambda: dropkit.nn.AlphaDropout(0.3), (4, 8)),
+    "FeatureAlphaDropout": (lambda: dropkit.nn.FeatureAlphaDropout(0.3), (2, 4, 5)),
+    "GaussianDropout": (lambda: dropkit.nn.GaussianDropout(0.3), (4, 8)),
+    "GaussianNoise": (lambda: dropkit.nn.GaussianNoise(0.3), (4, 8)),
+    "DropBlock2d": (lambda: dropkit.nn.DropBlock2d(0.2, 2), (2, 4, 6, 6)),
+    "DropBlock3d": (lambda: dropkit.nn.DropBlock3d(0.2, 2), (2, 3, 4, 4, 4)),
+    "DropPath": (lambda: dropkit.nn.DropPath(0.3), (4, 8)),
+    "LockedDropout": (lambda: dropkit.nn.LockedDropout(0.3), (5, 4, 8)),
+    "ConcreteDropout": (lambda: dropkit.nn.ConcreteDropout(0.2), (4, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_VARIANTS))
+def test_check_inference_names_every_variant_in_training_mode(name):
+    make, shape = _VARIANTS[name]
+    model = torch.nn.Sequential(torch.nn.Identity(), make()).train()
+    report = guard.check_inference(model, (torch.randn(shape),))
+    assert not report.deterministic
+    assert ("1", "module-in-training") in kinds(report)
+    assert name in str(report)
+    model.eval()
+    assert guard.check_inference(model, (torch.randn(shape),)).deterministic
+
+
+@pytest.mark.parametrize("op", ["dropout", "gaussian_dropout", "drop_block2d", "alpha_dropout", "gaussian_noise"])
+def test_functional_variants_are_seen_through_the_dispatch_mode(op):
+    call = {
+        "dropout": lambda t: dropkit.functional.dropout(t, 0.5),
+        "gaussian_dropout": lambda t: dropkit.functional.gaussian_dropout(t, 0.5),
+        "drop_block2d": lambda t: dropkit.functional.drop_block2d(t, 0.2, 2),
+        "alpha_dropout": lambda t: dropkit.functional.alpha_dropout(t, 0.5),
+        "gaussian_noise": lambda t: dropkit.functional.gaussian_noise(t, 0.5),
+    }[op]
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return call(x)
+
+    report = guard.check_inference(Net(), (torch.randn(2, 3, 6, 6),))
+    assert ("", "dropkit-op") in kinds(report), str(report)

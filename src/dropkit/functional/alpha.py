@@ -6,10 +6,10 @@ import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import check_bool, check_rank
 from dropkit.functional._noise import check_common, write_inplace, zeros_like_input
-from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.functional.dropout import _shard_offset
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, resolve_key
 
@@ -48,7 +48,6 @@ def _alpha(input, p, training, inplace, feature, seed, generator, stream):
     a, b = alpha_coefficients(p)
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)
-    _hooks.notify(f"dropkit.functional.{op}", input, Drawn(p))
     # y = a * (x * m + alpha' (1 - m)) + b: the x-linear part through dropkit::dropout, the shift from the same mask
     cdt = compute_dtype(input.dtype)
     mshape = list(noise_shape) if noise_shape is not None else list(input.shape)

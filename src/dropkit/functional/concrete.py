@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as tnf
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import check_bool, check_float_tensor, check_rank, check_real
-from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.functional.dropout import _shard_offset
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
@@ -72,8 +72,6 @@ def concrete_dropout(
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)
     logit = clamp_logit(p_logit.reshape(()))
-    if _hooks._observers:  # the rate is a tensor: read it only for an observer (never on a traced path)
-        _hooks.notify("dropkit.functional.concrete_dropout", input, Drawn(float(torch.sigmoid(logit.detach()))))
     cdt = compute_dtype(input.dtype)
     u = ops.uniform_op(key, list(noise_shape), offset, torch.float64, input.device)
     logit_u = (torch.log(u) - torch.log1p(-u)).to(cdt)  # in float64: u near 1 stays < 1

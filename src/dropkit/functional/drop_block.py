@@ -9,10 +9,10 @@ import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import check_bool, check_int, check_rank
 from dropkit.functional._noise import check_common, write_inplace, zeros_like_input
-from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.functional.dropout import _shard_offset
 from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["drop_block2d", "drop_block3d", "block_seed_rate"]
@@ -85,7 +85,6 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
     seed_shape = tuple(lead) + tuple(s - block_size + 1 for s in spatial)
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0  # batch_shard: offset by sample
-    _hooks.notify(f"dropkit.functional.{op}", input, Drawn(p))
     y = ops.apply_linear(
         ops.drop_block_op, input, key, block_seed_rate(p, spatial, block_size), block_size, list(seed_shape), dims, offset
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import (
     check_bool,
     check_choice,
@@ -26,7 +26,7 @@ from dropkit._validation import (
 from dropkit.rng import current_batch_start, inverted_scale, key_tensor
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
-__all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale", "Drawn"]
+__all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,6 @@ class MaskSpec:
         return key_tensor(self.seed, self.stream)
 
 
-@dataclass(frozen=True)
-class Drawn:
-    """What an observer of :mod:`dropkit._hooks` is told about one random dropkit call: its rate ``p``."""
-
-    p: float
-
-
 def keep_mask_like(spec: MaskSpec, shape: Sequence[int], device: torch.device) -> torch.Tensor:
     """The ``bool`` keep mask of ``spec`` (``True`` = kept), shaped ``noise_shape`` or ``shape``."""
     mshape = tuple(spec.noise_shape) if spec.noise_shape is not None else tuple(shape)
@@ -73,7 +66,6 @@ def apply_mask(x: torch.Tensor, spec: MaskSpec, out: torch.Tensor | None = None)
 
 def masked_scale(x: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
     """Apply ``spec``'s mask with autograd support (``dropkit::dropout`` / ``dropkit::dropout_``)."""
-    _hooks.notify("dropkit.functional.masked_scale", x, Drawn(spec.p))  # observers: dropkit.guard
     ns = None if spec.noise_shape is None else list(spec.noise_shape)
     if inplace:
         return ops.dropout_(x, spec.key(), spec.p, spec.scale, ns, spec.offset)
@@ -198,7 +190,6 @@ def dropout(
     key = resolve_key(seed, generator, stream)
     scale = inverted_scale(p) if scaling == "inverted" else 1.0
     offset = _shard_offset(shape, input.shape, batch_dim)
-    _hooks.notify("dropkit.functional.masked_scale", input, Drawn(p))  # observers: dropkit.guard
     if inplace:
         return ops.dropout_(input, key, p, scale, shape, offset)
     return ops.dropout(input, key, p, scale, shape, offset)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as tnf
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import check_float_tensor
 from dropkit.functional._noise import check_common
-from dropkit.functional.dropout import Drawn
 from dropkit.rng import inverted_scale
 from dropkit.seed import SeedGenerator, resolve_key
 
@@ -73,5 +72,4 @@ def embedding_dropout(
     if p == 1.0:
         return out * 0.0
     key = resolve_key(seed, generator, stream)
-    _hooks.notify("dropkit.functional.embedding_dropout", out, Drawn(p))
     return ops.apply_linear(ops.embedding_dropout_op, out, key, input, weight.shape[0], p, inverted_scale(p))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import check_bool, check_choice, check_float_tensor, check_p
-from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.functional.dropout import _shard_offset
 from dropkit.rng import inverted_scale
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
@@ -115,5 +115,4 @@ def fused_bias_act_dropout_add(
         key, scale = _NO_KEY, 0.0  # threshold 65536: every element dropped (never 0 * inf)
     else:
         key, scale, offset = resolve_key(seed, generator, stream), inverted_scale(p), _shard_offset(None, x.shape)
-        _hooks.notify("dropkit.functional.fused_bias_act_dropout_add", x, Drawn(p))
     return ops.fused_op(x, bias, residual, key, p, scale, activation, offset)

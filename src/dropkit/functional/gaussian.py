@@ -7,10 +7,10 @@ import numbers
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dropkit import _hooks, ops
+from dropkit import ops
 from dropkit._validation import check_p, check_real
 from dropkit.functional._noise import check_common
-from dropkit.functional.dropout import Drawn, _shard_offset
+from dropkit.functional.dropout import _shard_offset
 from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["gaussian_dropout", "gaussian_noise", "check_gaussian_p"]
@@ -69,7 +69,6 @@ def gaussian_dropout(
     if not training or p == 0.0:
         return input
     key = resolve_key(seed, generator, stream)
-    _hooks.notify("dropkit.functional.gaussian_dropout", input, Drawn(p))
     return ops.apply_linear(ops.gaussian_dropout_op, input, key, math.sqrt(p / (1.0 - p)), _shard_offset(None, input.shape))
 
 
@@ -111,5 +110,4 @@ def gaussian_noise(
         return input
     key = resolve_key(seed, generator, stream)
     z = ops.normal_op(key, list(input.shape), _shard_offset(None, input.shape), input.dtype, input.device)
-    _hooks.notify("dropkit.functional.gaussian_noise", input, Drawn(1.0))
     return input + z * std

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from dropkit import _hooks
 
 __all__ = [
     "DROPOUT_CLASS_NAMES",
@@ -45,6 +45,8 @@ __all__ = [
     "classify_call",
     "RandomCallMode",
     "observe_dropkit_ops",
+    "DropkitOpMode",
+    "NOISE_OPS",
     "module_stack",
     "saved_modes",
     "preserved_state",
@@ -188,19 +190,42 @@ class RandomCallMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: The registered ops that apply random noise to data (``dropkit::keep_mask`` only serves them, and
+#: ``dropkit::next_key`` only advances a seed), with the index of their drop-probability argument.
+NOISE_OPS = {
+    "dropout": 2, "dropout_": 2, "fused_bias_act_dropout_add": 4, "embedding_dropout": 4,
+    "gaussian_dropout": None, "drop_block": None, "uniform": None, "normal": None,
+}
+
+
+class DropkitOpMode(TorchDispatchMode):
+    """A ``TorchDispatchMode`` that calls ``fn(op, p)`` for every op of the ``dropkit::`` namespace that draws
+    noise (:data:`NOISE_OPS`), whatever called it (a module, a function, ``torch.ops.dropkit`` directly)."""
+
+    def __init__(self, fn: Callable[[str, float | None], None]):
+        super().__init__()
+        self.fn = fn
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "dropkit":
+            name = func._schema.name.split("::", 1)[1]
+            if name in NOISE_OPS:
+                i = NOISE_OPS[name]
+                p = float(args[i]) if i is not None and len(args) > i else None
+                if p is None or 0.0 < p:
+                    self.fn(f"dropkit::{name}", p)
+        return func(*args, **kwargs)
+
+
 def observe_dropkit_ops(fn: Callable[[str, float | None], None]) -> contextlib.AbstractContextManager[None]:
     """Call ``fn(op, p)`` whenever a dropkit op draws random noise inside the ``with`` block
     (``p``: the drop probability of a mask op, ``None`` for ops whose noise has no single rate).
 
-    The one place the tools learn about dropkit's own ops (today: the observer channel in
-    ``dropkit._hooks``, notified by ``dropkit.functional``).
+    The one place the tools learn about dropkit's own ops: they are registered ``torch.library``
+    ops (:mod:`dropkit.ops`), seen by a dispatch mode over the ``dropkit::`` namespace.
     """
-
-    def observer(op: str, input: Any, spec: Any) -> None:
-        p = getattr(spec, "p", None)
-        fn(op, None if p is None else float(p))
-
-    return _hooks.observe(observer)
+    return DropkitOpMode(fn)
 
 
 @contextlib.contextmanager
