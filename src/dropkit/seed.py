@@ -31,6 +31,7 @@ import collections
 import numbers
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from dropkit.rng import check_key_args, check_seed, key_tensor
 
@@ -96,7 +97,16 @@ class SeedGenerator:
 
 
 def next_key(state: torch.Tensor) -> torch.Tensor:
-    """Draw the next key from a ``[seed, calls]`` state tensor and advance it (the op ``dropkit::next_key``)."""
+    """Draw the next key from a ``[seed, calls]`` state tensor and advance it: the op ``dropkit::next_key``.
+
+    The same op in eager mode and in compiled or exported graphs (a mutating op there), so its
+    checkpoint bookkeeping runs wherever the graph runs. One case cannot be served: activation
+    checkpointing *inside* a compiled region whose partitioner recomputes the draw in backward
+    (the buffer has advanced by then and the compiled backward does not restore torch's RNG for
+    the token); that raises the "cannot be identified" error instead of using another mask. Use
+    ``seed=None`` there (the key then comes from the graph's own ``randint``, which the
+    partitioner replays exactly), or checkpoint outside the compiled region.
+    """
     return torch.ops.dropkit.next_key.default(state)  # registered by dropkit.ops (imported by `import dropkit`)
 
 
@@ -193,19 +203,14 @@ def next_key_impl(state: torch.Tensor) -> torch.Tensor:
     return key_tensor(seed % _INT64, k % _INT64)
 
 
-_LOGS: collections.OrderedDict[int, collections.OrderedDict[int, int]] = collections.OrderedDict()
+_LOGS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # state tensor -> its token log, dies with the tensor
 
 
 def _token_log(state: torch.Tensor) -> collections.OrderedDict[int, int]:
-    """The ``token -> k`` log of the state stored at ``state``'s address (the same buffer whatever wraps it)."""
-    addr = state.data_ptr()
-    log = _LOGS.get(addr)
+    """The ``token -> k`` log of ``state`` (the tensor itself, not its address: a freed state's log goes with it)."""
+    log = _LOGS.get(state)
     if log is None:
-        log = _LOGS[addr] = collections.OrderedDict()
-        if len(_LOGS) > 4096:
-            _LOGS.popitem(last=False)
-    else:
-        _LOGS.move_to_end(addr)
+        log = _LOGS[state] = collections.OrderedDict()
     return log
 
 
