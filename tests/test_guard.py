@@ -268,7 +268,7 @@ def test_pt2_with_an_opaque_object_is_refused_before_it_runs(tmp_path, capsys):
     assert marker.read_text() == "pwned"
 
 
-@pytest.mark.parametrize("case", ["pickled-weight", "custom-obj", "sample-inputs", "legacy", "aoti"])
+@pytest.mark.parametrize("case", ["pickled-weight", "custom-obj", "sample-inputs", "legacy", "legacy-weights", "aoti"])
 def test_every_entry_that_would_be_unpickled_is_refused(tmp_path, case):
     marker = tmp_path / "marker"
     buf = io.BytesIO()
@@ -293,6 +293,8 @@ def test_every_entry_that_would_be_unpickled_is_refused(tmp_path, case):
         kwargs = {"replace": {sample: payload}}
     elif case == "legacy":
         kwargs = {"add": {"serialized_state_dict.pt": payload}}
+    elif case == "legacy-weights":  # torch reads data/weights/<model>.pt before the config when it exists
+        kwargs = {"add": {"data/weights/model.pt": payload}}
     else:
         kwargs = {"add": {"data/aotinductor/model/model.so": b"\x7fELF"}}
     bad = _doctor(src, tmp_path / "bad.pt2", **kwargs)

@@ -326,6 +326,6 @@ def test_cli_names_a_corrupt_config(tmp_path, capsys, text):
 def test_sparse_and_nested_inputs_are_refused_up_front():
     with pytest.raises(TypeError, match="dense"):
         mc.predict(mlp(), X.to_sparse(), samples=2)
-    nested = torch.nested.nested_tensor([torch.randn(6), torch.randn(6)])
+    nested = torch.nested.nested_tensor([torch.randn(6), torch.randn(6)], layout=torch.jagged)
     with pytest.raises(TypeError, match="nested"):
         mc.predict(mlp(), nested, samples=2)

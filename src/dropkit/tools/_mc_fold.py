@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +161,7 @@ def run_fold(plan: FoldPlan, x: torch.Tensor, n: int, consistent: bool) -> torch
     z = x
     for m in ch[: plan.start] + ch[plan.start + 1: plan.conv]:  # all but the dropout, once per example
         z = m(z)
-    conv = ch[plan.conv]
+    conv = cast(nn.Conv2d, ch[plan.conv])  # plan_fold checked the type
     bias = conv.bias
     if (z.dtype != torch.float32 or conv.weight.dtype != torch.float32 or not z.is_cpu or z.dim() != 4
             or (bias is not None and bias.dtype != torch.float32)):
@@ -174,11 +175,12 @@ def run_fold(plan: FoldPlan, x: torch.Tensor, n: int, consistent: bool) -> torch
     scale = float(mask.amax()) if mask.numel() else 1.0
     O, _, kh, kw = conv.weight.shape
     K = kh * kw
-    cols = F.unfold(z, (kh, kw), dilation=conv.dilation, padding=conv.padding, stride=conv.stride)  # (B, C*K, L)
-    Ho = (H + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
-    Wo = (W + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
+    padding = cast(tuple[int, int], conv.padding)  # plan_fold refused string padding
+    cols = F.unfold(z, (kh, kw), dilation=conv.dilation, padding=padding, stride=conv.stride)  # (B, C*K, L)
+    Ho = (H + 2 * padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
+    Wo = (W + 2 * padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
     if plan.pool is not None:  # window offsets (dy, dx) as r, pooled positions as p
-        qh, qw = _pool_window(ch[plan.pool])
+        qh, qw = cast(tuple[int, int], _pool_window(ch[plan.pool]))  # plan_fold checked the window
         Hp, Wp = Ho // qh, Wo // qw
         X = (cols.view(batch, C, K, Ho, Wo)[:, :, :, : Hp * qh, : Wp * qw]
              .reshape(batch, C, K, Hp, qh, Wp, qw).permute(0, 1, 2, 4, 6, 3, 5).reshape(batch, C, K, qh * qw, Hp * Wp))

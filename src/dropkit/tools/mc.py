@@ -381,7 +381,7 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
             for p, m in stochastic.items():
                 if "module" in calls[p]:
                     forward = m.forward
-                    m.forward = lambda x, _f=forward, _m=m: _shared_noise(_f, x, k_box[0], _m)
+                    m.__dict__["forward"] = lambda x, _f=forward, _m=m: _shared_noise(_f, x, k_box[0], _m)
                     es.callback(m.__dict__.pop, "forward", None)
                 elif calls[p] - {"functional", "given"}:
                     raise NotImplementedError(
@@ -401,7 +401,7 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
                 once[0] = True
                 return run_fold(fold, x, k_box[0], consistent)
 
-            container.forward = forward
+            container.__dict__["forward"] = forward  # an instance attribute, popped on exit
             es.callback(container.__dict__.pop, "forward", None)
         elif prefix_path is not None:
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -47,7 +48,8 @@ SPEC_HELP = (
 )
 
 
-def _targets(target: torch.nn.Module | Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
+def _targets(target: torch.nn.Module | Iterable[torch.nn.Module]) -> list[Any]:
+    """The modules to schedule: each has a float ``p`` (typed ``Any``: ``p`` is not an nn.Module attribute)."""
     if isinstance(target, torch.nn.Module):
         mods = [m for m in target.modules() if is_dropout_module(m) and hasattr(m, "p")]
     else:
