@@ -56,11 +56,18 @@ __all__ = [
     "ISAS",
     "parallel_threshold",
     "mask_fold",
+    "uniform",
+    "CAPABILITIES",
 ]
+
+#: The primitives of :mod:`dropkit.kernels` this backend computes itself (the dispatcher sends
+#: the others to :mod:`dropkit.kernels.reference`).
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "mask_fold"})
 
 #: ISA levels, lowest first (the index is the level the C library uses).
 ISAS = ("scalar", "avx2", "avx512", "neon")
-_SOURCES = ("dropkit_cpu.c", "mask_fold.c")
+_SOURCES = ("dropkit_cpu.c", "mask_fold.c", "dk_target_base.c", "dk_target_avx2.c", "dk_target_avx512.c")
+_HEADERS = ("dropkit_cpu.h", "dk_internal.h", "dk_body.h")
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 #: Below this many elements a call stays on one thread. Measured on the 2-core AMD EPYC
@@ -106,7 +113,7 @@ def _build(src_dir: Path) -> Path:
     flags = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off"]
     flags += shlex.split(os.environ.get("DROPKIT_CPU_CFLAGS", ""))
     h = hashlib.sha256()
-    for s in sources:
+    for s in (*sources, *(src_dir / f for f in _HEADERS)):
         h.update(s.read_bytes())
     cc_real = os.path.realpath(shutil.which(cc[0]) or cc[0])
     st = os.stat(cc_real)
@@ -157,6 +164,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dk_mask_fold_f32.argtypes = [c.c_void_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_int64, c.c_int64,
                                      c.c_void_p, c.c_int64, c.c_int64, *[c.c_int64] * 7, c.c_float, c.c_void_p,
                                      c.c_int, c.c_int, c.c_int]
+    lib.dk_uniform.restype = c.c_int
+    lib.dk_uniform.argtypes = [c.c_int, c.c_void_p, c.c_int64, c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
     lib.dk_dropout_mul.restype = c.c_int
     lib.dk_dropout_mul.argtypes = [c.c_int, c.c_void_p, c.c_void_p, c.c_int64, c.c_uint32, c.c_double,
                                    c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
@@ -345,6 +354,28 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     if out is not None and dst is not out:
         return out.copy_(dst.view(out.shape))
     return dst
+
+
+def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """1-D uniform samples ``(w + 0.5) * 2**-32`` (float64, then rounded to ``dtype``) of elements
+    ``offset .. offset + n - 1``, computed on the CPU and moved to ``device``; bit-identical to
+    :func:`dropkit.rng.uniform`. float32 and float64 come from the kernel directly, other
+    dtypes are rounded from its float64 values by torch (as the reference does).
+    """
+    if not available():
+        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    n = int(n)
+    direct = dtype in (torch.float32, torch.float64)
+    out = torch.empty(n, dtype=dtype if direct else torch.float64)
+    if n:
+        rc = _state["lib"].dk_uniform(_DTYPE_CODE[out.dtype], out.data_ptr(), n, seed & _M64, stream & _M64,
+                                      offset & _M64, _state["isa"], _threads(n))
+        if rc:
+            raise RuntimeError(f"dk_uniform failed with code {rc}")
+    if not direct:
+        out = out.to(dtype)
+    return out if torch.device(device).type == "cpu" else out.to(device)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -42,7 +42,7 @@
 #include <arm_neon.h>
 #endif
 
-#define DK_API __attribute__((visibility("default")))
+#include "dk_internal.h"
 
 /* AddressSanitizer does not instrument AVX-512 masked loads and stores; in an ASan
  * build (DROPKIT_CPU_CFLAGS=-fsanitize=address) check the bytes a mask covers. */
@@ -60,41 +60,10 @@
 #define DK_ASAN_MASKED(p, lm, esz) ((void)0)
 #endif
 
-#define PHILOX_M0 0xD2511F53u
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u
-#define PHILOX_W1 0xBB67AE85u
-
-/* ISA levels (also the values of dk_cpu_features() bits: 1 << level). */
-enum { DK_ISA_SCALAR = 0, DK_ISA_AVX2 = 1, DK_ISA_AVX512 = 2, DK_ISA_NEON = 3 };
-/* Kinds of work: the keep mask as bytes 0/1, or dropout_mul per dtype. */
-enum { DK_F32 = 0, DK_F64 = 1, DK_F16 = 2, DK_BF16 = 3, DK_MASK = 4 };
-
-/* Elements per chunk; the mask buffer of one chunk is DK_CHUNK / 8 + 2 bytes plus padding. */
-#define DK_CHUNK 4096
-#define DK_MAXTHREADS 256
 /* Below this many elements a call does not wait for sleeping workers to wake (measured:
  * a wake-up costs ~50 us on a 2-vCPU VM, about the time one thread needs for 2^18 elements). */
+#define DK_MAXTHREADS 256
 #define DK_COLD_MIN (1u << 19)
-
-typedef struct {
-    uint32_t thr;           /* 1 .. 65535 when the RNG runs (0 and 65536 are constant masks) */
-    uint32_t s0, s1;        /* stream words */
-    uint32_t k0[10], k1[10]; /* round keys */
-} dk_rng;
-
-static void dk_rng_init(dk_rng *r, uint32_t thr, uint64_t seed, uint64_t stream) {
-    r->thr = thr;
-    r->s0 = (uint32_t)stream;
-    r->s1 = (uint32_t)(stream >> 32);
-    uint32_t a = (uint32_t)seed, b = (uint32_t)(seed >> 32);
-    for (int i = 0; i < 10; i++) {
-        r->k0[i] = a;
-        r->k1[i] = b;
-        a += PHILOX_W0;
-        b += PHILOX_W1;
-    }
-}
 
 /* ------------------------------------------------------------------------- */
 /* Scalar (portable) path                                                     */
@@ -621,10 +590,12 @@ static void apply_neon(int kind, const void *xv, void *ov, size_t len, const uin
 /* ------------------------------------------------------------------------- */
 /* Driver: chunks, threads, dispatch                                          */
 /* ------------------------------------------------------------------------- */
+enum { DK_OP_MASKED = 0, DK_OP_UNIFORM = 1 };
 typedef void (*gen_fn)(uint8_t *, uint64_t, size_t, const dk_rng *);
 typedef void (*apply_fn)(int, const void *, void *, size_t, const uint8_t *, size_t, float, double);
 
 typedef struct {
+    int op;   /* DK_OP_MASKED (keep mask / dropout_mul) or DK_OP_UNIFORM */
     int kind, isa;
     const char *x;
     char *out;
@@ -657,7 +628,28 @@ static void dk_select(int isa, gen_fn *g, apply_fn *a) {
 #endif
 }
 
+static dk_uniform_fn dk_uniform_for(int isa) {
+#if defined(__x86_64__)
+    if (isa == DK_ISA_AVX512) return dk_uniform_chunk_avx512;
+    if (isa == DK_ISA_AVX2) return dk_uniform_chunk_avx2;
+#endif
+    (void)isa;
+    return dk_uniform_chunk_base;
+}
+
+static void run_uniform(const dk_job *J, size_t j0, size_t j1) {
+    dk_uniform_fn fn = dk_uniform_for(J->isa);
+    for (size_t j = j0; j < j1; j += DK_CHUNK) {
+        size_t len = j1 - j < DK_CHUNK ? j1 - j : DK_CHUNK;
+        fn(J->kind, J->out + j * J->esz, len, J->offset + j, &J->r);
+    }
+}
+
 static void run_range(const dk_job *J, size_t j0, size_t j1) {
+    if (J->op == DK_OP_UNIFORM) {
+        run_uniform(J, j0, j1);
+        return;
+    }
     uint8_t mbuf[DK_CHUNK / 8 + 32] __attribute__((aligned(64)));
     gen_fn gen;
     apply_fn apply;
@@ -1026,4 +1018,34 @@ DK_API int dk_dropout_mul(int dtype, const void *x, void *out, int64_t n, uint32
     J.sd = scale;
     dk_rng_init(&J.r, thr, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
+}
+
+DK_API int dk_uniform(int dtype, void *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, int isa,
+                      int nthreads) {
+    if (n < 0 || (dtype != DK_F32 && dtype != DK_F64)) return -1;
+    dk_job J;
+    memset(&J, 0, sizeof J);
+    J.op = DK_OP_UNIFORM;
+    J.kind = dtype;
+    J.isa = dk_clamp_isa(isa);
+    J.out = (char *)out;
+    J.esz = dtype == DK_F64 ? 8 : 4;
+    J.offset = offset;
+    dk_rng_init(&J.r, 0, seed, stream);
+    return dk_run(&J, (size_t)n, nthreads);
+}
+
+DK_API int64_t dk_abi_constant(const char *name) {
+    static const struct {
+        const char *name;
+        int64_t value;
+    } table[] = {
+        {"DK_ABI_VERSION", DK_ABI_VERSION}, {"DK_ISA_SCALAR", DK_ISA_SCALAR}, {"DK_ISA_AVX2", DK_ISA_AVX2},
+        {"DK_ISA_AVX512", DK_ISA_AVX512},   {"DK_ISA_NEON", DK_ISA_NEON},     {"DK_ISA_COUNT", DK_ISA_COUNT},
+        {"DK_F32", DK_F32},                 {"DK_F64", DK_F64},               {"DK_F16", DK_F16},
+        {"DK_BF16", DK_BF16},               {"DK_MASK", DK_MASK},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof *table; i++)
+        if (strcmp(table[i].name, name) == 0) return table[i].value;
+    return -1;
 }

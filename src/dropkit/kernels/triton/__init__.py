@@ -42,7 +42,11 @@ __all__ = [
     "fused_bias_act_dropout_add",
     "interpreter_enabled",
     "ACTIVATIONS",
+    "CAPABILITIES",
 ]
+
+#: The primitives of :mod:`dropkit.kernels` this backend computes itself.
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused"})
 
 #: Activation names of the fused kernels and their kernel codes.
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}
