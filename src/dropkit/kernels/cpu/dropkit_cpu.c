@@ -1049,3 +1049,8 @@ DK_API int64_t dk_abi_constant(const char *name) {
         if (strcmp(table[i].name, name) == 0) return table[i].value;
     return -1;
 }
+
+#ifndef DK_SOURCE_HASH
+#define DK_SOURCE_HASH "unknown"
+#endif
+DK_API const char *dk_source_hash(void) { return DK_SOURCE_HASH; }

@@ -25,6 +25,9 @@ enum { DK_F32 = 0, DK_F64 = 1, DK_F16 = 2, DK_BF16 = 3, DK_MASK = 4 };
 /* A named constant of this ABI (e.g. "DK_F32", "DK_ISA_AVX512", "DK_ABI_VERSION"); -1 if unknown. */
 DK_API int64_t dk_abi_constant(const char *name);
 
+/* The source hash the library was built from (kernels/cpu/_sources.py: source_hash). */
+DK_API const char *dk_source_hash(void);
+
 /* Bit (1 << isa) set for every ISA this CPU (and OS) can run. */
 DK_API int dk_cpu_features(void);
 
