@@ -178,3 +178,26 @@ def test_counter_range_ends_at_2_pow_64(be, isa):
             kernels.keep_mask(1, 0.5, top, 0, 0, CPU)
         with pytest.raises(ValueError, match="`seed` and `stream` must be ints in"):
             kernels.uniform(1, 0, -1, 0, CPU)
+
+
+# ---------------------------------------------------------------------------
+# The 16-bit NaN rule (docs/rng.md): one bit pattern per dtype, on every backend
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
+@pytest.mark.parametrize(("dtype", "bits"), [(torch.float16, 0x7E00), (torch.bfloat16, 0x7FC0)], ids=str)
+def test_16_bit_nan_results_have_one_bit_pattern(be, isa, dtype, bits):
+    # NaNs of both signs and several payloads, kept and dropped (NaN * 0 is NaN), in the vector
+    # body and the scalar tail of every loop
+    payloads = [0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7FFF, 0xFFFF] if dtype == torch.float16 else \
+        [0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FFF, 0xFFFF]
+    n = 1000 + 13
+    raw = torch.tensor(payloads * (n // len(payloads) + 1), dtype=torch.int32)[:n].to(torch.int16)
+    x = raw.view(dtype)
+    assert bool(torch.isnan(x).all())
+    with backend(be, isa):
+        for p in (0.0, 0.5, 1.0):
+            y = kernels.dropout_mul(x, p, 1 / (1 - p) if p < 1 else 0.0, 11, 0, 3)
+            assert bool((y.view(torch.int16) == torch.tensor(bits, dtype=torch.int16)).all()), (p, y.view(torch.int16).unique())
+        big = torch.full((2,), torch.finfo(dtype).max, dtype=dtype)
+        inf = kernels.dropout_mul(big, 0.0, 4.0, 1, 0, 0)  # overflow to inf stays inf, not NaN
+        assert bool(torch.isinf(inf).all())

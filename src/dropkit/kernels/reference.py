@@ -22,6 +22,8 @@ __all__ = [
     "box_muller",
     "fused_bias_act_dropout_add",
     "compute_dtype",
+    "round_to",
+    "NAN_BITS",
     "mask_fold",
     "CAPABILITIES",
     "FUSED_ACTIVATIONS",
@@ -41,6 +43,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+#: The 16-bit NaN rule (docs/rng.md): every NaN result of a 16-bit dtype is stored as this
+#: canonical quiet NaN, whatever the input's sign and payload (torch's own conversion gives
+#: different bits in its vectorised loop and in its scalar tail).
+NAN_BITS = {torch.float16: 0x7E00, torch.bfloat16: 0x7FC0}
+
+
+def round_to(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``y.to(dtype)``, then the 16-bit NaN rule (:data:`NAN_BITS`) for float16 / bfloat16."""
+    z = y.to(dtype)
+    bits = NAN_BITS.get(dtype)
+    if bits is None:
+        return z
+    canonical = torch.tensor(bits, dtype=torch.int16, device=z.device)
+    return torch.where(torch.isnan(z), canonical, z.view(torch.int16)).view(dtype)
+
+
 def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":  # NumPy's uint64 arithmetic is ~3x faster than torch int64 ops on CPU
         return torch.from_numpy(np.ascontiguousarray(keep_mask_numpy(n, p, seed, stream, offset)))
@@ -57,9 +75,9 @@ def dropout_mul(
     mask = keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
     cdt = compute_dtype(x.dtype)
     factor = torch.where(mask, torch.tensor(scale, dtype=cdt, device=x.device), torch.tensor(0.0, dtype=cdt, device=x.device))
-    y = x.to(cdt) * factor
+    y = round_to(x.to(cdt) * factor, x.dtype)
     if out is None:
-        return y.to(x.dtype)
+        return y
     return out.copy_(y)
 
 
@@ -131,7 +149,7 @@ def fused_bias_act_dropout_add(
     keep = keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
     factor = keep.to(cdt) * scale
     y = (a.to(cdt) * factor) * _act_grad(h, activation) if backward else a.to(cdt) + _act(h, activation) * factor
-    return y.to(x.dtype)
+    return round_to(y, x.dtype)
 
 
 def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,

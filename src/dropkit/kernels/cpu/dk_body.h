@@ -99,3 +99,77 @@ DK_HIDDEN void DK_NAME(dk_uniform_chunk)(int dtype, void *out, size_t len, uint6
         for (size_t i = 0; i < len; i++) o[i] = (float)(((double)ws[i] + 0.5) * 0x1p-32);
     }
 }
+
+/* float16 products, 8 at a time with F16C where the target has it: GCC 12 does not vectorize
+ * _Float16 conversions, and the bit-exact C conversion is several times slower (measured:
+ * see benchmarks/RESULTS.md). The NaN rule is applied after the hardware rounding. */
+static inline __attribute__((always_inline)) size_t dk_f16_block(const uint16_t *x, uint16_t *o, const uint16_t *u,
+                                                                  uint16_t t, float sf, size_t len) {
+    size_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+    const __m256 vs = _mm256_set1_ps(sf), zero = _mm256_setzero_ps();
+    const __m128i vt = _mm_set1_epi16((short)t), qnan = _mm_set1_epi16((short)DK_F16_NAN);
+    for (; i + 8 <= len; i += 8) {
+        __m128i lane = _mm_loadu_si128((const __m128i *)(u + i));
+        __m128i keep = _mm_cmpeq_epi16(_mm_max_epu16(lane, vt), lane); /* u >= t */
+        __m256 f = _mm256_blendv_ps(zero, vs, _mm256_castsi256_ps(_mm256_cvtepi16_epi32(keep)));
+        __m256 y = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), f);
+        __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+        __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
+        _mm_storeu_si128((__m128i *)(o + i), _mm_blendv_epi8(h, qnan, nan16));
+    }
+#endif
+    for (; i < len; i++) o[i] = dk_float_to_half(dk_half_to_float(x[i]) * (u[i] >= t ? sf : 0.0f));
+    return len;
+}
+
+/* Keep mask / dropout_mul of one chunk: the chunk's Philox words, seen as 16-bit lanes in
+ * element order (lane l of block b = element 8b + l), compared with the threshold inside
+ * each dtype's loop (GCC vectorizes every loop but float16's, see dk_f16_block). */
+DK_HIDDEN void DK_NAME(dk_masked_chunk)(int kind, const void *xv, void *ov, size_t len, uint64_t e0, const dk_rng *r,
+                                        float sf, double sd) {
+    uint16_t lanes[DK_CHUNK + 16] __attribute__((aligned(64)));
+    const size_t s = (size_t)(e0 & 7), nb = (s + len + 7) >> 3;
+    uint16_t t; /* keep iff lane >= t */
+    if (r->thr == 0) { /* keep all */
+        memset(lanes, 0, nb * 16);
+        t = 0;
+    } else if (r->thr >= 65536) { /* drop all */
+        memset(lanes, 0, nb * 16);
+        t = 1;
+    } else {
+        dk_words((uint32_t *)lanes, e0 >> 3, nb, r);
+        t = (uint16_t)r->thr;
+    }
+    const uint16_t *u = lanes + s;
+    size_t i;
+    switch (kind) {
+    case DK_MASK: {
+        uint8_t *o = (uint8_t *)ov;
+        for (i = 0; i < len; i++) o[i] = u[i] >= t;
+        break;
+    }
+    case DK_F32: {
+        const float *x = (const float *)xv;
+        float *o = (float *)ov;
+        for (i = 0; i < len; i++) o[i] = x[i] * (u[i] >= t ? sf : 0.0f);
+        break;
+    }
+    case DK_F64: {
+        const double *x = (const double *)xv;
+        double *o = (double *)ov;
+        for (i = 0; i < len; i++) o[i] = x[i] * (u[i] >= t ? sd : 0.0);
+        break;
+    }
+    case DK_BF16: {
+        const uint16_t *x = (const uint16_t *)xv;
+        uint16_t *o = (uint16_t *)ov;
+        for (i = 0; i < len; i++) o[i] = dk_float_to_bf16(dk_f32_from_bits((uint32_t)x[i] << 16) * (u[i] >= t ? sf : 0.0f));
+        break;
+    }
+    case DK_F16:
+        dk_f16_block((const uint16_t *)xv, (uint16_t *)ov, u, t, sf, len);
+        break;
+    }
+}

@@ -57,6 +57,83 @@ static inline void dk_philox_words(const dk_rng *r, uint64_t blk, uint32_t w[4])
     w[3] = c3;
 }
 
+static inline float dk_f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint32_t dk_bits_from_f32(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* The 16-bit NaN rule (docs/rng.md): a NaN result is stored as the canonical quiet NaN of
+ * its type, whatever the input's sign and payload: 0x7E00 in float16, 0x7FC0 in bfloat16. */
+#define DK_F16_NAN 0x7E00u
+#define DK_BF16_NAN 0x7FC0u
+
+/* IEEE binary16 -> binary32, exact (NaN payload kept: it is replaced on output anyway). */
+static inline float dk_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t ex = (h >> 10) & 0x1Fu, man = h & 0x3FFu, f;
+    if (ex == 0) {
+        if (man == 0) {
+            f = sign;
+        } else { /* subnormal: normalise */
+            int k = 0;
+            while (!(man & 0x400u)) {
+                man <<= 1;
+                k++;
+            }
+            f = sign | ((uint32_t)(127 - 14 - k) << 23) | ((man & 0x3FFu) << 13);
+        }
+    } else if (ex == 31) {
+        f = sign | 0x7F800000u | (man << 13) | (man ? 0x400000u : 0u);
+    } else {
+        f = sign | ((ex + 112u) << 23) | (man << 13);
+    }
+    return dk_f32_from_bits(f);
+}
+
+/* binary32 -> binary16, round to nearest even, subnormals kept, NaN -> DK_F16_NAN. */
+static inline uint16_t dk_float_to_half(float fv) {
+    uint32_t x = dk_bits_from_f32(fv);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax > 0x7F800000u) return (uint16_t)DK_F16_NAN;
+    if (ax >= 0x47800000u) return (uint16_t)(sign | 0x7C00u); /* >= 65536 (and inf) */
+    if (ax >= 0x38800000u) {                                  /* normal half */
+        uint32_t t = ax - 0x38000000u + 0xFFFu + ((ax >> 13) & 1u);
+        return (uint16_t)(sign | (t >> 13)); /* may round up to inf: correct */
+    }
+    uint32_t e = ax >> 23;
+    if (e < 102) return sign; /* below half of the smallest subnormal */
+    uint32_t m = (ax & 0x7FFFFFu) | 0x800000u, sh = 126 - e; /* 14 .. 24 */
+    uint32_t q = m >> sh, rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+}
+
+/* binary32 -> bfloat16, round to nearest even, NaN -> DK_BF16_NAN (branch-free: vectorizes). */
+static inline uint16_t dk_float_to_bf16(float fv) {
+    uint32_t x = dk_bits_from_f32(fv);
+    uint32_t r = (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16;
+    return (uint16_t)((x & 0x7FFFFFFFu) > 0x7F800000u ? DK_BF16_NAN : r);
+}
+
+/* Keep mask (kind DK_MASK: bytes 0/1) or dropout_mul (kind = dtype) of elements e0 .. e0 + len - 1. */
+typedef void (*dk_masked_fn)(int kind, const void *x, void *out, size_t len, uint64_t e0, const dk_rng *r, float sf,
+                             double sd);
+DK_HIDDEN void dk_masked_chunk_base(int kind, const void *x, void *out, size_t len, uint64_t e0, const dk_rng *r,
+                                    float sf, double sd);
+#if defined(__x86_64__)
+DK_HIDDEN void dk_masked_chunk_avx2(int kind, const void *x, void *out, size_t len, uint64_t e0, const dk_rng *r,
+                                    float sf, double sd);
+DK_HIDDEN void dk_masked_chunk_avx512(int kind, const void *x, void *out, size_t len, uint64_t e0, const dk_rng *r,
+                                      float sf, double sd);
+#endif
+
 /* Uniform samples of elements e0 .. e0 + len - 1 into out (float or double per dtype). */
 typedef void (*dk_uniform_fn)(int dtype, void *out, size_t len, uint64_t e0, const dk_rng *r);
 DK_HIDDEN void dk_uniform_chunk_base(int dtype, void *out, size_t len, uint64_t e0, const dk_rng *r);
