@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -28,6 +29,8 @@ needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler")
 
 #: Ignore the library built into the package, so that the first-use build path runs.
 NO_PACKAGED = "import dropkit.kernels.cpu as _c; _c._packaged_library = lambda: None\n"
+#: The cache of the tests that do not choose one (one first-use build for all of them).
+_SHARED_CACHE = tempfile.mkdtemp(prefix="dropkit-test-cache-")
 #: First-use builds in these tests skip optimisation (5x faster to compile; the bits are the same).
 FAST_BUILD = {"DROPKIT_CPU_CFLAGS": "-O0"}
 
@@ -50,7 +53,7 @@ _SCRIPT = textwrap.dedent(
 
 def _run(env_extra: dict[str, str], prelude: str = NO_PACKAGED, script: str = _SCRIPT, args=()) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPKIT_")}
-    env.update(FAST_BUILD)
+    env.update(FAST_BUILD, DROPKIT_CACHE_DIR=_SHARED_CACHE)  # never the user's own cache
     env.update(env_extra, PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-c", prelude + script] if not args else [sys.executable, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -218,3 +221,28 @@ def test_parallelism_needs_no_proc_maps():
     assert not hits
     if cpu.available() and "OpenMP" in __import__("torch").__config__.parallel_info():
         assert "torch's OpenMP team" in cpu.status()[1]
+
+
+@pytest.mark.parametrize(("var", "value"), [("DROPKIT_CPU_SPIN_US", "abc"), ("DROPKIT_CPU_SPIN_US", "-5"),
+                                            ("DROPKIT_BACKEND", "bogus"), ("DROPKIT_CPU_ISA", "sse9"),
+                                            ("DROPKIT_NO_KERNEL", "maybe"), ("DROPKIT_CPU_POOL", "fibers")])
+def test_bad_environment_values_warn_once_at_import_naming_the_variable(var, value):
+    script = textwrap.dedent("""
+        import json, warnings
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as at_import:
+            import dropkit, dropkit.kernels, dropkit.kernels.cpu
+        with warnings.catch_warnings(record=True) as later:
+            import torch
+            x = torch.ones(1 << 16)
+            y = dropkit.functional.dropout(x, 0.5, training=True, seed=1)
+            info = dropkit.kernels.backend_info("cpu")
+        print(json.dumps({"import": [str(w.message) for w in at_import], "later": [str(w.message) for w in later],
+                          "info": info, "ok": True, "warnings": []}))
+    """)
+    res = _run({var: value}, prelude="", script=script)
+    named = [m for m in res["import"] if f"{var}={value!r}" in m]
+    assert len(named) == 1, res["import"]
+    assert "not valid (accepted:" in named[0]
+    assert not any(var in m for m in res["later"])  # validated once, not at every call
+    assert res["info"]["backend"].startswith("cpu-") or var == "DROPKIT_NO_KERNEL"

@@ -373,3 +373,30 @@ def test_16_bit_nan_rule(interpreter, dtype, bits):
     for backward in (False, True):  # forward: x + x * f; backward: x * f * 1 (every value NaN)
         y = tk.fused_bias_act_dropout_add(x, x, None, "identity", backward, 0.5, 2.0, 11, 0, 3)
         assert bool((y.view(torch.int16) == bits).all())
+
+
+def test_loading_the_kernels_leaves_the_environment_alone(monkeypatch):
+    """Loading the interpreted kernels must not set TRITON_INTERPRET for the process (issue #13)."""
+    import threading
+
+    monkeypatch.setattr(tk, "_loaded", {})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(os.environ.get("TRITON_INTERPRET"))
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        tk._module(True)
+        tk._module(False)
+    finally:
+        stop.set()
+        t.join()
+    assert set(seen) <= {None} and "TRITON_INTERPRET" not in os.environ
+    from triton import knobs
+
+    assert "interpret" not in knobs.runtime.__dict__  # the knob is restored too

@@ -38,6 +38,7 @@ says which one is active for a device and why.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -63,7 +64,19 @@ PRIMITIVES = frozenset({"keep_mask", "dropout_mul", "uniform", "fused", "mask_fo
 
 #: Names accepted by :func:`set_backend`.
 BACKENDS = ("auto", "reference", "cpu", "triton")
-_forced: str | None = os.environ.get("DROPKIT_BACKEND") or None
+
+
+def _backend_from_env() -> str | None:
+    """``DROPKIT_BACKEND``, validated once at import (a bad value: one warning naming it, then ignored)."""
+    raw = os.environ.get("DROPKIT_BACKEND", "").strip()
+    if raw and raw not in BACKENDS:
+        warnings.warn(f"dropkit: DROPKIT_BACKEND={raw!r} is not valid (accepted: {', '.join(BACKENDS)}); "
+                      "ignoring it: the backend is chosen per device", RuntimeWarning, stacklevel=3)
+        return None
+    return None if raw in ("", "auto") else raw
+
+
+_forced: str | None = _backend_from_env()
 
 
 def set_backend(name: str = "auto") -> None:
