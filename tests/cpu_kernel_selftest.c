@@ -2,9 +2,11 @@
  * supports (AVX2, AVX-512, NEON) must equal the portable scalar path bit for bit, on random
  * bit patterns (NaN payloads, subnormals, infinities), sizes, offsets, thresholds, alignments
  * and 1-3 threads. Run by tests/test_kernels_dropout.py; by hand:
- *   cc -O2 -pthread -I src/dropkit/kernels/cpu tests/cpu_kernel_selftest.c -o selftest && ./selftest
- * or for AArch64 NEON on an x86 host (apt install gcc-aarch64-linux-gnu qemu-user):
- *   aarch64-linux-gnu-gcc -O2 -static -pthread -I src/dropkit/kernels/cpu tests/cpu_kernel_selftest.c -o st && qemu-aarch64 st */
+ *   K=src/dropkit/kernels/cpu; cc -O2 -std=gnu11 -pthread -ffp-contract=off -I $K tests/cpu_kernel_selftest.c \
+ *      $K/mask_fold.c $K/dk_target_*.c -o selftest && ./selftest
+ * or for AArch64 NEON on an x86 host (apt install gcc-aarch64-linux-gnu qemu-user): the same with
+ *   aarch64-linux-gnu-gcc ... -static, run under qemu-aarch64.
+ * dk_uniform is checked the same way (every ISA == the scalar ISA, float32 and float64). */
 #include "dropkit_cpu.c"
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +44,26 @@ int main(void) {
                     }
                     free(x); free(a); free(b);
                 }
+            }
+        }
+    }
+    for (int isa = 1; isa <= 3; isa++) {
+        if (!(feats & (1 << isa))) continue;
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+            size_t n = sizes[si];
+            for (int dtype = 0; dtype < 2; dtype++) {
+                uint64_t seed = rnd(), stream = rnd(), offset = rnd() >> (20 + si);
+                size_t lead = rnd() % 8;
+                char *a = malloc(n * 8 + 64), *b = malloc(n * 8 + 64);
+                memset(a, 0, n * 8 + 64); memset(b, 0, n * 8 + 64);
+                dk_uniform(dtype, a + lead * esz[dtype], (int64_t)n, seed, stream, offset, 0, 1);
+                dk_uniform(dtype, b + lead * esz[dtype], (int64_t)n, seed, stream, offset, isa, 1 + (int)(rnd() % 3));
+                checks++;
+                if (memcmp(a, b, n * 8 + 64)) {
+                    fails++;
+                    if (fails < 10) printf("FAIL uniform isa=%d dtype=%d n=%zu\n", isa, dtype, n);
+                }
+                free(a); free(b);
             }
         }
     }

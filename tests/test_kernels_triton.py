@@ -55,9 +55,12 @@ def interpreter():
 
 
 def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Bit-identical, except that any NaN equals any NaN (payloads are not part of the contract)."""
+    """Bit-identical. 16-bit dtypes: NaN included (the 16-bit NaN rule of docs/rng.md: 0x7E00 / 0x7FC0);
+    32/64-bit dtypes: any NaN equals any NaN (their payloads are the hardware's, not part of the contract)."""
     assert a.dtype == b.dtype and a.shape == b.shape
     both_nan = torch.isnan(a) & torch.isnan(b)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        both_nan = torch.zeros_like(both_nan)
     ia, ib = a.view(INT_VIEW[a.dtype]), b.view(INT_VIEW[b.dtype])
     bad = (ia != ib) & ~both_nan
     assert not bad.any(), f"{int(bad.sum())} of {a.numel()} elements differ, first at {bad.nonzero()[0].tolist()}"
@@ -356,3 +359,44 @@ def test_cuda_backward_saves_no_mask():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         DF.dropout(x, 0.5, seed=1).sum()
     assert saved == []
+
+
+@pytest.mark.parametrize(("dtype", "bits"), [(torch.float16, 0x7E00), (torch.bfloat16, 0x7FC0)], ids=str)
+def test_16_bit_nan_rule(interpreter, dtype, bits):
+    """docs/rng.md: a 16-bit NaN result is the canonical quiet NaN, whatever the input's sign and payload."""
+    payloads = [0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7FFF, 0xFFFF] if dtype == torch.float16 else \
+        [0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FFF, 0xFFFF]
+    x = torch.tensor(payloads * 50, dtype=torch.int32).to(torch.int16).view(dtype)
+    for p in (0.0, 0.5, 1.0):
+        y = tk.dropout_mul(x, p, 2.0, 11, 0, 3)
+        assert bool((y.view(torch.int16) == bits).all()), y.view(torch.int16).unique()
+    for backward in (False, True):  # forward: x + x * f; backward: x * f * 1 (every value NaN)
+        y = tk.fused_bias_act_dropout_add(x, x, None, "identity", backward, 0.5, 2.0, 11, 0, 3)
+        assert bool((y.view(torch.int16) == bits).all())
+
+
+def test_loading_the_kernels_leaves_the_environment_alone(monkeypatch):
+    """Loading the interpreted kernels must not set TRITON_INTERPRET for the process (issue #13)."""
+    import threading
+
+    monkeypatch.setattr(tk, "_loaded", {})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(os.environ.get("TRITON_INTERPRET"))
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        tk._module(True)
+        tk._module(False)
+    finally:
+        stop.set()
+        t.join()
+    assert set(seen) <= {None} and "TRITON_INTERPRET" not in os.environ
+    from triton import knobs
+
+    assert "interpret" not in knobs.runtime.__dict__  # the knob is restored too

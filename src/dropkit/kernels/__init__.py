@@ -9,9 +9,25 @@ returns bit-identical results (tests compare every backend with
   for a contiguous ``x``, the product taken in float32 (float64 for float64 inputs)
   and rounded once to ``x.dtype``.
 
-One more primitive serves Monte-Carlo dropout (:mod:`dropkit.mc`): ``mask_fold``, T binary
-masks on the input of a linear map summed over per-unit contributions (compiled CPU
-kernel for float32, torch reference elsewhere; equal up to rounding, not bit for bit).
+More primitives, on the same counters:
+
+* ``uniform(n, seed, stream, offset, device, dtype=float64)`` and ``normal(...)``: the samples
+  of :func:`dropkit.rng.uniform` / :func:`dropkit.rng.normal`, bit for bit;
+* ``fused_bias_act_dropout_add(a, x, bias, activation, backward, ...)``: one pass of the fused
+  residual op (forward or backward);
+* ``mask_fold``, for Monte-Carlo dropout (:mod:`dropkit.mc`): T binary masks on the input of a
+  linear map summed over per-unit contributions (compiled CPU kernel for float32, torch
+  reference elsewhere; equal up to rounding, not bit for bit).
+
+This module is the single dispatch point: every backend module declares the primitives it
+computes in ``CAPABILITIES`` (see :func:`capabilities`), and a primitive the chosen backend
+lacks is computed by :mod:`dropkit.kernels.reference`. Callers never look at which module
+serves them.
+
+Counters: a call covers the global element indices ``offset .. offset + n - 1`` (for
+``normal``, uniforms ``2 offset .. 2 (offset + n) - 1``), and these must stay below ``2**64``;
+a call that would pass it raises ``ValueError`` instead of wrapping around (the backends
+would disagree on the wrap).
 
 Backends, in order of preference: the compiled CPU kernel (``kernels/cpu``,
 AVX-512 / AVX2 / NEON / scalar C) for CPU tensors, Triton (``kernels/triton``) for
@@ -22,16 +38,45 @@ says which one is active for a device and why.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from dropkit.kernels import reference
 
-__all__ = ["keep_mask", "dropout_mul", "mask_fold", "mask_fold_compiled", "backend_info", "set_backend", "BACKENDS"]
+__all__ = [
+    "keep_mask",
+    "dropout_mul",
+    "uniform",
+    "normal",
+    "fused_bias_act_dropout_add",
+    "mask_fold",
+    "mask_fold_compiled",
+    "capabilities",
+    "backend_info",
+    "set_backend",
+    "BACKENDS",
+    "PRIMITIVES",
+]
+
+#: The primitives a backend may declare in its ``CAPABILITIES``.
+PRIMITIVES = frozenset({"keep_mask", "dropout_mul", "uniform", "fused", "mask_fold"})
 
 #: Names accepted by :func:`set_backend`.
 BACKENDS = ("auto", "reference", "cpu", "triton")
-_forced: str | None = os.environ.get("DROPKIT_BACKEND") or None
+
+
+def _backend_from_env() -> str | None:
+    """``DROPKIT_BACKEND``, validated once at import (a bad value: one warning naming it, then ignored)."""
+    raw = os.environ.get("DROPKIT_BACKEND", "").strip()
+    if raw and raw not in BACKENDS:
+        warnings.warn(f"dropkit: DROPKIT_BACKEND={raw!r} is not valid (accepted: {', '.join(BACKENDS)}); "
+                      "ignoring it: the backend is chosen per device", RuntimeWarning, stacklevel=3)
+        return None
+    return None if raw in ("", "auto") else raw
+
+
+_forced: str | None = _backend_from_env()
 
 
 def set_backend(name: str = "auto") -> None:
@@ -82,6 +127,37 @@ def _select(device: torch.device):
     return reference
 
 
+def _for(op: str, device: torch.device):
+    """The backend that computes primitive ``op`` for ``device``: the selected one if it can, else the reference."""
+    be = _select(device)
+    return be if op in be.CAPABILITIES else reference
+
+
+def capabilities(device: torch.device | str = "cpu") -> frozenset[str]:
+    """The primitives (of :data:`PRIMITIVES`) that the backend serving ``device`` computes itself;
+    the others run on the torch reference.
+
+    Example:
+        >>> sorted(dropkit.kernels.capabilities("cpu"))
+        ['dropout_mul', 'keep_mask', 'mask_fold', 'uniform']
+    """
+    return frozenset(_select(torch.device(device)).CAPABILITIES)
+
+
+_M64 = (1 << 64) - 1
+
+
+def _check_counters(n: int, seed: int, stream: int, offset: int, what: str = "offset + n") -> None:
+    """Every element index of a call must lie in [0, 2**64); seed and stream are 64-bit words."""
+    if n < 0:
+        raise ValueError(f"`n` must be >= 0; received n={n}")
+    if not 0 <= seed <= _M64 or not 0 <= stream <= _M64:
+        raise ValueError(f"`seed` and `stream` must be ints in [0, 2**64); received seed={seed}, stream={stream}")
+    if offset < 0 or offset + n > 1 << 64:
+        raise ValueError(f"the element indices of a call must stay in [0, 2**64): need offset >= 0 and {what} <= "
+                         f"2**64; received offset={offset}, n={n}")
+
+
 def backend_info(device: torch.device | str = "cpu") -> dict[str, str]:
     """Which backend serves ``device`` and why: ``{"backend": ..., "reason": ...}``.
 
@@ -111,20 +187,99 @@ def backend_info(device: torch.device | str = "cpu") -> dict[str, str]:
 
 
 def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
-    """1-D ``bool`` keep mask of ``n`` elements (``True`` = kept) on ``device``."""
-    return _select(device).keep_mask(n, p, seed, stream, offset, device)
+    """1-D ``bool`` keep mask of ``n`` elements (``True`` = kept) on ``device``.
+
+    Element ``j`` is kept iff the 16-bit lane of global index ``offset + j`` is ``>= rng.threshold(p)``.
+
+    Example:
+        >>> kernels.keep_mask(4, 0.5, seed=1, stream=0, offset=0, device=torch.device("cpu"))
+        tensor([ True, False,  True,  True])
+    """
+    _check_counters(n, seed, stream, offset)
+    return _for("keep_mask", device).keep_mask(n, p, seed, stream, offset, device)
 
 
 def dropout_mul(
     x: torch.Tensor, p: float, scale: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``x * (keep ? scale : 0)`` for contiguous ``x``; writes into ``out`` when given."""
-    return _select(x.device).dropout_mul(x, p, scale, seed, stream, offset, out)
+    """``x * (keep ? scale : 0)`` for contiguous ``x`` (any shape), the product in float32
+    (float64 for float64 ``x``) rounded once to ``x.dtype``; writes into ``out`` when given.
+    """
+    _check_counters(x.numel(), seed, stream, offset)
+    return _for("dropout_mul", x.device).dropout_mul(x, p, scale, seed, stream, offset, out)
+
+
+def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device | str,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    r"""1-D tensor of ``n`` uniform samples in (0, 1) on ``device``, bit-identical to
+    ``rng.uniform((n,), seed, stream, offset, dtype=dtype, device=device)``.
+
+    Element ``j``: :math:`u = (w + 0.5)\,2^{-32}` in float64, then rounded to ``dtype``, ``w`` the
+    32-bit Philox word of global index ``e = offset + j`` (word ``e % 4`` of block ``e // 4``).
+    The compiled kernel computes it on CPU (float32/float64 directly), the torch reference elsewhere.
+
+    Example:
+        >>> u = kernels.uniform(1000, seed=3, stream=0, offset=0, device="cpu")   # float64, shape (1000,)
+    """
+    _check_counters(n, seed, stream, offset)
+    device = torch.device(device)
+    return _for("uniform", device).uniform(n, seed, stream, offset, device, dtype)
+
+
+def normal(n: int, seed: int, stream: int, offset: int, device: torch.device | str,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""1-D tensor of ``n`` standard-normal samples on ``device``, bit-identical to
+    ``rng.normal((n,), seed, stream, offset, dtype=dtype, device=device)``.
+
+    Box-Muller in float64: :math:`z_j = \sqrt{-2 \ln u_{2e}}\,\cos(2\pi u_{2e+1})`, ``e = offset + j``,
+    with the uniforms of :func:`uniform` (compiled on CPU); the log and cosine are torch ops
+    (a C version would not round like torch's vectorised log/cos), then rounded to ``dtype``.
+
+    Example:
+        >>> z = kernels.normal(1000, seed=3, stream=0, offset=0, device="cpu")   # float32, shape (1000,)
+    """
+    _check_counters(2 * n, seed, stream, 2 * offset, "2 * (offset + n)")
+    u = uniform(2 * n, seed, stream, 2 * offset, device, torch.float64)
+    return reference.box_muller(u, dtype)
+
+
+def fused_bias_act_dropout_add(
+    a: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str,
+    backward: bool,
+    p: float,
+    scale: float,
+    seed: int,
+    stream: int,
+    offset: int,
+) -> torch.Tensor:
+    r"""One pass of the fused residual op over contiguous tensors of one dtype, ``h = x + bias`` (``bias``
+    of shape ``(x.shape[-1],)`` or None), result in ``x``'s shape and dtype.
+
+    Forward (``a`` = residual): :math:`a + \mathrm{act}(h) \cdot f`; backward (``a`` = the output's
+    gradient): :math:`a \cdot f \cdot \mathrm{act}'(h)` (the gradient of ``x``), with
+    :math:`f = \mathrm{keep} ? \mathrm{scale} : 0` from the mask of :func:`keep_mask`;
+    ``activation`` is one of ``reference.FUSED_ACTIVATIONS``. Triton runs it as one kernel where it
+    serves the device; elsewhere torch ops with the mask of the fastest backend.
+
+    Example:
+        >>> y = kernels.fused_bias_act_dropout_add(res, x, b, "gelu", False, 0.1, 1 / 0.9, 7, 0, 0)
+    """
+    if activation not in reference.FUSED_ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {reference.FUSED_ACTIVATIONS}; received {activation!r}")
+    _check_counters(x.numel(), seed, stream, offset)
+    be = _for("fused", x.device)
+    if be is reference:
+        return reference.fused_bias_act_dropout_add(a, x, bias, activation, backward, p, scale, seed, stream, offset,
+                                                    keep_mask=_for("keep_mask", x.device).keep_mask)
+    return be.fused_bias_act_dropout_add(a, x, bias, activation, backward, p, scale, seed, stream, offset)
 
 
 def mask_fold_compiled(device: torch.device | str = "cpu") -> bool:
     """Whether :func:`mask_fold` runs the compiled kernel for float32 tensors on ``device``."""
-    return torch.device(device).type == "cpu" and _select(torch.device("cpu")) is not reference
+    return torch.device(device).type == "cpu" and _for("mask_fold", torch.device("cpu")) is not reference
 
 
 def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
@@ -137,5 +292,5 @@ def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float
     float32 CPU tensors (:func:`mask_fold_compiled`), the torch reference everything else.
     """
     if A.dtype == X.dtype == mask.dtype == torch.float32 and A.is_cpu and mask_fold_compiled():
-        return _select(torch.device("cpu")).mask_fold(A, X, mask, scale, R, P, bias, relu)
+        return _for("mask_fold", torch.device("cpu")).mask_fold(A, X, mask, scale, R, P, bias, relu)
     return reference.mask_fold(A, X, mask, scale, R, P, bias, relu)

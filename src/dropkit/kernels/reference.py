@@ -1,22 +1,62 @@
 """The portable backend: the mask contract in plain torch integer ops (any device).
 
-This is the fallback every fast backend is tested against bit for bit.
+This is the fallback every fast backend is tested against bit for bit. It computes every
+primitive of :mod:`dropkit.kernels` (:data:`CAPABILITIES`); a fast backend that lacks one
+is served from here.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+from collections.abc import Callable
 
 import numpy as np
+import torch
 
-from dropkit.rng import keep_mask_numpy, keep_mask_torch
+from dropkit.rng import keep_mask_numpy, keep_mask_torch, uniform_words_numpy, uniform_words_torch
 
-__all__ = ["keep_mask", "dropout_mul", "compute_dtype", "mask_fold"]
+__all__ = [
+    "keep_mask",
+    "dropout_mul",
+    "uniform",
+    "box_muller",
+    "fused_bias_act_dropout_add",
+    "compute_dtype",
+    "round_to",
+    "NAN_BITS",
+    "mask_fold",
+    "CAPABILITIES",
+    "FUSED_ACTIVATIONS",
+]
+
+#: The primitives this backend computes (all of them).
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "fused", "mask_fold"})
+#: Activations of the fused op (``"gelu"`` is the exact, erf-based GELU).
+FUSED_ACTIVATIONS = ("relu", "gelu", "silu", "identity")
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype in which ``x * scale`` is evaluated: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+#: The 16-bit NaN rule (docs/rng.md): every NaN result of a 16-bit dtype is stored as this
+#: canonical quiet NaN, whatever the input's sign and payload (torch's own conversion gives
+#: different bits in its vectorised loop and in its scalar tail).
+NAN_BITS = {torch.float16: 0x7E00, torch.bfloat16: 0x7FC0}
+
+
+def round_to(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``y.to(dtype)``, then the 16-bit NaN rule (:data:`NAN_BITS`) for float16 / bfloat16."""
+    z = y.to(dtype)
+    bits = NAN_BITS.get(dtype)
+    if bits is None:
+        return z
+    canonical = torch.tensor(bits, dtype=torch.int16, device=z.device)
+    return torch.where(torch.isnan(z), canonical, z.view(torch.int16)).view(dtype)
 
 
 def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
@@ -35,10 +75,81 @@ def dropout_mul(
     mask = keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
     cdt = compute_dtype(x.dtype)
     factor = torch.where(mask, torch.tensor(scale, dtype=cdt, device=x.device), torch.tensor(0.0, dtype=cdt, device=x.device))
-    y = x.to(cdt) * factor
+    y = round_to(x.to(cdt) * factor, x.dtype)
     if out is None:
-        return y.to(x.dtype)
+        return y
     return out.copy_(y)
+
+
+def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """1-D uniform samples ``u = (w + 0.5) * 2**-32`` (float64, then rounded to ``dtype``), ``w`` the
+    32-bit word of elements ``offset .. offset + n - 1`` (element ``e``: word ``e % 4`` of block ``e // 4``).
+    """
+    if torch.device(device).type == "cpu":  # NumPy's uint64 arithmetic: ~3x faster than int64 torch ops
+        w = uniform_words_numpy(n, seed, stream, offset)
+    else:
+        w = uniform_words_torch(n, seed, stream, offset, device)
+    return ((w.to(torch.float64) + 0.5) * (2.0**-32)).to(dtype)
+
+
+def box_muller(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normals from ``2n`` float64 uniforms: ``z_j = sqrt(-2 ln u_2j) * cos(2 pi u_2j+1)``,
+    in float64, then rounded to ``dtype`` (1-D, ``n`` values).
+    """
+    v = u.view(-1, 2)
+    z = torch.sqrt(-2.0 * torch.log(v[:, 0])) * torch.cos((2.0 * math.pi) * v[:, 1])
+    return z.to(dtype)
+
+
+def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(h)
+    if activation == "gelu":
+        return 0.5 * h * (1.0 + torch.erf(h * _SQRT1_2))
+    if activation == "silu":
+        return h / (1.0 + torch.exp(-h))
+    return h
+
+
+def _act_grad(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return (h > 0).to(h.dtype)
+    if activation == "gelu":
+        return 0.5 * (1.0 + torch.erf(h * _SQRT1_2)) + h * (_INV_SQRT_2PI * torch.exp(-0.5 * h * h))
+    if activation == "silu":
+        s = 1.0 / (1.0 + torch.exp(-h))
+        return s * (1.0 + h * (1.0 - s))
+    return torch.ones_like(h)
+
+
+def fused_bias_act_dropout_add(
+    a: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str,
+    backward: bool,
+    p: float,
+    scale: float,
+    seed: int,
+    stream: int,
+    offset: int,
+    keep_mask: Callable[..., torch.Tensor] = keep_mask,
+) -> torch.Tensor:
+    """One pass of the fused op over ``h = x + bias`` in torch ops, in :func:`compute_dtype`, rounded to ``x.dtype``.
+
+    Forward (``a`` = residual): ``residual + act(h) * factor``; backward (``a`` = the output's
+    gradient): ``grad * factor * act'(h)``, the gradient of ``x``; ``factor = keep ? scale : 0``
+    with the mask bits from ``keep_mask`` (the dispatcher passes the fastest backend's).
+    """
+    cdt = compute_dtype(x.dtype)
+    h = x.to(cdt)
+    if bias is not None:
+        h = h + bias.to(cdt)
+    keep = keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
+    factor = keep.to(cdt) * scale
+    y = (a.to(cdt) * factor) * _act_grad(h, activation) if backward else a.to(cdt) + _act(h, activation) * factor
+    return round_to(y, x.dtype)
 
 
 def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,

@@ -1,28 +1,41 @@
-"""The compiled CPU kernel: the mask contract and ``dropout_mul`` in SIMD C.
+"""The compiled CPU kernel: the mask contract, ``dropout_mul`` and ``uniform`` in SIMD C.
 
-``dropkit_cpu.c`` (plain C on raw pointers, no dependence on torch's C++ ABI) is
-compiled once, at first use, with the system C compiler into a per-user cache
-(``$DROPKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dropkit``, else ``~/.cache/dropkit``)
-under a name keyed by a hash of the source, the compiler and the Python build; the
-shared library is written under a temporary name and moved into place atomically,
-then loaded with :mod:`ctypes` (which releases the GIL during each call).
+The C sources in this folder (plain C on raw pointers, no dependence on torch's C++ ABI;
+``dropkit_cpu.h`` holds the ABI) are built into ``_dropkit_cpu.so`` when the package is
+installed (``pip install``, ``pip wheel``, ``pip install -e``: see ``setup.py``) and loaded
+from the installed package with :mod:`ctypes` (which releases the GIL during each call).
 
-One build runs on any x86-64 or arm64 CPU: the library picks AVX-512, AVX2 or the
-portable scalar path at run time (:func:`status` says which). The results are
-bit-identical to :mod:`dropkit.kernels.reference` on every path and for every
-thread count, because each element's mask depends only on its global index.
+Only a source tree without a built library (or with one older than its sources) compiles
+the kernel at first use, with the system C compiler, into a private folder of the user's
+cache (``$DROPKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dropkit``, else ``~/.cache/dropkit``;
+subfolder ``cpu-kernel``), created with mode 0700 and verified before every use: owned by
+the user and not writable by group or others, the library file too. A folder that fails
+the check is never used (the build then goes to a fresh private temporary folder for this
+process), and a cached library that does not load or is not the current build is rebuilt.
 
-Environment:
+One build runs on any x86-64 or arm64 CPU: the library has a body per instruction set and
+runs the best one this CPU supports (:func:`status` says which). The results are
+bit-identical to :mod:`dropkit.kernels.reference` on every ISA and for every thread count,
+because each element's mask depends only on its global index.
+
+Parallel calls run on torch's own OpenMP thread team when torch uses OpenMP (found with
+``dlopen(RTLD_NOLOAD)``: already loaded, never loaded by us), else on the kernel's own
+pthread pool.
+
+Environment (read and validated once, at import; a bad value is reported by one warning
+naming the variable and ignored):
 
 * ``DROPKIT_NO_KERNEL=1``: do not build or load the kernel (the reference backend serves CPU).
-* ``DROPKIT_CPU_ISA=scalar|avx2|avx512``: use at most this ISA level (for tests).
-* ``CC``: the C compiler (default ``cc``, then ``gcc``, then ``clang``).
+* ``DROPKIT_CPU_ISA=scalar|avx2|avx512|neon``: run this ISA (for tests; the best one if the CPU lacks it).
+* ``CC``: the C compiler of a first-use build (default ``cc``, then ``gcc``, then ``clang``).
 * ``DROPKIT_CPU_POOL=pthread``: use the kernel's own thread pool instead of torch's OpenMP team.
-* ``DROPKIT_CPU_SPIN_US``: how long an idle worker thread spins before it sleeps (default 200).
-* ``DROPKIT_CPU_CFLAGS``: extra compiler flags (e.g. ``-fsanitize=address``); part of the cache key.
+* ``DROPKIT_CPU_SPIN_US``: how long an idle worker of the own pool spins before it sleeps (default 200).
+* ``DROPKIT_CPU_CFLAGS``: extra flags of a first-use build (e.g. ``-fsanitize=address``; also makes
+  the loader skip the installed library).
 
-If there is no compiler or the build fails, :func:`available` is ``False``, one
-``RuntimeWarning`` says why, and :func:`status` keeps the reason.
+Without the library and without a working compiler, :func:`available` is ``False``, one
+``RuntimeWarning`` (pointing at the user's call) says why and how to get the fast path,
+and :func:`status` keeps the reason.
 """
 
 from __future__ import annotations
@@ -35,7 +48,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import warnings
@@ -43,6 +55,8 @@ from pathlib import Path
 
 import torch
 
+from dropkit._cache import cache_root, check_private_file, private_dir
+from dropkit.kernels.cpu import _sources
 from dropkit.rng import threshold
 
 __all__ = [
@@ -56,12 +70,21 @@ __all__ = [
     "ISAS",
     "parallel_threshold",
     "mask_fold",
+    "uniform",
+    "CAPABILITIES",
 ]
 
-#: ISA levels, lowest first (the index is the level the C library uses).
+#: The primitives of :mod:`dropkit.kernels` this backend computes itself (the dispatcher sends
+#: the others to :mod:`dropkit.kernels.reference`).
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "mask_fold"})
+
+#: The instruction sets the library has a body for (a CPU supports some of them; not an order).
 ISAS = ("scalar", "avx2", "avx512", "neon")
-_SOURCES = ("dropkit_cpu.c", "mask_fold.c")
-_DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+#: The one :func:`set_isa` ``(None)`` picks: the first of these that the CPU supports.
+_PREFERENCE = ("avx512", "avx2", "neon", "scalar")
+_SOURCES = _sources.SOURCES
+_HERE = Path(__file__).resolve().parent
+_PKG_DIR = str(_HERE.parents[1]) + os.sep  # .../dropkit/
 
 #: Below this many elements a call stays on one thread. Measured on the 2-core AMD EPYC
 #: (Zen 4) VM, fp32, 1 vs 2 threads: on torch's OpenMP team 2 threads win from 2^15
@@ -71,18 +94,55 @@ _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 parallel_threshold = 1 << 15
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "lib": None, "name": "reference", "reason": "not loaded yet", "isa": 0, "best": 0}
+_state: dict = {"loaded": False, "lib": None, "name": "reference", "reason": "not loaded yet", "isa": 0,
+                "best": "scalar", "codes": {}, "dtypes": {}}
+
+
+# ---------------------------------------------------------------------------
+# Environment: read once, at import
+# ---------------------------------------------------------------------------
+def _env_warning(var: str, value: str, accepted: str, effect: str) -> None:
+    warnings.warn(f"dropkit: {var}={value!r} is not valid ({accepted}); {effect}", RuntimeWarning, stacklevel=3)
+
+
+def _read_env() -> dict:
+    env: dict = {}
+    raw = os.environ.get("DROPKIT_NO_KERNEL", "").strip()
+    if raw.lower() not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        _env_warning("DROPKIT_NO_KERNEL", raw, "accepted: 1/0, true/false, yes/no, on/off", "the kernel stays enabled")
+        raw = ""
+    env["no_kernel"] = raw.lower() in ("1", "true", "yes", "on")
+    raw = os.environ.get("DROPKIT_CPU_ISA", "").strip()
+    if raw and raw not in ISAS:
+        _env_warning("DROPKIT_CPU_ISA", raw, f"accepted: {', '.join(ISAS)}", "the best ISA of this CPU is used")
+        raw = ""
+    env["isa"] = raw or None
+    raw = os.environ.get("DROPKIT_CPU_SPIN_US", "").strip()
+    env["spin_us"] = None
+    if raw:
+        try:
+            env["spin_us"] = int(raw)
+            if env["spin_us"] < 0:
+                raise ValueError
+        except ValueError:
+            _env_warning("DROPKIT_CPU_SPIN_US", raw, "accepted: an int >= 0 (microseconds)", "the default 200 is used")
+            env["spin_us"] = None
+    raw = os.environ.get("DROPKIT_CPU_POOL", "").strip().lower()
+    if raw not in ("", "openmp", "pthread"):
+        _env_warning("DROPKIT_CPU_POOL", raw, "accepted: openmp, pthread", "torch's OpenMP team is used when there is one")
+        raw = ""
+    env["pool"] = raw or "openmp"
+    return env
+
+
+_ENV = _read_env()
 
 
 # ---------------------------------------------------------------------------
 # Build and load
 # ---------------------------------------------------------------------------
-def _cache_dir() -> Path:
-    d = os.environ.get("DROPKIT_CACHE_DIR")
-    if d:
-        return Path(d)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dropkit"
+class _Unusable(Exception):
+    """A library file that loads but is not the current build (or not a dropkit kernel)."""
 
 
 def _find_compiler() -> list[str] | None:
@@ -97,55 +157,18 @@ def _find_compiler() -> list[str] | None:
     return None
 
 
-def _build(src_dir: Path) -> Path:
-    """Compile the kernel into the cache (if not there yet) and return the library's path."""
-    cc = _find_compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
-    sources = [src_dir / s for s in _SOURCES]
-    flags = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off"]
-    flags += shlex.split(os.environ.get("DROPKIT_CPU_CFLAGS", ""))
-    h = hashlib.sha256()
-    for s in sources:
-        h.update(s.read_bytes())
-    cc_real = os.path.realpath(shutil.which(cc[0]) or cc[0])
-    st = os.stat(cc_real)
-    h.update(repr((cc, cc_real, st.st_size, st.st_mtime_ns, flags, sys.version, platform.machine(),
-                   sysconfig.get_config_var("SOABI"))).encode())
-    name = f"dropkit_cpu-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
-    cache = _cache_dir()
-    for d in (cache, Path(tempfile.gettempdir()) / f"dropkit-{os.getuid() if hasattr(os, 'getuid') else 'user'}"):
-        if (d / name).exists():
-            return d / name
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        if not os.access(cache, os.W_OK):
-            raise PermissionError(f"{cache} is not writable")
-    except OSError:  # read-only home: a per-user folder in the temp dir
-        cache = Path(tempfile.gettempdir()) / f"dropkit-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lib = cache / name
-    fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".tmp", dir=cache)
-    os.close(fd)
-    try:
-        cmd = [*cc, *flags, *map(str, sources), "-o", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RuntimeError(f"`{' '.join(cmd)}` failed: {' | '.join(msg[-5:])}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
+def _extra_cflags() -> list[str]:
+    return shlex.split(os.environ.get("DROPKIT_CPU_CFLAGS", ""))
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     c = ctypes
+    lib.dk_source_hash.restype = c.c_char_p
+    lib.dk_source_hash.argtypes = []
+    lib.dk_abi_constant.restype = c.c_int64
+    lib.dk_abi_constant.argtypes = [c.c_char_p]
     lib.dk_cpu_features.restype = c.c_int
     lib.dk_cpu_features.argtypes = []
-    lib.dk_effective_isa.restype = c.c_int
-    lib.dk_effective_isa.argtypes = [c.c_int]
     lib.dk_keep_mask.restype = c.c_int
     lib.dk_keep_mask.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.c_uint64, c.c_uint64, c.c_uint64,
                                  c.c_int, c.c_int]
@@ -157,9 +180,131 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dk_mask_fold_f32.argtypes = [c.c_void_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_int64, c.c_int64,
                                      c.c_void_p, c.c_int64, c.c_int64, *[c.c_int64] * 7, c.c_float, c.c_void_p,
                                      c.c_int, c.c_int, c.c_int]
+    lib.dk_uniform.restype = c.c_int
+    lib.dk_uniform.argtypes = [c.c_int, c.c_void_p, c.c_int64, c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
     lib.dk_dropout_mul.restype = c.c_int
     lib.dk_dropout_mul.argtypes = [c.c_int, c.c_void_p, c.c_void_p, c.c_int64, c.c_uint32, c.c_double,
                                    c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
+
+
+def _open(path: Path, want_hash: str | None) -> ctypes.CDLL:
+    """Load the library at ``path`` and check that it is the build of the current sources."""
+    lib = ctypes.CDLL(str(path))
+    try:
+        _declare(lib)
+    except AttributeError as exc:
+        raise _Unusable(f"not a current dropkit kernel ({exc})") from None
+    got = lib.dk_source_hash().decode()
+    if want_hash is not None and got != want_hash:
+        raise _Unusable(f"built from other sources (hash {got}, the sources here are {want_hash})")
+    return lib
+
+
+def _current_hash() -> str | None:
+    """The hash of the sources next to this file (None in an install without them)."""
+    try:
+        return _sources.source_hash(_HERE)
+    except OSError:
+        return None
+
+
+def _library_name(cc: list[str], flags: list[str], src_hash: str) -> str:
+    """File name of a first-use build: keyed by the sources, the compiler, the flags and the machine."""
+    h = hashlib.sha256()
+    cc_real = os.path.realpath(shutil.which(cc[0]) or cc[0])
+    st = os.stat(cc_real)
+    h.update(repr((src_hash, cc, cc_real, st.st_size, st.st_mtime_ns, flags, platform.machine())).encode())
+    return f"dropkit_cpu-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
+
+
+def _compile(cc: list[str], flags: list[str], src_hash: str, folder: Path) -> Path:
+    """Compile the sources into a new file in ``folder`` (mode 0700); returns its path."""
+    fd, tmp = tempfile.mkstemp(prefix="dropkit_cpu.", suffix=".tmp.so", dir=folder)
+    os.close(fd)
+    cmd = [*cc, *flags, f'-DDK_SOURCE_HASH="{src_hash}"', f"-I{_HERE}", *(str(_HERE / s) for s in _SOURCES),
+           "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip().splitlines()
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {' | '.join(msg[-5:])}")
+        os.chmod(tmp, 0o700)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _build_and_load(src_hash: str) -> tuple[ctypes.CDLL, Path, str]:
+    """First-use build: load the cached library of the current sources, else compile it.
+
+    Returns the library, its path and how it got there.
+    """
+    cc = _find_compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+    flags = [*_sources.CFLAGS, "-shared", *_extra_cflags()]
+    name = _library_name(cc, flags, src_hash)
+    try:
+        folder: Path | None = private_dir(cache_root() / "cpu-kernel")
+        note = ""
+    except OSError as exc:
+        folder, note = None, f"cache folder refused ({exc}); "
+        _warn_at_user(f"dropkit: the kernel cache folder is refused ({exc}); the CPU kernel is compiled in a private "
+                      f"temporary folder instead, once per process. Fix the folder's owner and mode, or set "
+                      f"DROPKIT_CACHE_DIR to a folder of your own.")
+    if folder is not None:
+        lib_path = folder / name
+        digest_path = folder / (name + ".sha256")
+        if os.path.lexists(lib_path):
+            try:
+                _check_cached(lib_path, digest_path)
+                return _open(lib_path, src_hash), lib_path, "cached first-use build"
+            except (OSError, _Unusable) as exc:  # corrupt, stale or not ours: rebuild it
+                note = f"rebuilt the cached library ({type(exc).__name__}: {exc}); "
+        try:
+            tmp = _compile(cc, flags, src_hash, folder)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{note}{exc}") from None
+        try:
+            lib = _open(tmp, src_hash)  # loaded from its unique name, so no stale handle is reused
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            os.replace(tmp, lib_path)
+            fd, tmp_digest = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                f.write(digest + "\n")
+            os.replace(tmp_digest, digest_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return lib, lib_path, f"{note}compiled at first use"
+    # No usable cache folder: a fresh private folder for this process only (mkdtemp creates it 0700).
+    tmpdir = tempfile.mkdtemp(prefix="dropkit-kernel-")
+    try:
+        path = _compile(cc, flags, src_hash, Path(tmpdir))
+        lib = _open(path, src_hash)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{note}{exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return lib, path, f"{note}compiled at first use in a private temporary folder, removed after loading"
+
+
+def _check_cached(lib_path: Path, digest_path: Path) -> None:
+    """Before a cached library is loaded: it and its SHA-256 file are ours and private, and the
+    digest matches (a truncated library can crash dlopen with SIGBUS, so it is never opened)."""
+    check_private_file(lib_path)
+    check_private_file(digest_path)
+    want = digest_path.read_text().strip()
+    got = hashlib.sha256(lib_path.read_bytes()).hexdigest()
+    if got != want:
+        raise _Unusable(f"{lib_path} does not match its SHA-256 in {digest_path.name}")
+
+
+def _packaged_library() -> Path | None:
+    """The library built into the installed package (None in a source tree never built)."""
+    path = _HERE / _sources.LIBRARY
+    return path if path.is_file() else None
 
 
 def _load() -> None:
@@ -173,70 +318,98 @@ def _load() -> None:
 
 
 def _load_locked() -> None:
-    if os.environ.get("DROPKIT_NO_KERNEL", "").strip() not in ("", "0"):
+    if _ENV["no_kernel"]:
         _state["reason"] = "disabled by DROPKIT_NO_KERNEL=1; using the reference backend"
         return
-    try:
-        path = _build(Path(__file__).resolve().parent)
-        lib = ctypes.CDLL(str(path))
-        _declare(lib)
-    except Exception as exc:  # noqa: BLE001 - any failure means: fall back, and say why
-        reason = f"compiled CPU kernel unavailable ({type(exc).__name__}: {exc}); using the reference backend"
-        _state["reason"] = reason
-        warnings.warn(f"dropkit: {reason}", RuntimeWarning, stacklevel=4)
+    src_hash = _current_hash()
+    lib = None
+    packaged = _packaged_library()
+    note = ""
+    if packaged is not None and not _extra_cflags():
+        try:
+            lib, path, how = _open(packaged, src_hash), packaged, "installed with the package"
+        except (OSError, _Unusable) as exc:
+            note = f"the installed library {packaged} is not usable ({exc}); "
+    if lib is None:
+        try:
+            if src_hash is None:
+                raise RuntimeError("the package has neither a built library nor the C sources")
+            lib, path, how = _build_and_load(src_hash)
+            how = note + how
+        except Exception as exc:  # noqa: BLE001 - any failure means: fall back, and say why
+            reason = f"compiled CPU kernel unavailable ({note}{type(exc).__name__}: {exc}); using the reference backend"
+            _state["reason"] = reason
+            _warn_at_user(f"dropkit: {reason}, which is several times slower. For the fast path install a "
+                          "dropkit wheel built for this platform, or make a C compiler available (gcc or clang "
+                          "on PATH, or CC=...) and run again.")
+            return
+    codes = {name: int(lib.dk_abi_constant(f"DK_ISA_{name.upper()}".encode())) for name in ISAS}
+    dtypes = {dt: int(lib.dk_abi_constant(f"DK_{tag}".encode()))
+              for dt, tag in ((torch.float32, "F32"), (torch.float64, "F64"), (torch.float16, "F16"),
+                              (torch.bfloat16, "BF16"))}
+    if min(codes.values()) < 0 or min(dtypes.values()) < 0:
+        _state["reason"] = f"the library {path} lacks ABI constants; using the reference backend"
         return
     _state["threads"] = _borrow_openmp(lib)
-    spin = os.environ.get("DROPKIT_CPU_SPIN_US")
-    if spin:
-        lib.dk_set_spin_us(int(spin))
+    if _ENV["spin_us"] is not None:
+        lib.dk_set_spin_us(_ENV["spin_us"])
     feats = lib.dk_cpu_features()
-    best = max(i for i in range(len(ISAS)) if feats & (1 << i))
-    _state.update(lib=lib, best=best, path=str(path))
-    forced = os.environ.get("DROPKIT_CPU_ISA") or None
-    if forced is not None and forced not in ISAS:
-        warnings.warn(f"dropkit: DROPKIT_CPU_ISA must be one of {ISAS}; received {forced!r}; ignoring it",
-                      RuntimeWarning, stacklevel=4)
+    supported = tuple(name for name in ISAS if feats & (1 << codes[name]))
+    _state.update(lib=lib, codes=codes, dtypes=dtypes, supported=supported, path=str(path), how=how,
+                  best=next(name for name in _PREFERENCE if name in supported))
+    forced = _ENV["isa"]
+    if forced is not None and forced not in supported:
+        _warn_at_user(f"dropkit: DROPKIT_CPU_ISA={forced!r} is not supported by this CPU (it supports "
+                      f"{', '.join(supported)}); using {_state['best']!r}")
         forced = None
     _apply_isa(forced)
 
 
+def _warn_at_user(msg: str) -> None:
+    """One ``RuntimeWarning`` attributed to the first caller outside dropkit and torch."""
+    internal = (_PKG_DIR, os.path.dirname(torch.__file__) + os.sep, "<frozen ")
+    f = sys._getframe(1)
+    level = 2
+    while f is not None and f.f_code.co_filename.startswith(internal):
+        f = f.f_back
+        level += 1
+    warnings.warn(msg, RuntimeWarning, stacklevel=level)
+
+
+_OPENMP_RUNTIMES = ("libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so", "libomp.dylib", "libiomp5.dylib")
+
+
 def _borrow_openmp(lib: ctypes.CDLL) -> str:
     """Hand the C library the OpenMP runtime torch runs on, so that parallel calls use
-    torch's own (already spinning) thread team instead of competing with it."""
-    if os.environ.get("DROPKIT_CPU_POOL", "").strip().lower() == "pthread":
+    torch's own (already spinning) thread team instead of competing with it. The runtime is
+    found among the libraries already loaded (``RTLD_NOLOAD``: nothing new is loaded)."""
+    if _ENV["pool"] == "pthread":
         return "own pthread pool (DROPKIT_CPU_POOL=pthread)"
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return "own pthread pool (torch's parallel backend is not OpenMP)"
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if line.rstrip().endswith((".so.1", ".so", ".dylib"))
-                            and any(k in line.rsplit("/", 1)[-1] for k in ("gomp", "libomp", "iomp"))})
-    except OSError:
-        paths = []
-    for path in paths:
+    noload = getattr(os, "RTLD_NOLOAD", 0)
+    if not noload:
+        return "own pthread pool (this platform has no RTLD_NOLOAD)"
+    for name in _OPENMP_RUNTIMES:
         try:
-            omp = ctypes.CDLL(path)
+            omp = ctypes.CDLL(name, mode=noload | getattr(os, "RTLD_LOCAL", 0))
             par, tnum = omp.GOMP_parallel, omp.omp_get_thread_num
         except (OSError, AttributeError):
             continue
         if lib.dk_use_openmp(ctypes.cast(par, ctypes.c_void_p), ctypes.cast(tnum, ctypes.c_void_p)):
-            return f"torch's OpenMP team ({path})"
-    return "own pthread pool (torch's OpenMP runtime not found)"
+            return f"torch's OpenMP team ({name})"
+    return "own pthread pool (torch's OpenMP runtime not found among the loaded libraries)"
 
 
 def _apply_isa(name: str | None) -> None:
-    best = _state["best"]
     if name is None:
-        level, note = best, "best this CPU supports"
+        name, note = _state["best"], "best this CPU supports"
     else:
-        if name not in ISAS:
-            raise ValueError(f"ISA must be one of {ISAS}; received {name!r}")
-        level = _state["lib"].dk_effective_isa(ISAS.index(name))
-        note = f"capped by DROPKIT_CPU_ISA/set_isa({name!r})" if level == ISAS.index(name) else (
-            f"{name!r} requested but this CPU supports at most {ISAS[best]!r}")
-    _state["isa"] = level
-    _state["name"] = f"cpu-{ISAS[level]}"
-    _state["reason"] = (f"compiled kernel loaded from {_state['path']} ({ISAS[level]}: {note}; "
+        note = "set by DROPKIT_CPU_ISA or set_isa"
+    _state["isa"] = _state["codes"][name]
+    _state["isa_name"] = name
+    _state["name"] = f"cpu-{name}"
+    _state["reason"] = (f"compiled kernel loaded from {_state['path']} ({_state['how']}; {name}: {note}; "
                         f"threads: {_state['threads']})")
 
 
@@ -257,27 +430,29 @@ def status() -> tuple[str, str]:
 
 
 def isa() -> str:
-    """The ISA level in use (``"scalar"``, ``"avx2"``, ``"avx512"``), or ``"none"`` without the kernel."""
-    return ISAS[_state["isa"]] if available() else "none"
+    """The ISA in use (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"neon"``), or ``"none"`` without the kernel."""
+    return _state["isa_name"] if available() else "none"
 
 
 def supported_isas() -> tuple[str, ...]:
-    """The ISA levels this CPU can run, lowest first (empty without the kernel)."""
-    if not available():
-        return ()
-    feats = _state["lib"].dk_cpu_features()
-    return tuple(name for i, name in enumerate(ISAS) if feats & (1 << i))
+    """The ISAs this CPU can run, in the order of :data:`ISAS` (empty without the kernel)."""
+    return _state["supported"] if available() else ()
 
 
 def set_isa(name: str | None = None) -> str:
-    """Use at most ISA level ``name`` (``None``: the best the CPU has); returns the level in use.
+    """Run ISA ``name`` (``None``: the best the CPU supports); returns the ISA in use.
 
-    Meant for tests and benchmarks: every level returns identical bits.
+    Meant for tests and benchmarks: every ISA returns identical bits. Raises ``ValueError``
+    for a name not in :data:`ISAS` or an ISA this CPU does not support.
     """
+    if name is not None and name not in ISAS:
+        raise ValueError(f"ISA must be one of {ISAS} or None; received {name!r}")
     if not available():
         raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    if name is not None and name not in _state["supported"]:
+        raise ValueError(f"ISA {name!r} is not supported by this CPU; it supports {_state['supported']}")
     _apply_isa(name)
-    return ISAS[_state["isa"]]
+    return _state["isa_name"]
 
 
 def _threads(n: int) -> int:
@@ -320,8 +495,8 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     ``x`` receives the result by a copy.
     """
     lib = _state["lib"]
-    code = _DTYPE_CODE.get(x.dtype)
-    if code is None or not x.is_cpu or (lib is None and not available()) or (
+    code = _state["dtypes"].get(x.dtype) if lib is not None or available() else None
+    if code is None or not x.is_cpu or (
             out is not None and (out.dtype != x.dtype or not out.is_cpu)):
         from dropkit.kernels import reference
 
@@ -345,6 +520,28 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     if out is not None and dst is not out:
         return out.copy_(dst.view(out.shape))
     return dst
+
+
+def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """1-D uniform samples ``(w + 0.5) * 2**-32`` (float64, then rounded to ``dtype``) of elements
+    ``offset .. offset + n - 1``, computed on the CPU and moved to ``device``; bit-identical to
+    :func:`dropkit.rng.uniform`. float32 and float64 come from the kernel directly, other
+    dtypes are rounded from its float64 values by torch (as the reference does).
+    """
+    if not available():
+        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    n = int(n)
+    direct = dtype in (torch.float32, torch.float64)
+    out = torch.empty(n, dtype=dtype if direct else torch.float64)
+    if n:
+        rc = _state["lib"].dk_uniform(_state["dtypes"][out.dtype], out.data_ptr(), n, seed & _M64, stream & _M64,
+                                      offset & _M64, _state["isa"], _threads(n))
+        if rc:
+            raise RuntimeError(f"dk_uniform failed with code {rc}")
+    if not direct:
+        out = out.to(dtype)
+    return out if torch.device(device).type == "cpu" else out.to(device)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -29,7 +29,7 @@
 #include <string.h>
 #include <stdatomic.h>
 
-#define DK_API __attribute__((visibility("default")))
+#include "dropkit_cpu.h"
 #define DK_FOLD_TABLE (256 * 1024)
 
 int dk_parallel_tasks(void (*fn)(void *, int64_t), void *ctx, int64_t n, int nthreads);
@@ -265,7 +265,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void tile_a
 }
 #endif
 
-int dk_effective_isa(int isa);
 
 /* See the top of this file. Strides are in floats; X, mask and out rows are contiguous.
  * Returns 0, -1 (bad sizes), -2 (a mask value is neither 0 nor scale; out is then
@@ -316,11 +315,14 @@ DK_API int dk_mask_fold_f32(const float *A, const float *X, int64_t sXb, const f
     if (J.idx == NULL) return -3;
     void (*index_fn)(void *, int64_t) = index_scalar, (*tile_fn)(void *, int64_t) = tile_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
-    isa = dk_effective_isa(isa);
-    if (isa == 1) {
+    if (isa < 0 || isa >= DK_ISA_COUNT || !(dk_cpu_features() & (1 << isa))) {
+        free(J.idx);
+        return -4;
+    }
+    if (isa == DK_ISA_AVX2) {
         index_fn = index_avx2;
         tile_fn = tile_avx2;
-    } else if (isa == 2) {
+    } else if (isa == DK_ISA_AVX512) {
         index_fn = index_avx512;
         tile_fn = tile_avx512;
     }

@@ -42,7 +42,11 @@ __all__ = [
     "fused_bias_act_dropout_add",
     "interpreter_enabled",
     "ACTIVATIONS",
+    "CAPABILITIES",
 ]
+
+#: The primitives of :mod:`dropkit.kernels` this backend computes itself.
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused"})
 
 #: Activation names of the fused kernels and their kernel codes.
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}
@@ -97,6 +101,29 @@ def _kernels(device: torch.device) -> ModuleType:
     return _module(interpret)
 
 
+@contextlib.contextmanager
+def _interpret_mode(interpret: bool):
+    """Triton's interpret switch (read by ``triton.jit`` when it decorates) for the duration of the
+    block, never through ``os.environ``: the process environment (and every subprocess) is left
+    alone. The knob's value is put in the knob object's ``__dict__``, which ``triton.knobs`` reads
+    before the environment; its setter would also write ``os.environ``, so it is bypassed."""
+    from triton import knobs
+
+    rt = knobs.runtime.__dict__
+    saved = rt.get("interpret", _UNSET)
+    rt["interpret"] = interpret
+    try:
+        yield
+    finally:
+        if saved is _UNSET:
+            rt.pop("interpret", None)
+        else:
+            rt["interpret"] = saved
+
+
+_UNSET = object()
+
+
 def _module(interpret: bool) -> ModuleType:
     """``_kernels.py`` decorated for the interpreter or for compilation, loaded once per mode."""
     mod = _loaded.get(interpret)
@@ -111,19 +138,13 @@ def _module(interpret: bool) -> ModuleType:
             spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_kernels.py"))
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
-            saved = os.environ.get("TRITON_INTERPRET")
-            os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
             try:
-                sys.modules[name] = mod
-                spec.loader.exec_module(mod)
+                with _interpret_mode(interpret):
+                    sys.modules[name] = mod
+                    spec.loader.exec_module(mod)
             except BaseException:
                 sys.modules.pop(name, None)
                 raise
-            finally:
-                if saved is None:
-                    os.environ.pop("TRITON_INTERPRET", None)
-                else:
-                    os.environ["TRITON_INTERPRET"] = saved
             _loaded[interpret] = mod
     return mod
 

@@ -124,7 +124,7 @@ def _cast_out(v, out_ty, BF16: tl.constexpr):
     """``v`` (float32 / float64) rounded once to the output's dtype.
 
     bfloat16 outputs arrive as an int16 view and are rounded here, to nearest even with
-    NaN -> 0x7FC0 (torch's CPU rule), in integer ops: Triton's interpreter truncates
+    NaN -> 0x7FC0 (the 16-bit NaN rule of docs/rng.md), in integer ops: Triton's interpreter truncates
     float32 -> bfloat16, so a plain ``.to`` would differ between the interpreter and the GPU.
     """
     if BF16:
@@ -132,6 +132,9 @@ def _cast_out(v, out_ty, BF16: tl.constexpr):
         r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         r = tl.where(v != v, 0x7FC0, r)
         out = r.to(tl.uint16).to(tl.int16, bitcast=True)
+    elif out_ty == tl.float16:  # the 16-bit NaN rule (docs/rng.md): NaN -> 0x7E00
+        bits = v.to(tl.float16).to(tl.int16, bitcast=True)
+        out = tl.where(v != v, 0x7E00, bits).to(tl.int16).to(tl.float16, bitcast=True)
     else:
         out = v.to(out_ty)
     return out
