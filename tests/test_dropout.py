@@ -253,3 +253,17 @@ def test_shard_along_a_later_batch_dim():
         with pytest.raises(ValueError, match="before the batch dimension"):
             F.dropout(x[:, 2:], 0.5, seed=2, batch_dim=1)
     assert torch.equal(part, full[:, 2:])
+
+
+@pytest.mark.parametrize("p,chunks", [(0.9999, 8), (0.99999, 4), (1 - 2.0**-18, 4)])
+def test_inverted_dropout_is_unbiased_near_one(p, chunks):
+    # E[y] = x at every p < 1: the mean of y over 2^26-2^27 ones is within 6 standard errors of 1.
+    # 1/(1-p) scaling gave 1.068 at p = 0.9999 (8 standard errors off at 2^27), 1.53 at 0.99999
+    # (17 at 2^26) and 0 above 1 - 2^-17 (every element dropped).
+    chunk = 1 << 24
+    total = sum(float(F.dropout(torch.ones(chunk), p, seed=12345, stream=s).double().sum()) for s in range(chunks))
+    n = chunk * chunks
+    q = dropkit.rng.keep_probability(p)
+    assert q > 0
+    se = math.sqrt((1 - q) / q / n)  # std of y is sqrt((1 - q) / q) for x = 1
+    assert abs(total / n - 1.0) <= 6 * se, (total / n, se)

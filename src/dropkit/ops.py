@@ -103,19 +103,13 @@ keep_mask_op = _define(
 def _uniform_impl(key, shape, offset, dtype, device):
     seed, stream = _key(key)
     n = math.prod(shape)
-    fast = getattr(kernels, "uniform", None)
-    if fast is not None:
-        return fast(n, seed, stream, _check_offset(offset), torch.device(device), dtype=dtype).view(tuple(shape))
-    return rng.uniform(tuple(shape), seed, stream, _check_offset(offset), dtype=dtype, device=device)
+    return kernels.uniform(n, seed, stream, _check_offset(offset), torch.device(device), dtype=dtype).view(tuple(shape))
 
 
 def _normal_impl(key, shape, offset, dtype, device):
     seed, stream = _key(key)
     n = math.prod(shape)
-    fast = getattr(kernels, "normal", None)
-    if fast is not None:
-        return fast(n, seed, stream, _check_offset(offset), torch.device(device), dtype=dtype).view(tuple(shape))
-    return rng.normal(tuple(shape), seed, stream, _check_offset(offset), dtype=dtype, device=device)
+    return kernels.normal(n, seed, stream, _check_offset(offset), torch.device(device), dtype=dtype).view(tuple(shape))
 
 
 def _random_fake(key, shape, offset, dtype, device):
@@ -131,8 +125,11 @@ normal_op = _define("normal" + _RANDOM_SCHEMA, _normal_impl, _random_fake)
 # The x-linear noise ops: y = x * f(key)   (backward: g * f, the same op on g)
 # ---------------------------------------------------------------------------
 def _into_layout(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``y`` (row-major values of ``x``'s shape) in ``x``'s memory format, as ``torch.empty_like(x)`` lays it out."""
-    if y.dtype == x.dtype and y.stride() == torch.empty_like(x).stride():
+    """``y`` (values for ``x``'s shape, any dtype) rounded to ``x.dtype`` under the 16-bit NaN rule
+    (:func:`dropkit.kernels.round_to`) and laid out in ``x``'s memory format, as ``torch.empty_like(x)``."""
+    if y.dtype != x.dtype:
+        y = kernels.round_to(y, x.dtype)
+    if y.stride() == torch.empty_like(x).stride():
         return y
     return torch.empty_like(x).copy_(y)
 
@@ -270,7 +267,7 @@ def _register_linear(op, n_args: int) -> None:
         x = x.movedim(in_dims[0], 0)
         cdt = rng.compute_dtype(x.dtype)
         f = _factor_of(op, key, args, x.shape[1:], x.device, cdt)
-        return (x.to(cdt) * f).to(x.dtype), 0
+        return kernels.round_to(x.to(cdt) * f, x.dtype), 0
 
     torch.library.register_vmap(qualname, vmap_rule, lib=_LIB)
 
@@ -299,45 +296,13 @@ torch.library.register_vmap("dropkit::dropout_", _dropout_inplace_vmap, lib=_LIB
 # ---------------------------------------------------------------------------
 # The fused bias-activation-dropout-add
 # ---------------------------------------------------------------------------
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "relu":
-        return torch.relu(h)
-    if activation == "gelu":
-        return 0.5 * h * (1.0 + torch.erf(h * _SQRT1_2))
-    if activation == "silu":
-        return h / (1.0 + torch.exp(-h))
-    return h
-
-
-def _act_grad(h: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "relu":
-        return (h > 0).to(h.dtype)
-    if activation == "gelu":
-        return 0.5 * (1.0 + torch.erf(h * _SQRT1_2)) + h * (_INV_SQRT_2PI * torch.exp(-0.5 * h * h))
-    if activation == "silu":
-        s = 1.0 / (1.0 + torch.exp(-h))
-        return s * (1.0 + h * (1.0 - s))
-    return torch.ones_like(h)
-
-
 def _fused_run(a, x, bias, key, p, scale, activation, offset, backward):
     """Forward (``a`` = residual): ``a + act(h) * f``; backward (``a`` = grad): ``a * f * act'(h)``; ``h = x + bias``."""
     seed, stream = _key(key)
-    offset = _check_offset(offset)
-    fast = getattr(kernels, "fused_bias_act_dropout_add", None)
-    x, a = x.contiguous(), a.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    if fast is not None:
-        return fast(a, x, bias, activation, backward, p, scale, seed, stream, offset)
-    cdt = rng.compute_dtype(x.dtype)
-    h = x.to(cdt) if bias is None else x.to(cdt) + bias.to(cdt)
-    f = _mask_factor(key, p, scale, x.shape, offset, x.device, cdt)
-    y = (a.to(cdt) * f) * _act_grad(h, activation) if backward else a.to(cdt) + _act(h, activation) * f
-    return y.to(x.dtype)
+    return kernels.fused_bias_act_dropout_add(
+        a.contiguous(), x.contiguous(), bias, activation, backward, p, scale, seed, stream, _check_offset(offset)
+    )
 
 
 def _fused_impl(x, bias, residual, key, p, scale, activation, offset):
@@ -392,15 +357,13 @@ torch.library.register_autograd(
 
 
 def _fused_vmap(info, in_dims, x, bias, residual, key, p, scale, activation, offset):
+    """What a loop over the rows returns (every row gets the mask of one row)."""
     if in_dims[1] is not None or in_dims[3] is not None:
         raise ValueError("vmap of dropkit::fused_bias_act_dropout_add maps over `x` and `residual` only")
     b = info.batch_size
-    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
-    residual = residual.movedim(in_dims[2], 0) if in_dims[2] is not None else residual.expand(b, *residual.shape)
-    cdt = rng.compute_dtype(x.dtype)
-    h = x.to(cdt) if bias is None else x.to(cdt) + bias.to(cdt)
-    f = _mask_factor(key, p, scale, x.shape[1:], offset, x.device, cdt)
-    return (residual.to(cdt) + _act(h, activation) * f).to(x.dtype), 0
+    xs = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
+    rs = residual.movedim(in_dims[2], 0) if in_dims[2] is not None else residual.expand(b, *residual.shape)
+    return torch.stack([fused_op(xs[i], bias, rs[i], key, p, scale, activation, offset) for i in range(b)]), 0
 
 
 torch.library.register_vmap("dropkit::fused_bias_act_dropout_add", _fused_vmap, lib=_LIB)

@@ -44,7 +44,11 @@ import torch
 
 from dropkit.kernels import reference
 
+#: The rounding every primitive ends with: a compute-dtype result to the input dtype under the 16-bit NaN rule.
+round_to = reference.round_to
+
 __all__ = [
+    "round_to",
     "keep_mask",
     "dropout_mul",
     "uniform",

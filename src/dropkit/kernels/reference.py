@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dropkit.rng import compute_dtype as rng_compute_dtype
 from dropkit.rng import keep_mask_numpy, keep_mask_torch, uniform_words_numpy, uniform_words_torch
 
 __all__ = [
@@ -38,9 +39,8 @@ _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype in which ``x * scale`` is evaluated: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# The compute-dtype policy is part of the contract (float64 for float64 inputs, else float32).
+compute_dtype = rng_compute_dtype
 
 
 #: The 16-bit NaN rule (docs/rng.md): every NaN result of a 16-bit dtype is stored as this
