@@ -39,6 +39,7 @@ __all__ = [
     "DROPOUT_CLASS_NAMES",
     "is_dropout_module",
     "drop_rate",
+    "is_stochastic",
     "func_name",
     "dropout_call",
     "attention_dropout",
@@ -58,7 +59,7 @@ DROPOUT_CLASS_NAMES = frozenset(
     {
         "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
         "GaussianDropout", "DropBlock2d", "DropBlock3d", "DropPath", "LockedDropout",
-        "ConcreteDropout", "StochasticDepth", "DropBlock", "SpatialDropout",
+        "ConcreteDropout", "StochasticDepth", "DropBlock", "SpatialDropout", "GaussianNoise",
     }
 )
 
@@ -114,6 +115,15 @@ def drop_rate(module: torch.nn.Module) -> float:
         except (TypeError, ValueError, RuntimeError):
             return 1.0
     return 1.0
+
+
+def is_stochastic(module: torch.nn.Module) -> bool:
+    """A dropout-like module that draws noise when training: a drop rate above 0, or noise with ``std > 0``
+    (``GaussianNoise`` drops nothing, so its ``p`` is 0)."""
+    if not is_dropout_module(module):
+        return False
+    std = getattr(module, "std", None)
+    return drop_rate(module) > 0 or (isinstance(std, (int, float)) and std > 0)
 
 
 def func_name(func: Any) -> str:

@@ -38,6 +38,7 @@ from dropkit.tools._introspect import (
     RandomCallMode,
     drop_rate,
     is_dropout_module,
+    is_stochastic,
     module_stack,
     observe_dropkit_ops,
     preserved_state,
@@ -172,7 +173,7 @@ def check_inference(model: Any, example_inputs: Sequence[Any], runs: int = 5) ->
         add("dropkit-op", f"{op}(p={p:g}) draws a random mask" if p is not None else f"{op} draws random noise")
 
     def on_call(mod_name: str, mod: torch.nn.Module) -> None:
-        if mod.training and is_dropout_module(mod) and drop_rate(mod) > 0:
+        if mod.training and is_stochastic(mod):
             found[Culprit(mod_name, "module-in-training", f"{type(mod).__name__} in training mode (call .eval())")] = None
 
     outputs = []
