@@ -60,7 +60,7 @@ def fused_bias_act_dropout_add(
     The feed-forward / attention-output tail of a transformer block (Vaswani et al. 2017;
     the "bias-dropout-add" fusion of Megatron-LM, Shoeybi et al. 2019) with the activation
     folded in. ``p`` is the probability of **dropping**; survivors are scaled by
-    :math:`1/(1-p)` (inverted dropout). The mask is the one
+    :math:`1/q`, :math:`q \approx 1-p` the exact keep probability (inverted dropout, :func:`dropkit.rng.inverted_scale`). The mask is the one
     ``dropkit.functional.dropout(act(x + bias), p, seed=...)`` draws for the same key and
     stream (element-wise over ``x``'s row-major index, :mod:`dropkit.rng`), so the fused
     and unfused forms agree mask for mask. Autograd saves ``x`` and ``bias`` (needed for

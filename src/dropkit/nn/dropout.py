@@ -15,7 +15,8 @@ class Dropout(SeededStream, torch.nn.Dropout):
 
     ``p`` is the probability of **dropping** an element. In training each element is
     zeroed with probability ``p``; with ``scaling="inverted"`` (default) survivors are
-    scaled by :math:`1/(1-p)` and eval is the identity; with ``scaling="classic"``
+    scaled by :math:`1/q` (:math:`q \approx 1-p` the exact keep probability, :func:`dropkit.rng.inverted_scale`)
+    and eval is the identity; with ``scaling="classic"``
     survivors are not scaled and eval multiplies by :math:`1-p`.
 
     A drop-in for ``torch.nn.Dropout``: the same positional arguments, the same repr,
