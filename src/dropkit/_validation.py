@@ -77,7 +77,7 @@ def check_noise_shape(noise_shape: object, shape: torch.Size) -> tuple[int, ...]
             f"received noise_shape={tuple(noise_shape)!r}"
         )
     resolved = []
-    for i, (n, d) in enumerate(zip(noise_shape, shape)):
+    for i, (n, d) in enumerate(zip(noise_shape, shape, strict=True)):
         if n is None:
             resolved.append(d)
         elif isinstance(n, bool) or not isinstance(n, numbers.Integral) or n not in (1, d):

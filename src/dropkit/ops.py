@@ -456,7 +456,7 @@ def check_inplace(x: torch.Tensor) -> None:
     """Raise torch's in-place error before any data is written (not after, as a failed ``mark_dirty`` would)."""
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return
-    base = x._base if x._is_view() else x
+    base = x._base if x._is_view() and x._base is not None else x
     if base.is_leaf and base.requires_grad:
         what = "a view of a leaf Variable" if x._is_view() else "a leaf Variable"
         raise RuntimeError(f"{what} that requires grad is being used in an in-place operation (dropkit checked this "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dropkit.seed import SeedGenerator
 from dropkit._validation import check_bool, check_float_tensor, check_int, check_p
 from dropkit.functional.dropout import dropout
 
@@ -16,7 +17,7 @@ def drop_path(
     training: bool = True,
     scale_by_keep: bool = True,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dropkit.seed import SeedGenerator
 from dropkit._validation import check_bool, check_float_tensor
 from dropkit.functional.dropout import dropout
 
@@ -17,7 +18,7 @@ def locked_dropout(
     batch_first: bool = False,
     inplace: bool = False,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dropkit.seed import SeedGenerator
 from dropkit._validation import check_float_tensor, check_rank
 from dropkit.functional.dropout import dropout
 
@@ -16,7 +17,7 @@ def _channel_dropout(
     training: bool,
     inplace: bool,
     spatial_dims: int,
-    seed: int | None,
+    seed: int | SeedGenerator | None,
     generator: torch.Generator | None,
     stream: int,
 ) -> torch.Tensor:
@@ -39,7 +40,7 @@ def dropout1d(
     training: bool = True,
     inplace: bool = False,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -63,7 +64,7 @@ def dropout2d(
     training: bool = True,
     inplace: bool = False,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:
@@ -106,7 +107,7 @@ def dropout3d(
     training: bool = True,
     inplace: bool = False,
     *,
-    seed: int | None = None,
+    seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:

@@ -48,7 +48,7 @@ class SeededStream:
         """The :class:`dropkit.SeedGenerator` over ``rng_state`` (``None`` without a seed)."""
         return None if self.seed is None else SeedGenerator(state=self.rng_state)  # type: ignore[attr-defined]
 
-    def key_kwargs(self) -> dict[str, SeedGenerator]:
+    def key_kwargs(self) -> dict[str, Any]:
         """``seed=`` for this call: the owned stream in training, nothing in eval (or without a seed)."""
         if self.seed is None or not self.training:  # type: ignore[attr-defined]
             return {}

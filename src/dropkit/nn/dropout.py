@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dropkit import functional as F
@@ -43,6 +45,8 @@ class Dropout(SeededStream, torch.nn.Dropout):
         True
     """
 
+    scaling: str
+
     def __init__(self, p: float = 0.5, inplace: bool = False, *, scaling: str = "inverted", seed: int | None = None):
         torch.nn.Module.__init__(self)  # torch's Dropout.__init__ would validate p with its own message
         init_dropout_args(self, p, inplace, scaling)
@@ -77,7 +81,7 @@ def replace_dropout(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
         raise ValueError("`seed` cannot be shared by several layers; seed each replaced layer yourself")
     from dropkit.nn import alpha, spatial  # torch's channel / alpha dropouts have dropkit drop-ins too
 
-    variants = {
+    variants: dict[type, type[torch.nn.Module]] = {
         torch.nn.Dropout1d: spatial.Dropout1d,
         torch.nn.Dropout2d: spatial.Dropout2d,
         torch.nn.Dropout3d: spatial.Dropout3d,
@@ -86,10 +90,12 @@ def replace_dropout(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     }
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            new: torch.nn.Module
             if type(child) is torch.nn.Dropout:
                 new = Dropout(child.p, child.inplace, **kwargs)
             elif type(child) in variants:  # `scaling` applies to plain dropout only
-                new = variants[type(child)](child.p, child.inplace)
+                old: Any = child
+                new = variants[type(child)](float(old.p), bool(old.inplace))  # type: ignore[call-arg]
             else:
                 continue
             new.train(child.training)

@@ -36,6 +36,11 @@ __all__ = ["LSTM", "GRU"]
 class _DropRNN(SeededStream):
     """Mixin over ``torch.nn.LSTM`` / ``torch.nn.GRU``: the three dropouts and their forward."""
 
+    # set by torch.nn.RNNBase (the class this mixes into)
+    dropout: float
+    num_layers: int
+    training: bool
+
     def _init_drop(self, torch_cls, args: tuple, kwargs: dict, recurrent_dropout: float, weight_dropout: float, seed):
         dropout = kwargs.get("dropout", args[5] if len(args) > 5 else 0.0)
         check_p(dropout, "dropout")  # before torch's own check, for our message
@@ -156,7 +161,7 @@ class _DropRNN(SeededStream):
         return out, torch.stack(hs), (torch.stack(cs) if lstm else None)
 
     def extra_repr(self) -> str:
-        s = super().extra_repr()
+        s = super().extra_repr()  # type: ignore[misc]  # torch.nn.RNNBase's, after this mixin in the MRO
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}"
         if self.weight_dropout:

@@ -48,6 +48,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
 import tempfile
 import threading
 import warnings
@@ -368,7 +369,7 @@ def _load_locked() -> None:
 def _warn_at_user(msg: str) -> None:
     """One ``RuntimeWarning`` attributed to the first caller outside dropkit and torch."""
     internal = (_PKG_DIR, os.path.dirname(torch.__file__) + os.sep, "<frozen ")
-    f = sys._getframe(1)
+    f: types.FrameType | None = sys._getframe(1)
     level = 2
     while f is not None and f.f_code.co_filename.startswith(internal):
         f = f.f_back

@@ -222,7 +222,7 @@ def dropout_mul(
     if not x.is_contiguous():
         raise ValueError("dropout_mul expects a contiguous `x`; call x.contiguous() first")
     direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-    y = out if direct else torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = out if direct and out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
     f64 = x.dtype == torch.float64
     _launch("dropout_mul_kernel", (_arg(x), _arg(y)), x.numel(), p, scale, seed, stream, offset, f64, F64=f64, BF16=_bf16(y))
     if out is not None and not direct:
