@@ -148,6 +148,25 @@ def test_inplace_dtensor_writes_the_input_and_returns_it():
             assert torch.equal(d.to_local(), torch.chunk(ref, 2, 1)[rank])
 
 
+def test_inplace_on_a_dtensor_that_requires_grad():
+    """A non-leaf: written in place, the gradient carries the mask; a leaf: torch's error before any write."""
+    x = torch.randn(4, 6)
+    ref_grad = F.dropout(torch.ones(4, 6), 0.5, seed=2) * 3.0
+    with fake_rank(1, 2) as mesh:
+        local = x[:, 3:].clone().requires_grad_()
+        d = DTensor.from_local(local, mesh, [Shard(1)], run_check=False, shape=x.shape, stride=x.stride()) * 3.0
+        y = F.dropout(d, 0.5, inplace=True, seed=2)
+        assert y is d
+        y.to_local().sum().backward()
+        assert torch.equal(local.grad, ref_grad[:, 3:])
+        leaf = DTensor.from_local(x[:, 3:].clone(), mesh, [Shard(1)], run_check=False, shape=x.shape,
+                                  stride=x.stride()).requires_grad_()  # fmt: skip
+        before = leaf.to_local().clone()
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            F.dropout(leaf, 0.5, inplace=True, seed=2)
+        assert torch.equal(leaf.to_local(), before)
+
+
 def test_eval_p0_p1_on_dtensor_keep_their_meaning():
     x = torch.randn(4, 6)
     with fake_rank(0, 2) as mesh:

@@ -192,7 +192,7 @@ def _check_keys_agree(key: torch.Tensor, mesh) -> None:
     hi, lo = both[:4], -both[4:]
     if not torch.equal(hi, lo):
         raise RuntimeError(
-            "dropkit dropout on a DTensor: the ranks of the mesh drew different keys (words min "
+            "dropkit dropout on a DTensor: the ranks of the mesh drew different keys (word-wise min over the ranks "
             f"{lo.tolist()}, max {hi.tolist()}; this rank {key.tolist()}), so their masks would not be one global "
             "mask. An unseeded call (seed=None) draws its key from torch's default CPU generator: call "
             "torch.manual_seed(<the same value>) on every rank before the model runs (DTensor's own random ops "
