@@ -85,6 +85,23 @@ def test_shard_local_masks_concatenated_equal_the_single_tensor_mask(shape, worl
         assert torch.equal(torch.cat([g for _, g in outs], dim), ref.grad)  # backward: the same mask
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_every_dtype_and_non_finite_values_match_the_op_bit_for_bit(dtype):
+    """Both local paths (the fused op on one run: Shard(0); the gathered box: Shard(1)) give the op's bits:
+    one rounding from float32 (float64 for float64), -0 for a dropped negative, nan for a dropped inf."""
+    x = torch.randn(6, 10, dtype=torch.float64) * 3
+    x[0, :4] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0])
+    x[3, 5:9] = torch.tensor([float("inf"), float("-inf"), float("nan"), -2.5])
+    x = x.to(dtype)
+    ref = F.dropout(x, 0.3, seed=12)
+    assert ref.isnan().sum() == 6 and (ref.signbit() & (ref == 0)).any()  # dropped infs, dropped negatives
+    for dim in (0, 1):
+        got = torch.cat([y for y, _ in local_results(x, Shard(dim), 2, lambda d: F.dropout(d, 0.3, seed=12))], dim)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.signbit(), ref.signbit())
+
+
 @pytest.mark.parametrize("placement", [Replicate(), Partial()], ids=["Replicate", "Partial"])
 def test_replicate_and_partial_get_the_whole_global_mask_on_every_rank(placement):
     x = torch.randn(4, 6, dtype=torch.float64)

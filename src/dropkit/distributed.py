@@ -63,12 +63,18 @@ def _span(shape: Sequence[int], strides: Sequence[int]) -> int:
     return 1 + sum((n - 1) * s for n, s in zip(shape, strides))
 
 
+def _is_one_run(mask_shape: Sequence[int], box_shape: Sequence[int]) -> bool:
+    """Whether a box is one contiguous run of the row-major mask: every dimension after its first of extent > 1 is whole."""
+    j = next((i for i, n in enumerate(box_shape) if n > 1), len(box_shape))
+    return all(b == m for b, m in zip(box_shape[j + 1 :], mask_shape[j + 1 :]))
+
+
 def _box_mask(key, p, base, shape, strides, device, budget) -> torch.Tensor:
     """Keep mask of the strided box ``base + sum(i_j * strides_j)``: one kernel call on the covering range, or split."""
     span = _span(shape, strides)
     if span <= budget:
         cover = ops.keep_mask_op(key, [span], p, base, device)
-        return cover.as_strided(tuple(shape), tuple(strides)).contiguous()
+        return cover.as_strided(tuple(shape), tuple(strides))  # a view: the caller reads it once
     j = next(i for i, n in enumerate(shape) if n > 1)  # span > budget >= 1: some dimension has size > 1
     inner = _span(shape[j + 1 :], strides[j + 1 :])
     rows = max(1, (budget - inner) // strides[j] + 1)
@@ -88,6 +94,7 @@ def local_keep_mask(
     box_shape: Sequence[int],
     offset: int = 0,
     device: torch.device | str = "cpu",
+    _view: bool = False,
 ) -> torch.Tensor:
     r"""The contract's keep mask on one box of a (global) mask: ``keep[i] = mask[box_offset + i]``.
 
@@ -127,7 +134,8 @@ def local_keep_mask(
         return torch.zeros(box_shape, dtype=torch.bool, device=device)
     strides = _row_major_strides(mask_shape)
     base = offset + sum(o * s for o, s in zip(box_offset, strides))
-    return _box_mask(key, p, base, box_shape, strides, torch.device(device), max(4 * n, _MIN_BUDGET))
+    keep = _box_mask(key, p, base, box_shape, strides, torch.device(device), max(4 * n, _MIN_BUDGET))
+    return keep if _view else keep.contiguous()
 
 
 @dataclass(frozen=True)
@@ -144,9 +152,11 @@ class _LocalSpec:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``x * (keep ? scale : 0)`` in float32 (float64 for float64), rounded once to ``x``'s dtype."""
-        keep = local_keep_mask(self.key, self.p, self.mask_shape, self.box_offset, self.box_shape, self.offset, x.device)
+        keep = local_keep_mask(self.key, self.p, self.mask_shape, self.box_offset, self.box_shape, self.offset, x.device,
+                               _view=True)  # fmt: skip
         cdt = compute_dtype(x.dtype)
-        return (x.to(cdt) * (keep.to(cdt) * self.scale)).to(x.dtype)
+        # (x * keep) * scale rounds once, as the op's x * (keep ? scale : 0): x * 1 is exact, and x * 0 keeps -0 / nan
+        return torch.mul(x.to(cdt), keep).mul_(self.scale).to(x.dtype)
 
 
 class _LocalDropout(torch.autograd.Function):
@@ -266,6 +276,11 @@ def dtensor_dropout(
         box_shape=tuple(min(1, n) if b else n for b, n in zip(bcast, box_shape)),
         offset=offset,
     )
-    y_local = _LocalDropout.apply(local, spec)
+    if _is_one_run(spec.mask_shape, spec.box_shape):  # Shard(0), Replicate, Partial, ...: the fused op at an offset
+        base = offset + sum(o * st for o, st in zip(spec.box_offset, _row_major_strides(mshape)))
+        ns = None if spec.box_shape == tuple(local.shape) else spec.box_shape
+        y_local = ops.dropout(local, key, p, scale, ns, base)
+    else:
+        y_local = _LocalDropout.apply(local, spec)
     out = DTensor.from_local(y_local, mesh, placements, run_check=False, shape=input.shape, stride=input.stride())
     return input.copy_(out) if inplace else out
