@@ -220,6 +220,23 @@ def test_a_local_tensor_that_does_not_match_torchs_sharding_is_refused():
             F.dropout(d, 0.5, seed=1)
 
 
+def test_torch_compile_runs_the_dtensor_call_eagerly_and_fullgraph_names_the_reason():
+    x = torch.randn(4, 8)
+
+    def f(d):
+        return F.dropout(d, 0.5, seed=3) * 2
+
+    with fake_rank(1, 2) as mesh:
+        d = DTensor.from_local(x[:, 4:].clone(), mesh, [Shard(1)], run_check=False, shape=x.shape, stride=x.stride())
+        try:
+            assert torch.equal(torch.compile(f)(d).to_local(), f(d).to_local())
+            torch._dynamo.reset()  # a fresh compile of f, not the cached frame
+            with pytest.raises(Exception, match="dropkit's DTensor dropout runs eagerly"):
+                torch.compile(f, fullgraph=True)(d)
+        finally:
+            torch._dynamo.reset()
+
+
 def test_is_dtensor():
     assert not dkd.is_dtensor(torch.ones(2))
     assert not dkd.is_dtensor(torch.nn.Parameter(torch.ones(2)))

@@ -15,9 +15,13 @@ so a Partial input gets the same global mask on every rank and stays Partial).
 Keys: every rank must use the same key. A seeded call (``seed=<int>``, a
 :class:`dropkit.SeedGenerator`, a module built with ``seed=``) does so by construction. An
 unseeded call draws the key from torch's default CPU generator, so the ranks must share its
-state (``torch.manual_seed(same)`` on every rank), as DTensor's own random ops require. In eager
-mode the DTensor path all-reduces the key over the mesh (one small collective per call) and
-raises if the ranks disagree; set :data:`CHECK_KEYS` to ``False`` to skip that check.
+state (``torch.manual_seed(same)`` on every rank), as DTensor's own random ops require. The
+DTensor path all-reduces the key over the mesh (one small collective per call) and raises if the
+ranks disagree; set :data:`CHECK_KEYS` to ``False`` to skip that check.
+
+Under torch.compile the DTensor call runs eagerly (``torch.compiler.disable``: a graph break;
+``fullgraph=True`` refuses it and names the reason): this rank's box in the global mask is a
+data-dependent offset, which dropkit's ops take as an ``int``.
 """
 
 from __future__ import annotations
@@ -194,7 +198,7 @@ def _check_keys_agree(key: torch.Tensor, mesh) -> None:
     """All-reduce ``[key, -key]`` with MAX over the mesh: ``max == min`` iff every rank holds the same key."""
     import torch.distributed as dist
 
-    if not CHECK_KEYS or mesh.size() == 1 or torch.compiler.is_compiling():
+    if not CHECK_KEYS or mesh.size() == 1:
         return
     both = torch.cat([key, -key]).to(mesh.device_type)
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=mesh.get_group())
@@ -210,6 +214,10 @@ def _check_keys_agree(key: torch.Tensor, mesh) -> None:
         )
 
 
+@torch.compiler.disable(
+    reason="dropkit's DTensor dropout runs eagerly: this rank's box in the global mask is a data-dependent "
+    "offset that dropkit's ops take as an int"
+)
 def dtensor_dropout(
     input,
     p: float,
