@@ -39,7 +39,7 @@ from dropkit.seed import SeedGenerator, resolve_key
 
 __all__ = ["is_dtensor", "dtensor_dropout", "local_keep_mask", "CHECK_KEYS"]
 
-#: All-reduce-compare the key over the mesh on every eager DTensor call (raises if ranks disagree).
+#: All-reduce-compare the key over the mesh on every DTensor call (raises if the ranks disagree).
 CHECK_KEYS = True
 
 #: Elements of the contract evaluated per kernel call when a box is gathered from its covering range.
@@ -237,7 +237,10 @@ def dtensor_dropout(
     key is drawn, draws one key (``seed`` / ``generator`` / ``stream``, as every dropkit op),
     checks that every rank drew the same one, evaluates the contract on this rank's box and
     returns ``DTensor.from_local`` of the product, with the input's placements, shape and stride.
-    Autograd flows through ``to_local`` / ``from_local``; backward regenerates the same mask.
+    A box that is one contiguous run of the global mask (``Shard(0)``, ``Replicate``, ``Partial``)
+    goes through the fused op ``dropkit::dropout`` at the run's offset; any other box is read from
+    :func:`local_keep_mask`. Autograd flows through ``to_local`` / ``from_local``; backward
+    regenerates the same mask. Under torch.compile this function runs eagerly (a graph break).
 
     Args:
         input: a DTensor of a floating dtype, global shape ``(*)``.
