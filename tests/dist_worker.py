@@ -99,15 +99,15 @@ def scenario_masks(rank, world, mesh):
             d = distribute_tensor(case_input(shape), mesh, [pl]).requires_grad_()
             y = make()(d)
             (y * distribute_tensor(case_weight(shape), mesh, y.placements)).sum().backward()
-            out[(name, pname)] = dict(y=y.full_tensor().detach(), grad=d.grad.full_tensor(), placements=str(y.placements))
+            out[(name, pname)] = {"y": y.full_tensor().detach(), "grad": d.grad.full_tensor(), "placements": str(y.placements)}
         # Partial: the ranks' parts sum to x; the output stays Partial and sums to the masked x
         part = case_input(shape) * (0.25 if rank == 0 else 0.75)
         y = make()(DTensor.from_local(part, mesh, [Partial()], run_check=False))
-        out[(name, "Partial")] = dict(y=y.full_tensor(), placements=str(y.placements))
+        out[(name, "Partial")] = {"y": y.full_tensor(), "placements": str(y.placements)}
     # uneven Shard(1) (7 columns: 4 / 3) in place
     d = distribute_tensor(case_input((3, 7)).float(), mesh, [Shard(1)])
     r = F.dropout(d, 0.5, inplace=True, seed=2)
-    out[("inplace", "Shard(1)")] = dict(y=d.full_tensor(), same=r is d, local=tuple(d.to_local().shape))
+    out[("inplace", "Shard(1)")] = {"y": d.full_tensor(), "same": r is d, "local": tuple(d.to_local().shape)}
     return out
 
 
@@ -125,7 +125,11 @@ def scenario_key_mismatch(rank, world, mesh):
 
 
 def tp_model(mesh, seed):
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     model = mlp(seed)
     return parallelize_module(model, mesh, {"0": ColwiseParallel(use_local_output=False), "3": RowwiseParallel()})
@@ -148,16 +152,15 @@ def scenario_tp(rank, world, mesh):
         if seed == "local-index":
             model[2].__class__ = LocalIndexDropout
         seen = []
-        model[2].register_forward_hook(lambda m, args, y: seen.append((type(args[0]).__name__, str(args[0].placements))))
+        model[2].register_forward_hook(lambda m, args, y, seen=seen: seen.append((type(args[0]).__name__, str(args[0].placements))))
         losses = train(model, batches())
-        out[seed] = dict(losses=losses, params=full_params(model), dropout_input=seen[0])
+        out[seed] = {"losses": losses, "params": full_params(model), "dropout_input": seen[0]}
     return out
 
 
 def scenario_fsdp(rank, world, mesh):
-    from torch.distributed.fsdp import fully_shard
-
     import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
 
     out = {}
     for seed in (1234, None):
@@ -173,7 +176,7 @@ def scenario_fsdp(rank, world, mesh):
             return loss.item() / world
 
         losses = train(model, data, shard_start=rank * local, reduce_loss=mean_loss)
-        out[seed] = dict(losses=losses, params=full_params(model), placements=str(model[0].weight.placements))
+        out[seed] = {"losses": losses, "params": full_params(model), "placements": str(model[0].weight.placements)}
     return out
 
 
@@ -195,7 +198,7 @@ def main(argv: list[str]) -> int:
         for name in names:
             try:
                 result = SCENARIOS[name](rank, world, mesh)
-            except Exception:  # reported to the test, which fails with it (or skips, for FSDP2 on CPU)
+            except Exception:  # noqa: BLE001 - reported to the test, which fails with it (or skips, for FSDP2 on CPU)
                 result = {"error": traceback.format_exc()}
             torch.save(result, os.path.join(out_dir, f"{name}-{rank}.pt"))
             dist.barrier()

@@ -24,11 +24,11 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available in this build", allow_module_level=True)
 
-from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
-from torch.distributed.tensor import DTensor, Partial, Replicate, Shard  # noqa: E402
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dist_worker as W  # noqa: E402
+import dist_worker as W
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 SRC = Path(dropkit.__file__).resolve().parents[1]

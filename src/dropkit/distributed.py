@@ -37,7 +37,7 @@ from dropkit import ops
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, resolve_key
 
-__all__ = ["is_dtensor", "dtensor_dropout", "local_keep_mask", "CHECK_KEYS"]
+__all__ = ["CHECK_KEYS", "dtensor_dropout", "is_dtensor", "local_keep_mask"]
 
 #: All-reduce-compare the key over the mesh on every DTensor call (raises if the ranks disagree).
 CHECK_KEYS = True

@@ -14,7 +14,6 @@ import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from dropkit import ops
-from dropkit.distributed import dtensor_dropout, is_dtensor
 from dropkit._validation import (
     check_bool,
     check_choice,
@@ -24,6 +23,7 @@ from dropkit._validation import (
     check_p,
     SCALINGS,
 )
+from dropkit.distributed import dtensor_dropout, is_dtensor
 from dropkit.rng import current_batch_start, inverted_scale, key_tensor
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
