@@ -312,19 +312,24 @@ def two_ranks(tmp_path_factory):
     return load
 
 
-@pytest.mark.parametrize("seed", [1234, None], ids=["seeded", "unseeded"])
-def test_tensor_parallel_mlp_training_equals_one_process(two_ranks, seed):
-    """ColwiseParallel(use_local_output=False) -> ReLU -> Dropout -> RowwiseParallel, 3 SGD steps, TP-2 == TP-1."""
-    results = two_ranks("tp")
+def assert_training_equals_one_process(results: list[dict], seed, key: str, expected: str, atol: float) -> None:
+    """Both ranks' losses and (full) parameters equal a 1-process run of the same model and data."""
     ref_model = W.mlp(seed)
     ref_losses = W.train(ref_model, W.batches())
     ref_params = W.full_params(ref_model)
     for res in results:
         got = res[seed]
-        assert got["dropout_input"] == ("DTensor", "(Shard(dim=1),)")  # the DTensor path ran on Shard(-1)
-        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-7)
+        assert got[key] == expected
+        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref_losses), rtol=1e-6, atol=atol)
         for k, v in ref_params.items():
-            torch.testing.assert_close(got["params"][k], v, rtol=1e-6, atol=1e-7, msg=k)
+            torch.testing.assert_close(got["params"][k], v, rtol=1e-6, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("seed", [1234, None], ids=["seeded", "unseeded"])
+def test_tensor_parallel_mlp_training_equals_one_process(two_ranks, seed):
+    """ColwiseParallel(use_local_output=False) -> ReLU -> Dropout -> RowwiseParallel, 3 SGD steps, TP-2 == TP-1."""
+    # the Dropout saw a DTensor Shard(-1): the DTensor path ran
+    assert_training_equals_one_process(two_ranks("tp"), seed, "dropout_input", ("DTensor", "(Shard(dim=1),)"), 1e-7)
 
 
 def test_local_index_masks_control_differs_from_one_process(two_ranks):
@@ -337,16 +342,8 @@ def test_local_index_masks_control_differs_from_one_process(two_ranks):
 @pytest.mark.parametrize("seed", [1234, None], ids=["seeded", "unseeded"])
 def test_fsdp2_training_with_batch_shard_equals_one_process_on_the_full_batch(two_ranks, seed):
     """fully_shard on each Linear and the model (CPU, gloo), half the batch per rank inside batch_shard."""
-    results = two_ranks("fsdp")
-    ref_model = W.mlp(seed)
-    ref_losses = W.train(ref_model, W.batches())
-    ref_params = W.full_params(ref_model)
-    for res in results:
-        got = res[seed]
-        assert got["placements"] == "(Shard(dim=0),)"  # the parameters were sharded
-        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-6)
-        for k, v in ref_params.items():
-            torch.testing.assert_close(got["params"][k], v, rtol=1e-6, atol=1e-6, msg=k)
+    # the parameters were sharded (FSDP2 ran)
+    assert_training_equals_one_process(two_ranks("fsdp"), seed, "placements", "(Shard(dim=0),)", 1e-6)
 
 
 @pytest.mark.parametrize("case", sorted(W.MASK_CASES))
