@@ -23,6 +23,7 @@ from dropkit._validation import (
     check_p,
     SCALINGS,
 )
+from dropkit.distributed import dtensor_dropout, is_dtensor
 from dropkit.rng import current_batch_start, inverted_scale, key_tensor
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
 
@@ -187,9 +188,11 @@ def dropout(
         return input
     if p == 1.0:
         return zeros_like_input(input, inplace)
-    key = resolve_key(seed, generator, stream)
     scale = inverted_scale(p) if scaling == "inverted" else 1.0
     offset = _shard_offset(shape, input.shape, batch_dim)
+    if is_dtensor(input):  # tensor parallel: each local element's mask at its global index (dropkit.distributed)
+        return dtensor_dropout(input, p, scale, shape, offset, inplace, seed=seed, generator=generator, stream=stream)
+    key = resolve_key(seed, generator, stream)
     if inplace:
         return ops.dropout_(input, key, p, scale, shape, offset)
     return ops.dropout(input, key, p, scale, shape, offset)
