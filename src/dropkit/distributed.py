@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dropkit import ops
+from dropkit import kernels, ops
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, resolve_key
 
@@ -160,7 +160,7 @@ class _LocalSpec:
                                _view=True)  # fmt: skip
         cdt = compute_dtype(x.dtype)
         # (x * keep) * scale rounds once, as the op's x * (keep ? scale : 0): x * 1 is exact, and x * 0 keeps -0 / nan
-        return torch.mul(x.to(cdt), keep).mul_(self.scale).to(x.dtype)
+        return kernels.round_to(torch.mul(x.to(cdt), keep).mul_(self.scale), x.dtype)  # the 16-bit NaN rule
 
 
 class _LocalDropout(torch.autograd.Function):

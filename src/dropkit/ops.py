@@ -392,6 +392,14 @@ def has_functorch_or_fwd_ad(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.autograd.forward_ad._current_level >= 0
 
 
+def _direct(op, *args):
+    """``op(*args)`` below the autograd key: no autograd node wanted (the caller records its own or none),
+    and it skips the Python autograd kernel that ``register_autograd`` installs (~30 us a call on CPU).
+    Dispatch modes (guard, selective checkpointing) still see the op."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 class _Linear(torch.autograd.Function):
     """``y = op(x, key, *args)`` with ``op`` linear in ``x``: backward and the tangent are ``op`` again."""
 
@@ -399,7 +407,9 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(x, op, key, *args):  # type: ignore[override]
-        return op(x, key, *args)
+        if has_functorch_or_fwd_ad(x):
+            return op(x, key, *args)
+        return _direct(op, x, key, *args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -409,8 +419,10 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         if torch.is_grad_enabled() and grad.requires_grad:  # double backward
             g = _Linear.apply(grad, ctx.op, ctx.key, *ctx.args)
-        else:
+        elif has_functorch_or_fwd_ad(grad):
             g = ctx.op(grad, ctx.key, *ctx.args)
+        else:
+            g = _direct(ctx.op, grad, ctx.key, *ctx.args)
         return (g, None, None) + (None,) * len(ctx.args)
 
     @staticmethod
@@ -421,7 +433,7 @@ class _Linear(torch.autograd.Function):
 class _DropoutInplace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, key, *args):  # type: ignore[override]
-        dropout_inplace_op(x, key, *args)
+        _direct(dropout_inplace_op, x, key, *args)
         ctx.mark_dirty(x)
         ctx.key, ctx.args = key, args
         return x
@@ -442,7 +454,7 @@ def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
         return op(x, key, *args)
     if (torch.is_grad_enabled() and x.requires_grad) or has_functorch_or_fwd_ad(x):
         return _Linear.apply(x, op, key, *args)
-    return op(x, key, *args)
+    return _direct(op, x, key, *args)
 
 
 def dropout(x: torch.Tensor, key: torch.Tensor, p: float, scale: float,
@@ -475,7 +487,7 @@ def dropout_(x: torch.Tensor, key: torch.Tensor, p: float, scale: float,
         return x
     if (torch.is_grad_enabled() and x.requires_grad) or has_functorch_or_fwd_ad(x):
         return _DropoutInplace.apply(x, key, p, scale, ns, offset)
-    dropout_inplace_op(x, key, p, scale, ns, offset)
+    _direct(dropout_inplace_op, x, key, p, scale, ns, offset)
     return x
 
 

@@ -33,6 +33,7 @@ counter layout with 32-bit lanes: element ``e`` takes word ``e % 4`` of the bloc
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import threading
@@ -362,12 +363,28 @@ def key_words(seed: int, stream: int = 0) -> tuple[int, int, int, int]:
 
 
 def key_tensor(seed: int, stream: int = 0) -> torch.Tensor:
-    """:func:`key_words` as the int64 tensor ``(4,)`` on the CPU that dropkit's registered ops take."""
-    return torch.tensor(key_words(seed, stream), dtype=torch.int64)
+    """:func:`key_words` as the int64 tensor ``(4,)`` on the CPU that dropkit's registered ops take.
+
+    Eager calls share one tensor per ``(seed, stream)`` (a small cache: a fixed-seed call costs no
+    allocation); treat it as read-only.
+    """
+    if torch.compiler.is_compiling():
+        return torch.tensor(key_words(seed, stream), dtype=torch.int64)
+    return _cached_key(check_seed(seed), check_seed(stream, "stream"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_key(seed: int, stream: int) -> torch.Tensor:
+    key = torch.tensor(key_words(seed, stream), dtype=torch.int64)
+    key._dropkit_ints = (seed, stream)  # type: ignore[attr-defined]  # read back by key_ints without .tolist()
+    return key
 
 
 def key_ints(key: torch.Tensor) -> tuple[int, int]:
     """``(seed, stream)`` of a key tensor (the inverse of :func:`key_tensor`); reads the tensor (eager only)."""
+    known = getattr(key, "_dropkit_ints", None)
+    if known is not None:
+        return known
     w = key.tolist()
     if len(w) != 4 or any(not 0 <= v <= _M32 for v in w):
         raise ValueError(f"a dropkit key is 4 int64 words in [0, 2**32); received {w!r}")
