@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 #: Subcommand modules under dropkit.cli, in the order ``--help`` lists them.
-SUBCOMMANDS = ["demo", "guard", "mc", "lint", "masks", "compare", "sweep", "report"]
+SUBCOMMANDS = ["demo", "guard", "mc", "lint", "masks", "compare", "sweep", "tune", "report"]
 
 
 class HelpFormatter(argparse.HelpFormatter):
