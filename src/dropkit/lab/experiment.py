@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from dropkit._io import atomic_write_json, atomic_write_text
+from dropkit._io import FILE_MODE, atomic_write_json, atomic_write_text
 from dropkit.lab.plan import IDENTITY_KEYS, Point, identity, plan
 from dropkit.lab.report import write_report
 from dropkit.lab.train import RunSpec, check_config, dist_info, train_run
@@ -79,6 +79,7 @@ def folder_lock(folder: Path):
                 f"run folder {folder} is in use by process {holder} (lock file {path}); wait for it to finish, "
                 "or use another --out"
             ) from None
+        os.fchmod(fd, FILE_MODE)  # one mode for every file of the folder, whatever the umask
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
