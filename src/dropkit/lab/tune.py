@@ -57,7 +57,9 @@ def open_study(storage: str, direction: str, heartbeat: int, study_name: str = S
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
-    rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
     return optuna.create_study(study_name=study_name, storage=rdb, direction=direction, load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(seed=None))
 
