@@ -50,6 +50,12 @@ def site_names(config: dict, data) -> list[str]:
     return [name for name, _, _ in _sites(config["model"], config.get("hidden"))]
 
 
+class StorageError(RuntimeError):
+    """The study storage cannot be opened (driver missing); the message says what to install."""
+
+    user_facing = True
+
+
 def open_study(storage: str, direction: str, heartbeat: int, study_name: str = STUDY_NAME):
     """The Optuna study in ``storage`` (created if new) with heartbeats every ``heartbeat`` seconds."""
     import optuna
@@ -59,7 +65,13 @@ def open_study(storage: str, direction: str, heartbeat: int, study_name: str = S
     kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+        try:
+            rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+        except ImportError as exc:
+            raise StorageError(
+                f"--storage {storage}: no database driver for it ({exc}); for PostgreSQL: pip install "
+                "'psycopg[binary]' (postgresql://...) or psycopg2-binary (postgresql+psycopg2://...)"
+            ) from None
     return optuna.create_study(study_name=study_name, storage=rdb, direction=direction, load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(seed=None))
 
