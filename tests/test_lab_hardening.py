@@ -145,9 +145,8 @@ def test_second_process_on_the_same_folder_is_refused_naming_the_holder(tmp_path
     from dropkit.lab.experiment import folder_lock
 
     out = tmp_path / "o"
-    with folder_lock(out):
-        with pytest.raises(SystemExit) as exc:
-            _compare(out)
+    with folder_lock(out), pytest.raises(SystemExit) as exc:
+        _compare(out)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"is in use by process {os.getpid()}" in err
     assert _compare(out) == 0  # the lock is released with its holder
@@ -166,7 +165,7 @@ def test_invalid_flag_then_the_corrected_command(tmp_path, monkeypatch, capsys):
 
 
 def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch, capsys):
-    import dropkit.lab.train as train
+    from dropkit.lab import train
 
     def broken(*a, **k):
         raise ValueError("a bug, not bad input")

@@ -15,7 +15,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from dropkit.cli import main  # noqa: E402
+from dropkit.cli import main
 
 BASE = ["tune", "--dataset", "overfit", "--model", "overfit-mlp", "--epochs", "2", "--heartbeat", "1", "--quiet"]
 
@@ -137,7 +137,7 @@ def _postgres():
         pytest.skip("PostgreSQL test skipped: the server did not start")
 
     def stop():
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
     return f"postgresql+{driver}://dropkit@/postgres?host={sock}&port=54329", stop

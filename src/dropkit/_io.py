@@ -38,8 +38,18 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
-    "FILE_MODE", "CorruptFileError", "DiskFullError", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-    "atomic_write_with", "atomic_torch_save", "load_torch_verified", "read_json", "read_jsonl", "sha256_bytes",
+    "FILE_MODE",
+    "CorruptFileError",
+    "DiskFullError",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_write_with",
+    "load_torch_verified",
+    "read_json",
+    "read_jsonl",
+    "sha256_bytes",
 ]
 
 #: Mode of every file dropkit writes into a run folder.

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import traceback
-from contextlib import contextmanager
+
+from dropkit.lab.errors import reraise_as
 
 __all__ = ["UsageError", "is_user_error", "user_input"]
 
@@ -42,14 +43,7 @@ def is_user_error(exc: BaseException) -> bool:
     return where == _VALIDATION or os.path.dirname(where) == _CLI_DIR
 
 
-@contextmanager
+
 def user_input():
     """Inside: a ``ValueError`` / ``TypeError`` is a check of the user's input, re-raised as :class:`UsageError`."""
-    try:
-        yield
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as exc:
-        if getattr(exc, "user_facing", False):
-            raise
-        raise UsageError(str(exc)) from exc
+    return reraise_as(UsageError)

@@ -262,9 +262,9 @@ def default_out(config: dict) -> str:
 
 
 def cpu_text() -> str:
-    from dropkit.lab.experiment import cpu_model
-
     import os
+
+    from dropkit.lab.experiment import cpu_model
 
     return f"{cpu_model()}, {os.cpu_count()} CPUs"
 

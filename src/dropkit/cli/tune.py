@@ -60,16 +60,20 @@ def run(args: argparse.Namespace) -> int:
     config.update(trials=args.trials, score=args.score, max_rate=args.max_rate, tune_input=args.tune_input,
                   tune_schedule=args.tune_schedule)
     out = Path(args.out or _lab.default_out(config))
-    from dropkit.lab.experiment import ConfigError, _config_checks, _data_kwargs, _cached_dataset
-    from dropkit.lab.tune import default_storage, run_tune, site_names, write_tune_report
-    from dropkit.lab.train import check_config
-
     import json
 
-    with _config_checks():  # data and model checked before anything is written
-        data = _cached_dataset(config["dataset"], _data_kwargs(config, args.data_dir, args.cache_dir, not args.no_download))
+    from dropkit.lab.experiment import config_checks, load_experiment_data
+    from dropkit.lab.train import check_config
+    from dropkit.lab.tune import (
+        default_storage,
+        run_tune,
+        site_names,
+        write_tune_report,
+    )
+
+    with config_checks():  # data and model checked before anything is written
+        data = load_experiment_data(config, args.data_dir, args.cache_dir, not args.no_download)
         site_names(config, data)
-    del ConfigError
     storage = args.storage or default_storage(out)
     out.mkdir(parents=True, exist_ok=True)
     ident = {k: v for k, v in config.items() if k != "trials"}

@@ -37,20 +37,20 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "SOURCES",
     "Dataset",
     "DatasetError",
     "IdxFile",
-    "SOURCES",
-    "load_dataset",
-    "download",
-    "read_idx",
-    "default_cache_dir",
-    "load_data",
-    "load_npz",
     "dataset_fingerprint",
+    "default_cache_dir",
+    "download",
+    "load_data",
+    "load_dataset",
+    "load_npz",
+    "read_idx",
 ]
 
-from dropkit.lab._names import DATASETS  # noqa: E402
+from dropkit.lab._names import DATASETS
 
 
 class DatasetError(ValueError):
@@ -375,7 +375,7 @@ def _mnist1d(split_seed: int) -> Dataset:
         d = make_dataset(args)
     finally:
         np.random.set_state(state)
-    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a).astype(dt))  # noqa: E731
+    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a).astype(dt))
     return Dataset(
         "mnist1d", t(d["x"], np.float32), t(d["y"], np.int64), t(d["x_test"], np.float32), t(d["y_test"], np.int64), 10
     )

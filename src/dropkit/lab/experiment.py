@@ -32,30 +32,31 @@ from pathlib import Path
 import torch
 
 from dropkit._io import FILE_MODE, atomic_write_json, atomic_write_text
+from dropkit.lab.errors import ConfigError, reraise_as
 from dropkit.lab.plan import IDENTITY_KEYS, Point, identity, plan
 from dropkit.lab.report import write_report
 from dropkit.lab.train import RunSpec, check_config, dist_info, train_run
 
-__all__ = ["Point", "plan", "run_experiment", "init_distributed", "environment", "IDENTITY_KEYS", "RunFolderBusy", "ConfigError",
-           "folder_lock", "lint_findings", "run_specs"]
+__all__ = [
+    "IDENTITY_KEYS",
+    "ConfigError",
+    "Point",
+    "RunFolderBusy",
+    "config_checks",
+    "environment",
+    "folder_lock",
+    "init_distributed",
+    "lint_findings",
+    "load_experiment_data",
+    "plan",
+    "run_experiment",
+    "run_specs",
+]
 
 
-class ConfigError(ValueError):
-    """The experiment's configuration does not fit its data or model (found before anything is written)."""
-
-    user_facing = True
-
-
-@contextmanager
-def _config_checks():
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:
-        if getattr(exc, "user_facing", False):
-            raise
-        raise ConfigError(str(exc)) from exc
+def config_checks():
+    """Inside: a ``ValueError`` / ``TypeError`` is the configuration not fitting its data or model: a :class:`ConfigError`."""
+    return reraise_as(ConfigError)
 
 
 class RunFolderBusy(RuntimeError):
@@ -147,6 +148,11 @@ def init_distributed(device: str) -> str:
     return device
 
 
+def load_experiment_data(config: dict, data_dir=None, cache_dir=None, download: bool = True):
+    """The dataset of an experiment config (cached per process: a second call with the same settings is free)."""
+    return _cached_dataset(config["dataset"], _data_kwargs(config, data_dir, cache_dir, download))
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_dataset(name: str, data_kwargs_json: str):
     from dropkit.lab.datasets import load_data
@@ -181,7 +187,13 @@ class _Progress:
         self.runs, self.finished, self.t0 = runs, 0, time.perf_counter()
         if enabled and not self.lines:
             try:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
             except ImportError:  # pragma: no cover
                 return
             self.bar = Progress(
@@ -261,7 +273,6 @@ def run_experiment(
 
     Returns ``{"out": path, "table": markdown table, "wall_s": seconds}`` (the report on rank 0 only).
     """
-    from dropkit.lab.datasets import load_data
     from dropkit.lab.models import make_model
 
     out = Path(out)
@@ -272,7 +283,7 @@ def run_experiment(
 
     # Validate the data and the model of every setting before anything is created or written.
     data_kwargs = _data_kwargs(config, data_dir, cache_dir, download)
-    with _config_checks():
+    with config_checks():
         data = _cached_dataset(config["dataset"], data_kwargs)
         tasks = [(pt, spec, out / "runs" / pt.slug / f"seed-{spec.seed}") for pt, spec in run_specs(config)]
         for pt, spec, _ in tasks[:: config["seeds"]]:

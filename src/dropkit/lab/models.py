@@ -40,8 +40,17 @@ import dropkit
 from dropkit._validation import check_p
 from dropkit.lab import _names
 
-__all__ = ["MODELS", "VARIANTS", "SITES", "build_model", "make_model", "probabilities", "variant_choices",
-           "resolve_rates", "DEFAULT_HIDDEN"]
+__all__ = [
+    "DEFAULT_HIDDEN",
+    "MODELS",
+    "SITES",
+    "VARIANTS",
+    "build_model",
+    "make_model",
+    "probabilities",
+    "resolve_rates",
+    "variant_choices",
+]
 
 MODELS = _names.MODELS
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Point", "plan", "IDENTITY_KEYS", "RECIPE_DEFAULTS", "identity"]
+__all__ = ["IDENTITY_KEYS", "RECIPE_DEFAULTS", "Point", "identity", "plan"]
 
 #: Config keys that define an experiment (a run folder refuses a config that differs in any).
 IDENTITY_KEYS = (

@@ -8,15 +8,20 @@ display needed). Accuracies are in percent, ``mean ± std`` over the seeds (samp
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from dropkit._io import atomic_write_json, atomic_write_text, atomic_write_with, read_json, read_jsonl
+from dropkit._io import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    read_json,
+    read_jsonl,
+)
 from dropkit.lab.plan import Point, plan
 from dropkit.lab.train import summarise
 
-__all__ = ["load_folder", "aggregate", "format_table", "sweep_verdicts", "write_report", "plot_curves", "plot_gap"]
+__all__ = ["aggregate", "format_table", "load_folder", "plot_curves", "plot_gap", "sweep_verdicts", "write_report"]
 
 #: Columns of the table: (key in the per-run summary, header, percent?).
 COLUMNS = (

@@ -51,14 +51,33 @@ import torch
 import torch.nn.functional as F
 
 from dropkit._io import (
-    CorruptFileError, atomic_torch_save, atomic_write_json, atomic_write_text, load_torch_verified, read_json,
+    CorruptFileError,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_torch_verified,
+    read_json,
 )
 from dropkit.lab.models import make_model
 from dropkit.schedules import from_spec
 
-__all__ = ["RunSpec", "ConfigMismatch", "train_run", "load_result", "load_model", "check_config",
-           "dist_info", "evaluate", "summarise", "shard_bounds", "lr_at", "apply_max_norm",
-           "OPTIMIZERS", "LR_SCHEDULES", "TASKS"]
+__all__ = [
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "TASKS",
+    "ConfigMismatch",
+    "RunSpec",
+    "apply_max_norm",
+    "check_config",
+    "dist_info",
+    "evaluate",
+    "load_model",
+    "load_result",
+    "lr_at",
+    "shard_bounds",
+    "summarise",
+    "train_run",
+]
 
 #: Testing hook: seconds to sleep in every epoch before its checkpoint (makes kill tests deterministic).
 _SLOWDOWN_ENV = "DROPKIT_LAB_EPOCH_DELAY"

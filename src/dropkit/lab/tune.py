@@ -33,7 +33,7 @@ from dropkit._io import atomic_write_json, atomic_write_text
 from dropkit.lab.plan import Point
 from dropkit.lab.train import ConfigMismatch, train_run
 
-__all__ = ["site_names", "run_tune", "write_tune_report", "open_study", "SCORES"]
+__all__ = ["SCORES", "open_study", "run_tune", "site_names", "write_tune_report"]
 
 SCORES = ("acc", "loss")
 STUDY_NAME = "dropkit-tune"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["is_user_target", "load_callable", "build_user_model", "dropout_modules"]
+__all__ = ["build_user_model", "dropout_modules", "is_user_target", "load_callable"]
 
 
 def is_user_target(name: str) -> bool:
@@ -83,7 +83,7 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
             raise ValueError(f"Invalid value for `{flag}`: {module_name} has no attribute {attr!r}. Received: {flag}={target}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"Invalid value for `{flag}`: {target} is a {type(obj).__name__}, not a callable")
+        raise TypeError(f"Invalid value for `{flag}`: {target} is a {type(obj).__name__}, not a callable")
     return obj
 
 
