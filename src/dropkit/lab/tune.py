@@ -23,6 +23,7 @@ the running trials of others can still complete the study.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -56,24 +57,35 @@ class StorageError(RuntimeError):
     user_facing = True
 
 
-def open_study(storage: str, direction: str, heartbeat: int, study_name: str = STUDY_NAME):
-    """The Optuna study in ``storage`` (created if new) with heartbeats every ``heartbeat`` seconds."""
+def open_study(storage: str, direction: str, heartbeat: int, study_name: str = STUDY_NAME, attempts: int = 8):
+    """The Optuna study in ``storage`` (created if new) with heartbeats every ``heartbeat`` seconds.
+
+    Workers started at the same moment on a new database race to create its tables; the loser
+    sees a database error and tries again (up to ``attempts`` times, with a growing pause).
+    """
     import optuna
+    import sqlalchemy.exc
     from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    for attempt in range(attempts):
         try:
-            rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                                 grace_period=2 * heartbeat)
+            return optuna.create_study(study_name=study_name, storage=rdb, direction=direction, load_if_exists=True,
+                                       sampler=optuna.samplers.TPESampler())
         except ImportError as exc:
             raise StorageError(
                 f"--storage {storage}: no database driver for it ({exc}); for PostgreSQL: pip install "
                 "'psycopg[binary]' (postgresql://...) or psycopg2-binary (postgresql+psycopg2://...)"
             ) from None
-    return optuna.create_study(study_name=study_name, storage=rdb, direction=direction, load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=None))
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + 0.1 * (os.getpid() % 7))
 
 
 def _counts(study) -> tuple[int, list[int]]:
