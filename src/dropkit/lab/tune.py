@@ -208,6 +208,7 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
             warnings.simplefilter("ignore")  # optuna's "experimental" warnings
             ax = ovm.plot_optimization_history(study)
             ax.set_title(f"optimisation history ({unit})")
+            ax.figure.tight_layout()
             save_figure(ax.figure, out / "plots" / "history.png")
             figures.append("history.png")
             if len(done) >= 2 and len(params) >= 2:
@@ -216,6 +217,7 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
                 except (RuntimeError, ValueError) as exc:  # e.g. every trial scored the same
                     print(f"dropkit tune: no importance plot ({exc})")
                 else:
+                    ax.figure.tight_layout()  # room for the parameter names
                     save_figure(ax.figure, out / "plots" / "importance.png")
                     figures.append("importance.png")
             import matplotlib.pyplot as plt
