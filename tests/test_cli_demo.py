@@ -24,3 +24,12 @@ def test_default_command_is_demo():
 def test_bad_rate_is_a_clear_error():
     r = subprocess.run([sys.executable, "-m", "dropkit", "demo", "--p", "1.5"], capture_output=True, text=True)
     assert r.returncode == 2 and "`p`" in r.stderr and "1.5" in r.stderr
+
+
+def test_demo_mask_shows_the_rate(capsys):
+    for p, units in ((0.5, 10), (0.2, 10), (0.8, 12)):
+        assert main(["demo", "--p", str(p), "--units", str(units)]) == 0
+        out = capsys.readouterr().out
+        assert f"dropped {round(p * units)} of {units} neurons" in out
+        mask = next(line for line in out.splitlines() if line.startswith("mask (0 = dropped)"))
+        assert mask.split()[4:].count("0") == round(p * units)

@@ -5,9 +5,10 @@ or an experiment folder, whose finished runs (``runs/*/seed-*/``) with dropout a
 evaluated. The validation split is reloaded with the dataset settings found in the run's
 or the experiment's ``config.json`` (``val_fraction``, ``train_size``, ``val_size``).
 
-For each run it prints the eval-mode and MC accuracy, NLL, Brier score and ECE, and the
-mean predictive entropy and mutual information (BALD) of correctly vs wrongly classified
-examples; it writes ``mc.json`` and ``mc_uncertainty.png`` (histograms of the predictive
+For each run it prints the eval-mode and MC accuracy, NLL, Brier score and ECE, the
+mean predictive entropy of correctly vs wrongly classified examples and its AUROC (how well
+entropy ranks the misclassified above the correct ones; 0.5 = chance), and the mutual
+information (BALD) of both; it writes ``mc.json`` and ``mc_uncertainty.png`` (histograms of the predictive
 entropy, correct vs misclassified) into the run's folder.
 """
 
@@ -23,7 +24,9 @@ import torch
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mc", help="MC-dropout uncertainty of a lab run folder's validation set", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", metavar="DIR", help="a lab run folder, or an experiment folder with runs/")
+    p.add_argument("dir", metavar="DIR", nargs="?", default="runs/compare-digits-mlp",
+                   help="a lab run folder, or an experiment folder with runs/ (default: runs/compare-digits-mlp, "
+                        "the folder of a plain `dropkit compare`)")
     p.add_argument("--samples", type=int, default=50, help="MC samples T (default: 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the MC masks (default: 0)")
     p.add_argument("--bins", type=int, default=15, help="ECE bins (default: 15)")
@@ -79,7 +82,21 @@ def _histogram(path: Path, entropy: torch.Tensor, correct: torch.Tensor, title: 
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    from dropkit.lab.report import save_figure
+
+    save_figure(fig, path)
+
+
+def _auroc(score: torch.Tensor, positive: torch.Tensor) -> float:
+    """Probability that a random positive (misclassified) example scores higher than a random
+    negative (correct) one, ties counting 1/2 (Mann-Whitney U / (n+ n-)); NaN without both kinds."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    _, inverse, counts = torch.unique(score.double(), return_inverse=True, return_counts=True)
+    end = torch.cumsum(counts, 0).double()
+    ranks = ((end - counts + 1 + end) / 2)[inverse]  # 1-based ranks, ties get their average
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
@@ -111,9 +128,15 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
     for label, mask in (("correct", correct), ("wrong", ~correct)):
         row[f"entropy_{label}"] = float(entropy[mask].mean()) if mask.any() else float("nan")
         row[f"mi_{label}"] = float(mi[mask].mean()) if mask.any() else float("nan")
+    row["entropy_auroc"] = _auroc(entropy, ~correct)
     row["accuracy_coverage"] = metrics.accuracy_coverage(mean, y, entropy)
-    (run / "mc.json").write_text(json.dumps(row, indent=1) + "\n")
-    _histogram(run / "mc_uncertainty.png", entropy, correct, f"{run.name}: MC dropout, T={args.samples}")
+    from dropkit._io import atomic_write_json
+
+    atomic_write_json(run / "mc.json", row)
+    setting = f"{run.parent.name} {run.name}" if run.name.startswith("seed-") else run.name
+    _histogram(run / "mc_uncertainty.png", entropy, correct,
+               f"{name}, {setting}: MC dropout, T={args.samples} (eval acc {100 * row['eval_acc']:.1f} %, "
+               f"MC acc {100 * row['mc_acc']:.1f} %)")
     return row
 
 
@@ -123,10 +146,18 @@ def run(args: argparse.Namespace) -> int:
 
     check_int(args.samples, "samples", minimum=1)
     root = Path(args.dir)
-    print(f"{'run':<40} {'acc eval':>8} {'acc MC':>7} {'NLL eval':>8} {'NLL MC':>7} {'ECE eval':>8} {'ECE MC':>7} "
-          f"{'H right':>7} {'H wrong':>7} {'MI right':>8} {'MI wrong':>8}")
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder; pass the --out folder of a `dropkit compare` or `dropkit sweep` "
+                         "run (a plain `dropkit compare` writes runs/compare-digits-mlp)")
+    from dropkit.lab.report import require_matplotlib
+
+    require_matplotlib()
+    runs = _runs(root)
+    print(f"{'run':<40} {'acc eval':>8} {'acc MC':>7} {'NLL eval':>8} {'NLL MC':>7} {'Brier eval':>10} {'Brier MC':>8} "
+          f"{'ECE eval':>8} {'ECE MC':>7} {'H right':>7} {'H wrong':>7} {'AUROC H':>7} {'MI right':>8} {'MI wrong':>8}",
+          flush=True)
     done = 0
-    for r in _runs(root):
+    for r in runs:
         try:
             row = evaluate_run(r, args)
         except NoDropoutError:
@@ -135,9 +166,10 @@ def run(args: argparse.Namespace) -> int:
         done += 1
         label = str(r.relative_to(root)) if r != root else r.name
         print(f"{label:<40} {row['eval_acc']:8.3f} {row['mc_acc']:7.3f} {row['eval_nll']:8.3f} {row['mc_nll']:7.3f} "
-              f"{row['eval_ece']:8.3f} {row['mc_ece']:7.3f} {row['entropy_correct']:7.3f} {row['entropy_wrong']:7.3f} "
+              f"{row['eval_brier']:10.3f} {row['mc_brier']:8.3f} {row['eval_ece']:8.3f} {row['mc_ece']:7.3f} "
+              f"{row['entropy_correct']:7.3f} {row['entropy_wrong']:7.3f} {row['entropy_auroc']:7.3f} "
               f"{row['mi_correct']:8.4f} {row['mi_wrong']:8.4f}")
-        print(f"{'':<40} wrote {r / 'mc.json'} and {r / 'mc_uncertainty.png'}")
+        print(f"{'':<40} wrote {r / 'mc.json'} and {r / 'mc_uncertainty.png'} ({done}/{len(runs)} runs)", flush=True)
     if not done:
         raise ValueError(f"{root}: no run with dropout to sample")
     return 0

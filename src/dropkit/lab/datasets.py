@@ -37,21 +37,26 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "SOURCES",
     "Dataset",
     "DatasetError",
     "IdxFile",
-    "SOURCES",
-    "load_dataset",
-    "download",
-    "read_idx",
+    "dataset_fingerprint",
     "default_cache_dir",
+    "download",
+    "load_data",
+    "load_dataset",
+    "load_npz",
+    "read_idx",
 ]
 
-DATASETS = ("digits", "overfit", "mnist1d", "fashion-mnist", "mnist")
+from dropkit.lab._names import DATASETS
 
 
 class DatasetError(ValueError):
     """A dataset could not be loaded: the message names the file and how to fix it."""
+
+    user_facing = True
 
 
 @dataclass
@@ -370,7 +375,7 @@ def _mnist1d(split_seed: int) -> Dataset:
         d = make_dataset(args)
     finally:
         np.random.set_state(state)
-    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a).astype(dt))  # noqa: E731
+    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a).astype(dt))
     return Dataset(
         "mnist1d", t(d["x"], np.float32), t(d["y"], np.int64), t(d["x_test"], np.float32), t(d["y_test"], np.int64), 10
     )
@@ -433,3 +438,122 @@ def load_dataset(
         idx = torch.randperm(len(d.y_val), generator=g)[:val_size]
         d.x_val, d.y_val = d.x_val[idx], d.y_val[idx]
     return d
+
+
+# ---------------------------------------------------------------------------
+# The user's data: FILE.npz and MODULE:FACTORY
+# ---------------------------------------------------------------------------
+NPZ_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+
+
+def _finish_user(name: str, xt, yt, xv, yv, task: str, where: str) -> Dataset:
+    """Check shapes and labels, convert to tensors, count classes (or outputs for regression)."""
+    if len(xt) != len(yt) or len(xv) != len(yv):
+        raise DatasetError(f"{where}: x_train has {len(xt)} rows and y_train {len(yt)}; x_val has {len(xv)} rows "
+                           f"and y_val {len(yv)}: inputs and targets must have one row per sample")
+    if len(yt) == 0 or len(yv) == 0:
+        raise DatasetError(f"{where}: the training and the validation split each need at least one sample")
+    if tuple(xt.shape[1:]) != tuple(xv.shape[1:]):
+        raise DatasetError(f"{where}: x_train samples have shape {tuple(xt.shape[1:])} but x_val samples "
+                           f"{tuple(xv.shape[1:])}: both splits need the same input shape")
+    x_tr, x_va = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in (xt, xv))
+    if task == "regression":
+        if tuple(yt.shape[1:]) != tuple(yv.shape[1:]):
+            raise DatasetError(f"{where}: y_train targets have shape {tuple(yt.shape[1:])} but y_val "
+                               f"{tuple(yv.shape[1:])}")
+        y_tr, y_va = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in (yt, yv))
+        outputs = int(np.prod(y_tr.shape[1:], dtype=np.int64)) if y_tr.dim() > 1 else 1
+        return Dataset(name, x_tr, y_tr, x_va, y_va, outputs, task="regression")
+    for split, y in (("y_train", yt), ("y_val", yv)):
+        y = np.asarray(y)
+        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                                         and np.all(np.mod(y, 1) == 0))):
+            raise DatasetError(f"{where}: {split} must be one integer class label per sample for classification "
+                               f"(received dtype {y.dtype}, shape {y.shape}); use --task regression for real targets")
+        if y.min() < 0:
+            raise DatasetError(f"{where}: {split} has the negative label {int(y.min())}; labels are 0 .. classes-1")
+    y_tr, y_va = (torch.as_tensor(np.asarray(a).astype(np.int64)) for a in (yt, yv))
+    classes = int(max(y_tr.max(), y_va.max())) + 1
+    if classes < 2:
+        raise DatasetError(f"{where}: every label is 0; classification needs at least 2 classes")
+    return Dataset(name, x_tr, y_tr, x_va, y_va, classes, task="multiclass")
+
+
+def load_npz(path: str | os.PathLike, task: str = "classification") -> Dataset:
+    """A dataset from a ``.npz`` file holding ``x_train``, ``y_train``, ``x_val``, ``y_val``.
+
+    Inputs become float32 ``(n, *in_shape)``; labels int64 class indices (classification,
+    ``num_classes`` = largest label + 1) or float32 targets (regression, ``num_classes`` =
+    outputs per sample). Pickled object arrays are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file (--dataset FILE.npz with arrays {', '.join(NPZ_ARRAYS)})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in NPZ_ARRAYS if k not in z.files]
+            if missing:
+                raise DatasetError(f"{path} has no array {', '.join(missing)}; it needs {', '.join(NPZ_ARRAYS)} "
+                                   f"(found: {', '.join(z.files) or 'nothing'})")
+            arrays = [z[k] for k in NPZ_ARRAYS]
+    except DatasetError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"{path} is not a readable .npz file of numeric arrays ({exc})") from None
+    return _finish_user(path.name, *arrays, task, str(path))
+
+
+def _from_factory(target: str, task: str) -> Dataset:
+    from dropkit.lab.user import call_with_known, load_callable
+
+    made = call_with_known(load_callable(target, "--dataset"), task=task)
+    if not (isinstance(made, tuple) and len(made) == 2):
+        raise DatasetError(f"{target} must return (train, val), two map-style datasets of (input, target); "
+                           f"it returned {type(made).__name__}")
+    arrays = []
+    for split, ds in zip(("train", "val"), made):
+        try:
+            n = len(ds)
+            items = [ds[i] for i in range(n)]
+        except TypeError as exc:
+            raise DatasetError(f"{target}: the {split} dataset must support len() and [i] (map-style); {exc}") from None
+        if n == 0:
+            raise DatasetError(f"{target}: the {split} dataset is empty")
+        try:
+            xs = torch.stack([torch.as_tensor(np.asarray(x), dtype=torch.float32) for x, _ in items])
+            ys = np.stack([np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y) for _, y in items])
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise DatasetError(f"{target}: the {split} items must be (input, target) pairs of one shape each ({exc})") from None
+        arrays += [xs.numpy(), ys]
+    return _finish_user(target, *arrays, task, target)
+
+
+def load_data(name: str, *, task: str = "classification", **kwargs) -> Dataset:
+    """:func:`load_dataset` for a built-in name, :func:`load_npz` for ``FILE.npz``, or the
+    ``(train, val)`` map-style datasets returned by ``MODULE:FACTORY`` (materialised into tensors;
+    the factory gets ``task=`` if it names it). ``train_size`` / ``val_size`` subsets apply to all.
+    """
+    from dropkit._validation import check_choice
+
+    check_choice(task, "task", ("classification", "regression"))
+    if name.endswith(".npz") or ":" in name:
+        d = load_npz(name, task) if name.endswith(".npz") else _from_factory(name, task)
+        g = torch.Generator().manual_seed(kwargs.get("split_seed", 0))
+        for split, size in (("train", kwargs.get("train_size")), ("val", kwargs.get("val_size"))):
+            y = getattr(d, f"y_{split}")
+            if size is not None and size < len(y):
+                idx = torch.randperm(len(y), generator=g)[:size]
+                setattr(d, f"x_{split}", getattr(d, f"x_{split}")[idx])
+                setattr(d, f"y_{split}", y[idx])
+        return d
+    if task == "regression":
+        raise ValueError(f"Invalid value for `task`: the built-in dataset {name!r} is a classification task. "
+                         "Received: task='regression'")
+    return load_dataset(name, **kwargs)
+
+
+def dataset_fingerprint(name: str) -> str | None:
+    """SHA-256 of a ``.npz`` dataset file (recorded in the run folder's config), else ``None``."""
+    if name.endswith(".npz") and Path(name).is_file():
+        return _sha256_file(Path(name))
+    return None

@@ -2,14 +2,21 @@
 
 A run folder (``--out``) holds ``config.json`` (the experiment's resolved configuration:
 a folder made with another one is refused), ``command.txt``, ``env.json`` (versions,
-machine), one sub-folder per run ``runs/<setting>/seed-<k>/`` (see :mod:`dropkit.lab.train`),
-and the report (:mod:`dropkit.lab.report`). Running the same command again resumes: finished
-runs are skipped and an interrupted one continues from its last completed epoch.
+machine), ``lint.json`` (``dropkit.lint`` findings on the model), one sub-folder per run
+``runs/<setting>/seed-<k>/`` (see :mod:`dropkit.lab.train`), and the report
+(:mod:`dropkit.lab.report`). Running the same command again resumes: finished runs are
+skipped and an interrupted one continues from its last completed epoch.
+
+Everything is validated (flags, data, the model built for every setting) before the folder
+is created or written. While a process works in the folder it holds an exclusive lock on
+``.lock`` (the one file not replaced atomically: it holds the holder's pid); a second
+process exits with :class:`RunFolderBusy` naming that pid.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fcntl
 import functools
 import json
 import multiprocessing
@@ -18,63 +25,67 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from dropkit.lab.train import RunSpec, atomic_write_text, check_config, dist_info, train_run
+from dropkit._io import FILE_MODE, atomic_write_json, atomic_write_text
+from dropkit.lab.errors import ConfigError, reraise_as
+from dropkit.lab.plan import IDENTITY_KEYS, Point, identity, plan
+from dropkit.lab.report import write_report
+from dropkit.lab.train import RunSpec, check_config, dist_info, train_run
 
-__all__ = ["Point", "plan", "run_experiment", "init_distributed", "environment", "IDENTITY_KEYS"]
-
-#: Config keys that define an experiment (a run folder refuses a config that differs in any).
-IDENTITY_KEYS = (
-    "command", "dataset", "model", "variant", "schedule", "p", "rates", "input_p", "epochs", "epochs_factor", "seeds",
-    "batch_size", "lr", "weight_decay", "val_fraction", "train_size", "val_size",
-)
-
-
-@dataclass(frozen=True)
-class Point:
-    """One dropout setting of an experiment (trained once per seed)."""
-
-    label: str
-    p: tuple[float, ...]
-    input_p: float
-    epochs: int
-
-    @property
-    def slug(self) -> str:
-        s = "p" + ",".join(f"{r:g}" for r in sorted(set(self.p), key=self.p.index))
-        return s + (f"-in{self.input_p:g}" if self.input_p else "")
-
-    @property
-    def rate(self) -> float:
-        """The largest drop rate of the setting (the sweep's x axis)."""
-        return max(self.p + (self.input_p,))
+__all__ = [
+    "IDENTITY_KEYS",
+    "ConfigError",
+    "Point",
+    "RunFolderBusy",
+    "config_checks",
+    "environment",
+    "folder_lock",
+    "init_distributed",
+    "lint_findings",
+    "load_experiment_data",
+    "plan",
+    "run_experiment",
+    "run_specs",
+]
 
 
-def _dropout_epochs(config: dict) -> int:
-    return max(1, int(round(config["epochs"] * config["epochs_factor"])))
+def config_checks():
+    """Inside: a ``ValueError`` / ``TypeError`` is the configuration not fitting its data or model: a :class:`ConfigError`."""
+    return reraise_as(ConfigError)
 
 
-def plan(config: dict) -> list[Point]:
-    """The settings of an experiment: compare = (no dropout, dropout), sweep = one per rate."""
-    if config["command"] == "compare":
-        p = tuple(config["p"])
-        return [
-            Point("no dropout", tuple(0.0 for _ in p), 0.0, config["epochs"]),
-            Point("dropout p=" + ",".join(f"{r:g}" for r in p) + (f" in={config['input_p']:g}" if config["input_p"] else ""),
-                  p, config["input_p"], _dropout_epochs(config)),
-        ]
-    points = []
-    for r in config["rates"]:
-        if r == 0:
-            points.append(Point("p=0", (0.0,), 0.0, config["epochs"]))
-        else:
-            points.append(Point(f"p={r:g}", (float(r),), config["input_p"], _dropout_epochs(config)))
-    return points
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+    user_facing = True
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive ``flock`` on ``folder/.lock`` (pid inside) or raise :class:`RunFolderBusy` at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise RunFolderBusy(
+                f"run folder {folder} is in use by process {holder} (lock file {path}); wait for it to finish, "
+                "or use another --out"
+            ) from None
+        os.fchmod(fd, FILE_MODE)  # one mode for every file of the folder, whatever the umask
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def environment(device: str) -> dict:
@@ -90,6 +101,7 @@ def environment(device: str) -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
@@ -104,6 +116,17 @@ def environment(device: str) -> dict:
     except ImportError:
         pass
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for timings."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def init_distributed(device: str) -> str:
@@ -125,37 +148,52 @@ def init_distributed(device: str) -> str:
     return device
 
 
+def load_experiment_data(config: dict, data_dir=None, cache_dir=None, download: bool = True):
+    """The dataset of an experiment config (cached per process: a second call with the same settings is free)."""
+    return _cached_dataset(config["dataset"], _data_kwargs(config, data_dir, cache_dir, download))
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_dataset(name: str, data_kwargs_json: str):
-    from dropkit.lab.datasets import load_dataset
+    from dropkit.lab.datasets import load_data
 
-    return load_dataset(name, **json.loads(data_kwargs_json))
+    return load_data(name, **json.loads(data_kwargs_json))
 
 
 def _data_kwargs(config: dict, data_dir, cache_dir, download: bool) -> str:
-    return json.dumps({
+    kwargs = {
         "val_fraction": config["val_fraction"], "train_size": config["train_size"], "val_size": config["val_size"],
         "data_dir": None if data_dir is None else str(data_dir),
         "cache_dir": None if cache_dir is None else str(cache_dir), "download": download,
-    }, sort_keys=True)
+    }
+    if config.get("task", "classification") != "classification":
+        kwargs["task"] = config["task"]
+    return json.dumps(kwargs, sort_keys=True)
 
 
 def _worker(spec_json: dict, run_dir: str, dataset: str, data_kwargs: str, device: str, threads: int) -> dict:
     """Run one training run in a worker process (``--jobs``)."""
     torch.set_num_threads(threads)
-    spec_json = dict(spec_json, p=tuple(spec_json["p"]))
     data = _cached_dataset(dataset, data_kwargs)
-    return train_run(RunSpec(**spec_json), data, run_dir, device=device)
+    return train_run(RunSpec.from_json(spec_json), data, run_dir, device=device)
 
 
 class _Progress:
-    """A rich progress bar over all epochs of the experiment (silent when quiet or not a terminal)."""
+    """A rich progress bar over all epochs on a terminal; off a terminal, one plain line per finished run."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, runs: int, enabled: bool):
         self.bar = None
-        if enabled:
+        self.lines = enabled and not sys.stderr.isatty()
+        self.runs, self.finished, self.t0 = runs, 0, time.perf_counter()
+        if enabled and not self.lines:
             try:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
             except ImportError:  # pragma: no cover
                 return
             self.bar = Progress(
@@ -173,9 +211,50 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, advance=n, info=info)
 
+    def run_done(self, label: str, seed: int, result: dict, skipped: bool) -> None:
+        self.finished += 1
+        if not self.lines:
+            return
+        s = result["summary"]
+        score = f"val acc {100 * s['final_val_acc']:.1f} %" if "final_val_acc" in s else f"val loss {s['final_val_loss']:.4g}"
+        how = "already finished" if skipped else f"{result['wall_s']:.1f} s"
+        print(f"[{self.finished}/{self.runs}] {label}, seed {seed}: {score} after {s['epochs']} epochs ({how}; "
+              f"{time.perf_counter() - self.t0:.0f} s so far)", file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def run_specs(config: dict, points: list[Point] | None = None) -> list[tuple[Point, RunSpec]]:
+    """Every (setting, seed) run of ``config`` as a :class:`RunSpec`."""
+    recipe = {k: config[k] for k in ("optimizer", "momentum", "nesterov", "lr_schedule", "max_norm", "early_stopping",
+                                      "task", "replace") if config.get(k) is not None}
+    if config.get("hidden") is not None:
+        recipe["hidden"] = tuple(config["hidden"])
+    out = []
+    for pt in points or plan(config):
+        for seed in range(config["seeds"]):
+            out.append((pt, RunSpec(
+                dataset=config["dataset"], model=config["model"], p=pt.p, input_p=pt.input_p, variant=config["variant"],
+                epochs=pt.epochs, batch_size=config["batch_size"], lr=config["lr"],
+                weight_decay=config["weight_decay"], seed=seed,
+                schedule=config.get("schedule") if any(pt.p) or pt.input_p else None, **recipe,
+            )))
+    return out
+
+
+def lint_findings(config: dict, data) -> list[dict]:
+    """``dropkit.lint`` findings on the model of the experiment's dropout setting (example: 2 training inputs)."""
+    from dropkit.lab.models import make_model
+    from dropkit.lint import lint
+
+    pt = plan(config)[-1]
+    spec = run_specs(config, [pt])[0][1]
+    torch.manual_seed(0)
+    model = make_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant, input_p=spec.input_p,
+                       hidden=spec.hidden, replace=spec.replace)
+    return [f.to_dict() for f in lint(model, (data.x_train[:2],))]
 
 
 def run_experiment(
@@ -194,81 +273,84 @@ def run_experiment(
 
     Returns ``{"out": path, "table": markdown table, "wall_s": seconds}`` (the report on rank 0 only).
     """
-    from dropkit.lab.datasets import load_dataset
-    from dropkit.lab.report import write_report
+    from dropkit.lab.models import make_model
 
     out = Path(out)
     rank, world = dist_info()
-    identity = {k: config.get(k) for k in IDENTITY_KEYS}
-    if (out / "config.json").is_file():  # every process checks, so all refuse together
-        check_config(out / "config.json", identity, "run folder")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        check_config(out / "config.json", identity, "run folder")
-        lines = [command] if command else []
-        if Path(sys.argv[0]).name in ("dropkit", "__main__.py"):  # as typed, when run from the command line
-            typed = shlex.join(["dropkit", *sys.argv[1:]])
-            if typed != command:
-                lines.append(typed)
-        if lines and not (out / "command.txt").is_file():
-            atomic_write_text(out / "command.txt", "\n".join(lines) + "\n")
-        env = environment(device)
-        env["jobs"] = jobs
-        atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
-    if world > 1:
-        torch.distributed.barrier()
-        jobs = 1
+    ident = identity(config)
+    if (out / "config.json").is_file():  # every process checks, so all refuse together, before any work
+        check_config(out / "config.json", ident, "run folder")
 
+    # Validate the data and the model of every setting before anything is created or written.
     data_kwargs = _data_kwargs(config, data_dir, cache_dir, download)
-    data = load_dataset(config["dataset"], **json.loads(data_kwargs))
-    # Validate the model against the data before any run starts (clear errors, no half-made folders).
-    from dropkit.lab.models import build_model
+    with config_checks():
+        data = _cached_dataset(config["dataset"], data_kwargs)
+        tasks = [(pt, spec, out / "runs" / pt.slug / f"seed-{spec.seed}") for pt, spec in run_specs(config)]
+        for pt, spec, _ in tasks[:: config["seeds"]]:
+            make_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant,
+                       input_p=spec.input_p, hidden=spec.hidden, replace=spec.replace)
+    findings = lint_findings(config, data) if rank == 0 else []
 
-    points = plan(config)
-    for pt in points:
-        build_model(config["model"], data.in_shape, data.num_classes, pt.p, variant=config["variant"], input_p=pt.input_p)
+    with folder_lock(out) if rank == 0 else _nothing():
+        if rank == 0:
+            check_config(out / "config.json", ident, "run folder")
+            lines = [command] if command else []
+            if Path(sys.argv[0]).name in ("dropkit", "__main__.py"):  # as typed, when run from the command line
+                typed = shlex.join(["dropkit", *sys.argv[1:]])
+                if typed != command:
+                    lines.append(typed)
+            if lines and not (out / "command.txt").is_file():
+                atomic_write_text(out / "command.txt", "\n".join(lines) + "\n")
+            env = environment(device)
+            env["jobs"] = jobs
+            atomic_write_json(out / "env.json", env, indent=2)
+            atomic_write_json(out / "lint.json", findings)
+        if world > 1:
+            torch.distributed.barrier()
+            jobs = 1
 
-    tasks = []
-    for pt in points:
-        for seed in range(config["seeds"]):
-            spec = RunSpec(
-                dataset=config["dataset"], model=config["model"], p=pt.p, input_p=pt.input_p, variant=config["variant"],
-                epochs=pt.epochs, batch_size=config["batch_size"], lr=config["lr"],
-                weight_decay=config["weight_decay"], seed=seed,
-                schedule=config.get("schedule") if any(pt.p) or pt.input_p else None,
-            )
-            tasks.append((pt, spec, out / "runs" / pt.slug / f"seed-{seed}"))
-
-    show = not quiet and rank == 0 and sys.stderr.isatty()
-    bar = _Progress(sum(s.epochs for _, s, _ in tasks), show)
-    t0 = time.perf_counter()
-    try:
-        if jobs <= 1:
-            for pt, spec, run_dir in tasks:
-                bar.describe(f"{pt.label} seed {spec.seed}")
-                done_before = _epochs_done(run_dir)
-                bar.advance(done_before)
-                train_run(spec, data, run_dir, device=device,
-                          progress=lambda e, n, m: bar.advance(1, f"val acc {m['val_acc']:.3f}"))
-        else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = {
-                    pool.submit(_worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device, threads): spec
-                    for _, spec, run_dir in tasks
-                }
-                bar.describe(f"{len(tasks)} runs in {jobs} processes")
-                for fut in cf.as_completed(futures):
-                    fut.result()
-                    bar.advance(futures[fut].epochs)
-    finally:
-        bar.close()
-    wall = time.perf_counter() - t0
-    result = {"out": str(out), "wall_s": wall, "table": None}
-    if rank == 0:
-        result["table"] = write_report(out)
+        bar = _Progress(sum(s.epochs for _, s, _ in tasks), len(tasks), not quiet and rank == 0)
+        t0 = time.perf_counter()
+        try:
+            if jobs <= 1:
+                for pt, spec, run_dir in tasks:
+                    bar.describe(f"{pt.label} seed {spec.seed}")
+                    skipped = (run_dir / "result.json").is_file()
+                    bar.advance(_epochs_done(run_dir))
+                    res = train_run(spec, data, run_dir, device=device,
+                                    progress=lambda e, n, m: bar.advance(1, _progress_info(m)))
+                    bar.run_done(pt.label, spec.seed, res, skipped)
+            else:
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+                ctx = multiprocessing.get_context("spawn")
+                with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    futures = {
+                        pool.submit(_worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device,
+                                    threads): (pt, spec, (run_dir / "result.json").is_file())
+                        for pt, spec, run_dir in tasks
+                    }
+                    bar.describe(f"{len(tasks)} runs in {jobs} processes")
+                    for fut in cf.as_completed(futures):
+                        res = fut.result()
+                        pt, spec, skipped = futures[fut]
+                        bar.advance(spec.epochs)
+                        bar.run_done(pt.label, spec.seed, res, skipped)
+        finally:
+            bar.close()
+        wall = time.perf_counter() - t0
+        result = {"out": str(out), "wall_s": wall, "table": None}
+        if rank == 0:
+            result["table"] = write_report(out)
     return result
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def _progress_info(m: dict) -> str:
+    return f"val acc {m['val_acc']:.3f}" if "val_acc" in m else f"val loss {m['val_loss']:.4g}"
 
 
 def _epochs_done(run_dir: Path) -> int:

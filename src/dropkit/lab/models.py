@@ -38,10 +38,24 @@ from torch import nn
 
 import dropkit
 from dropkit._validation import check_p
+from dropkit.lab import _names
 
-__all__ = ["MODELS", "VARIANTS", "SITES", "build_model", "probabilities", "variant_choices", "resolve_rates"]
+__all__ = [
+    "DEFAULT_HIDDEN",
+    "MODELS",
+    "SITES",
+    "VARIANTS",
+    "build_model",
+    "make_model",
+    "probabilities",
+    "resolve_rates",
+    "variant_choices",
+]
 
-MODELS = ("mlp", "overfit-mlp", "cnn", "lstm")
+MODELS = _names.MODELS
+
+#: Hidden widths of the built-in MLPs (``hidden=`` changes them).
+DEFAULT_HIDDEN = {"mlp": (256, 256), "overfit-mlp": (256, 256, 256)}
 
 #: dropkit.nn class name -> the kinds of site it can serve ("dense", "conv", "seq").
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -72,14 +86,23 @@ def variant_choices(model: str) -> list[str]:
     return [v for v, ok in VARIANTS.items() if kinds & set(ok)]
 
 
-def resolve_rates(model: str, p: float | Sequence[float], name: str = "p") -> tuple[float, ...]:
-    """One rate per dropout site of ``model``: ``p`` is a single rate or one per site."""
-    n = len(SITES[model])
+def _sites(model: str, hidden: Sequence[int] | None = None) -> tuple[tuple[str, str, str], ...]:
+    if hidden is not None and model in DEFAULT_HIDDEN:
+        return tuple((f"hidden{i + 1}", "dense", "Dropout") for i in range(len(hidden)))
+    return SITES[model]
+
+
+def resolve_rates(model: str, p: float | Sequence[float], name: str = "p",
+                  hidden: Sequence[int] | None = None) -> tuple[float, ...]:
+    """One rate per dropout site of ``model``: ``p`` is a single rate or one per site
+    (an MLP with ``hidden`` widths has one site per hidden layer)."""
+    sites = _sites(model, hidden)
+    n = len(sites)
     rates = (p,) if isinstance(p, (int, float)) else tuple(p)
     if len(rates) == 1:
         rates = rates * n
     if len(rates) != n:
-        names = ", ".join(s for s, _, _ in SITES[model])
+        names = ", ".join(s for s, _, _ in sites)
         raise ValueError(
             f"Invalid value for `{name}`: expected one rate or {n} rates ({names}) for model {model!r}. "
             f"Received: {name}={','.join(str(r) for r in rates)}"
@@ -184,6 +207,7 @@ def build_model(
     *,
     variant: str | None = None,
     input_p: float = 0.0,
+    hidden: Sequence[int] | None = None,
 ) -> nn.Module:
     """Build lab model ``name`` for inputs of shape ``in_shape`` (without the batch dimension).
 
@@ -196,6 +220,8 @@ def build_model(
         variant: a ``dropkit.nn`` class name from :data:`VARIANTS`, or ``None`` for the
             model's defaults.
         input_p: dropout rate on the inputs (0: none).
+        hidden: widths of the hidden layers of ``mlp`` / ``overfit-mlp`` (default
+            :data:`DEFAULT_HIDDEN`), e.g. ``(1024, 1024)``; one dropout site per layer.
 
     Returns:
         A ``torch.nn.Module`` mapping ``(batch, *in_shape)`` to logits ``(batch, classes)``
@@ -206,19 +232,26 @@ def build_model(
     check_choice(name, "model", MODELS)
     _check_variant(name, variant)
     in_shape = (int(in_shape),) if isinstance(in_shape, int) else tuple(int(s) for s in in_shape)
-    rates = resolve_rates(name, p)
+    if hidden is not None:
+        if name not in DEFAULT_HIDDEN:
+            raise ValueError(f"Invalid value for `hidden`: only {tuple(DEFAULT_HIDDEN)} have hidden widths to set; "
+                             f"received hidden={list(hidden)} for model {name!r}")
+        hidden = tuple(hidden)
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"Invalid value for `hidden`: expected one or more ints >= 1. Received: hidden={hidden!r}")
+    rates = resolve_rates(name, p, hidden=hidden)
     input_p = check_p(input_p, "input_p")
-    sites = SITES[name]
+    sites = _sites(name, hidden)
     variants = [_site_variant(name, kind, default, variant) for _, kind, default in sites]
     if name == "mlp":
-        return MLP(math.prod(in_shape), (256, 256), num_classes, rates, variants, input_p)
+        return MLP(math.prod(in_shape), hidden or DEFAULT_HIDDEN[name], num_classes, rates, variants, input_p)
     if name == "overfit-mlp":
         if num_classes != 2:
             raise ValueError(
                 f"model 'overfit-mlp' has one sigmoid output for binary tasks (2 classes); "
                 f"received num_classes={num_classes}: use --model mlp or --dataset overfit"
             )
-        return MLP(math.prod(in_shape), (256, 256, 256), 1, rates, variants, input_p, "sigmoid")
+        return MLP(math.prod(in_shape), hidden or DEFAULT_HIDDEN[name], 1, rates, variants, input_p, "sigmoid")
     if name == "cnn":
         if len(in_shape) != 3:
             raise ValueError(
@@ -240,3 +273,35 @@ def probabilities(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(logits.reshape(-1))
         return torch.stack([1 - s, s], dim=-1)
     return torch.softmax(logits, dim=-1)
+
+
+def make_model(
+    name: str,
+    in_shape: Sequence[int],
+    num_classes: int,
+    p: float | Sequence[float] = 0.5,
+    *,
+    variant: str | None = None,
+    input_p: float = 0.0,
+    hidden: Sequence[int] | None = None,
+    replace: bool = True,
+) -> nn.Module:
+    """A built-in model (:func:`build_model`) or, when ``name`` is ``MODULE:FACTORY`` or
+    ``FILE.py:FACTORY``, the user's model with its dropout rates set
+    (:func:`dropkit.lab.user.build_user_model`). What a run folder's ``model.pt`` is rebuilt with.
+
+    Example:
+        >>> make_model("mlp", (1, 8, 8), 10, 0.5, hidden=(64,)).net[2].p
+        0.5
+    """
+    from dropkit.lab.user import build_user_model, is_user_target
+
+    if is_user_target(name):
+        for arg, value, default in (("variant", variant, None), ("input_p", input_p, 0.0), ("hidden", hidden, None)):
+            if value != default:
+                raise ValueError(
+                    f"Invalid value for `{arg}`: it applies to the built-in models only; model {name!r} is your own "
+                    f"(set its dropout layers in the factory, or pick replace=True/False). Received: {arg}={value!r}"
+                )
+        return build_user_model(name, tuple(in_shape), num_classes, p, replace=replace)[0]
+    return build_model(name, in_shape, num_classes, p, variant=variant, input_p=input_p, hidden=hidden)

@@ -8,14 +8,20 @@ display needed). Accuracies are in percent, ``mean ± std`` over the seeds (samp
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from dropkit.lab.experiment import Point, plan
+from dropkit._io import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    read_json,
+    read_jsonl,
+)
+from dropkit.lab.plan import Point, plan
 from dropkit.lab.train import summarise
 
-__all__ = ["load_folder", "aggregate", "format_table", "sweep_verdicts", "write_report", "plot_curves", "plot_gap"]
+__all__ = ["aggregate", "format_table", "load_folder", "plot_curves", "plot_gap", "sweep_verdicts", "write_report"]
 
 #: Columns of the table: (key in the per-run summary, header, percent?).
 COLUMNS = (
@@ -30,28 +36,42 @@ COLUMNS = (
 )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class NotARunFolder(ValueError):
+    """The folder has no lab ``config.json``."""
+
+    user_facing = True
 
 
 def load_folder(folder: str | Path) -> tuple[dict, list[tuple[Point, list[list[dict]]]]]:
-    """The experiment config and, per setting, the per-seed metric histories found on disk."""
+    """The experiment config and, per setting, the per-seed metric histories found on disk.
+
+    A run that stopped early (``--early-stopping``) counts as complete: its history is
+    padded with ``None`` up to the setting's epochs, which :func:`aggregate` and the plots skip.
+    """
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise ValueError(f"{folder} is not a lab run folder (no config.json); run `dropkit compare --out {folder}` first")
-    config = json.loads(cfg_path.read_text())
+        raise NotARunFolder(f"{folder} is not a lab run folder (no config.json); run `dropkit compare --out {folder}` first")
+    config = read_json(cfg_path, fix=f"delete the folder {folder} to start over")
+    fix = "delete it and run the same command again: it is rewritten from the run's checkpoint"
     out = []
     for pt in plan(config):
         histories = []
         for seed in range(config["seeds"]):
-            m = folder / "runs" / pt.slug / f"seed-{seed}" / "metrics.jsonl"
+            run = folder / "runs" / pt.slug / f"seed-{seed}"
+            m = run / "metrics.jsonl"
             if m.is_file():
-                h = _read_jsonl(m)
+                h = read_jsonl(m, fix=fix)
+                if h and len(h) < pt.epochs and (run / "result.json").is_file():
+                    h = h + [None] * (pt.epochs - len(h))  # stopped early: finished
                 if h:
                     histories.append(h)
         out.append((pt, histories))
     return config, out
+
+
+def _epochs(h: list) -> list[dict]:
+    return [m for m in h if m is not None]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -68,9 +88,10 @@ def aggregate(points: list[tuple[Point, list[list[dict]]]]) -> list[dict]:
         row = {"label": pt.label, "slug": pt.slug, "rate": pt.rate, "p": list(pt.p), "input_p": pt.input_p,
                "epochs": pt.epochs, "seeds": len(complete), "partial": len(histories) - len(complete)}
         if complete:
-            sums = [summarise(h) for h in complete]
+            sums = [summarise(_epochs(h)) for h in complete]
             for key, _, _ in COLUMNS:
-                row[key] = _mean_std([s[key] for s in sums])
+                if key in sums[0]:
+                    row[key] = _mean_std([s[key] for s in sums])
         rows.append(row)
     return rows
 
@@ -88,11 +109,13 @@ def _fmt(ms: tuple[float, float] | None, percent: bool, seeds: int) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table (also readable as plain text) of the rows of :func:`aggregate`."""
-    head = ["setting", "epochs", "seeds"] + [h for _, h, _ in COLUMNS]
+    regression = any(r["seeds"] for r in rows) and not any("final_val_acc" in r for r in rows)
+    columns = [c for c in COLUMNS if not (regression and c[2])]
+    head = ["setting", "epochs", "seeds"] + [h for _, h, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         seeds = f"{r['seeds']}" + (f" (+{r['partial']} running)" if r["partial"] else "")
-        cells = [r["label"], str(r["epochs"]), seeds] + [_fmt(r.get(k), pct, r["seeds"]) for k, _, pct in COLUMNS]
+        cells = [r["label"], str(r["epochs"]), seeds] + [_fmt(r.get(k), pct, r["seeds"]) for k, _, pct in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -108,7 +131,12 @@ def sweep_verdicts(rows: list[dict], gap_threshold: float = 0.05, underfit_thres
     """
     done = [r for r in rows if "final_val_acc" in r]
     if not done:
-        return ["no finished runs yet"]
+        reg = [r for r in rows if "final_val_loss" in r]
+        if not reg:
+            return ["no finished runs yet"]
+        best = min(reg, key=lambda r: r["final_val_loss"][0])
+        m, sd = best["final_val_loss"]
+        return [f"best by validation loss: {best['label']} ({m:.4g} ± {sd:.2g})"]
     out = []
     best = max(done, key=lambda r: r["final_val_acc"][0])
     best_val = best["final_val_acc"][0]
@@ -132,11 +160,13 @@ def sweep_verdicts(rows: list[dict], gap_threshold: float = 0.05, underfit_thres
     return out
 
 
-def _curves(histories: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
-    n = min(len(h) for h in histories)
+def _curves(histories: list[list[dict]], key: str, scale: float = 1.0):
+    """Epochs, mean, min and max over seeds of ``key`` (epochs every seed has)."""
+    hs = [_epochs(h) for h in histories]
+    n = min(len(h) for h in hs)
     xs = list(range(1, n + 1))
-    ys = [sum(h[i][key] for h in histories) / len(histories) for i in range(n)]
-    return xs, ys
+    cols = [[scale * h[i][key] for h in hs] for i in range(n)]
+    return xs, [sum(c) / len(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
 
 
 def _figure(ncols: int, width: float = 5.0):
@@ -148,49 +178,101 @@ def _figure(ncols: int, width: float = 5.0):
     return fig
 
 
+def save_figure(fig, path: Path) -> None:
+    """``fig.savefig`` as PNG through :func:`dropkit._io.atomic_write_with`."""
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
+
+
 def plot_curves(points, path: Path, title: str) -> None:
-    """Train (dashed) vs validation (solid) accuracy and loss per epoch, mean over seeds, one colour per setting."""
-    fig = _figure(2)
-    ax_acc, ax_loss = fig.subplots(1, 2)
+    """Train (dashed) vs validation (solid) accuracy (%) and loss per epoch: mean over seeds,
+    the band spans the seeds' min to max; one colour per setting."""
+    has_acc = any("val_acc" in _epochs(h)[0] for _, hs in points for h in hs)
+    fig = _figure(2 if has_acc else 1)
+    axes = fig.subplots(1, 2) if has_acc else [None, fig.subplots()]
+    ax_acc, ax_loss = axes
+    seeds = max((len(hs) for _, hs in points), default=0)
     for i, (pt, hs) in enumerate(points):
         if not hs:
             continue
         color = f"C{i % 10}"
-        for key, ax, style, what in (
-            ("train_acc", ax_acc, "--", "train"), ("val_acc", ax_acc, "-", "val"),
-            ("train_loss", ax_loss, "--", "train"), ("val_loss", ax_loss, "-", "val"),
-        ):
-            xs, ys = _curves(hs, key)
-            ax.plot(xs, ys, style, color=color, label=f"{pt.label} ({what})")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (eval mode)", title="accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="loss (eval mode)", title="loss")
-    ax_acc.legend(fontsize=7)
-    ax_acc.grid(alpha=0.3)
+        panels = [("train_loss", ax_loss, "--", "train", 1.0), ("val_loss", ax_loss, "-", "val", 1.0)]
+        if has_acc:
+            panels = [("train_acc", ax_acc, "--", "train", 100.0), ("val_acc", ax_acc, "-", "val", 100.0)] + panels
+        for key, ax, style, what, scale in panels:
+            xs, mean, lo, hi = _curves(hs, key, scale)
+            ax.plot(xs, mean, style, color=color, label=f"{pt.label} ({what})")
+            if len(hs) > 1:
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+    spread = f"; band: min-max over {seeds} seeds" if seeds > 1 else ""
+    if has_acc:
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%, eval mode)", title="accuracy" + spread)
+        ax_acc.legend(fontsize=7)
+        ax_acc.grid(alpha=0.3)
+    ax_loss.set(xlabel="epoch", ylabel="loss (eval mode)", title="loss" + spread)
+    ax_loss.legend(fontsize=7)
     ax_loss.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def plot_gap(rows: list[dict], path: Path, title: str) -> None:
-    """Final train-validation gap and accuracies against the drop rate (error bars: std over seeds)."""
+    """Final train-validation gap and accuracies (%) against the drop rate, error bars = std over
+    seeds; the gap axis always includes zero, and the accuracy panel says when the best and the
+    worst validation accuracies are within one std of each other."""
     rows = [r for r in rows if "final_gap" in r]
     fig = _figure(2)
     ax_gap, ax_acc = fig.subplots(1, 2)
     xs = [r["rate"] for r in rows]
-    ax_gap.errorbar(xs, [100 * r["final_gap"][0] for r in rows], yerr=[100 * r["final_gap"][1] for r in rows],
-                    marker="o", capsize=3)
-    ax_gap.set(xlabel="drop rate p", ylabel="train - val accuracy (points)", title="generalisation gap")
+    gaps = [100 * r["final_gap"][0] for r in rows]
+    errs = [100 * r["final_gap"][1] for r in rows]
+    ax_gap.errorbar(xs, gaps, yerr=errs, marker="o", capsize=3)
+    ax_gap.axhline(0, color="black", linewidth=0.8)
+    top = max(g + e for g, e in zip(gaps, errs))
+    bottom = min(g - e for g, e in zip(gaps, errs))
+    ax_gap.set_ylim(min(0.0, bottom) - 0.5, max(0.0, top) + 0.5)
+    ax_gap.set(xlabel="drop rate p", ylabel="train - val accuracy (points)", title="generalisation gap (0 = none)")
     for key, label in (("final_train_acc", "train"), ("final_val_acc", "val")):
         ax_acc.errorbar(xs, [100 * r[key][0] for r in rows], yerr=[100 * r[key][1] for r in rows],
                         marker="o", capsize=3, label=label)
-    ax_acc.set(xlabel="drop rate p", ylabel="accuracy (%)", title="final accuracy")
+    vals = [(100 * r["final_val_acc"][0], 100 * r["final_val_acc"][1]) for r in rows]
+    hi, lo = max(vals), min(vals)
+    noise = max(hi[1], lo[1])
+    verdict = (f"val acc spread {hi[0] - lo[0]:.1f} points: within seed noise (std up to {noise:.1f})"
+               if hi[0] - lo[0] <= noise else f"val acc spread {hi[0] - lo[0]:.1f} points > seed std {noise:.1f}")
+    ax_acc.set(xlabel="drop rate p", ylabel="accuracy (%)", title="final accuracy\n" + verdict)
+    ax_acc.title.set_fontsize(9)
     ax_acc.legend()
     ax_gap.grid(alpha=0.3)
     ax_acc.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
+
+
+def require_matplotlib() -> None:
+    """Raise a user-facing ImportError-like error with the install hint when matplotlib is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtra("the lab's plots need matplotlib, which is not installed: pip install 'dropkit[lab]'")
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency of the lab is missing (the message has the pip command)."""
+
+    user_facing = True
+
+
+def _lint_lines(folder: Path) -> list[str]:
+    path = folder / "lint.json"
+    if not path.is_file():
+        return []
+    findings = read_json(path)
+    head = ["## Lint", "", "`dropkit.lint` on the model of the dropout setting, before training:", ""]
+    if not findings:
+        return head + ["- no finding", ""]
+    return head + [f"- {f.get('code')} {f.get('severity')} `{f.get('path')}`: {f.get('message')}" for f in findings] + [""]
 
 
 def write_report(folder: str | Path) -> str:
@@ -200,29 +282,34 @@ def write_report(folder: str | Path) -> str:
     rows = aggregate(points)
     table = format_table(rows)
     verdicts = sweep_verdicts(rows)
-    env = json.loads((folder / "env.json").read_text()) if (folder / "env.json").is_file() else {}
+    env = read_json(folder / "env.json") if (folder / "env.json").is_file() else {}
     commands = (folder / "command.txt").read_text().strip().splitlines() if (folder / "command.txt").is_file() else []
     command = commands[0] if commands else "?"
     if len(commands) > 1:
         command += "\n# as typed:\n" + "\n".join(commands[1:])
     title = f"{config['command']}: {config['dataset']} / {config['model']}"
     plots = folder / "plots"
-    plots.mkdir(exist_ok=True)
     figures = []
     if any(hs for _, hs in points):
+        require_matplotlib()
         plot_curves(points, plots / "curves.png", title)
         figures.append("curves.png")
         if sum(1 for r in rows if "final_gap" in r) >= 2:
             plot_gap(rows, plots / "gap.png", title)
             figures.append("gap.png")
     total_wall = 0.0
+    restarted = []
     for pt, _ in points:
         for seed in range(config["seeds"]):
             res = folder / "runs" / pt.slug / f"seed-{seed}" / "result.json"
             if res.is_file():
-                total_wall += json.loads(res.read_text()).get("wall_s", 0.0)
+                result = read_json(res, fix="delete it and run the same command again")
+                total_wall += result.get("wall_s", 0.0)
+                if result.get("restarted"):
+                    restarted.append(f"{pt.slug}/seed-{seed}")
     machine = (
-        f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, device {env.get('device', '?')}"
+        f"{env.get('cpu', env.get('processor', '?'))}, {env.get('cpu_count', '?')} CPUs, {env.get('platform', '?')}, "
+        f"device {env.get('device', '?')}"
         + (f" ({env['gpu']})" if "gpu" in env else "")
         + f", {env.get('world_size', 1)} process(es), --jobs {env.get('jobs', 1)}"
     )
@@ -241,7 +328,11 @@ def write_report(folder: str | Path) -> str:
         f"- machine: {machine}",
         f"- versions: {versions}",
         f"- config: {cfg}",
-        f"- training time (sum over runs): {total_wall:.1f} s",
+        f"- training time (sum over runs, on the machine above): {total_wall:.1f} s",
+    ]
+    if restarted:
+        md.append(f"- restarted from scratch after a corrupt checkpoint: {', '.join(restarted)}")
+    md += [
         "",
         "Accuracies in %, mean ± std over seeds; train metrics measured in eval mode after each epoch; "
         "gap = train acc - val acc at the last epoch; best epoch = epoch of the best validation accuracy.",
@@ -252,9 +343,10 @@ def write_report(folder: str | Path) -> str:
         "",
         *[f"- {v}" for v in verdicts],
         "",
+        *_lint_lines(folder),
     ]
     if figures:
         md += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
-    (folder / "report.md").write_text("\n".join(md))
-    (folder / "summary.json").write_text(json.dumps({"config": config, "rows": rows, "findings": verdicts}, indent=1))
+    atomic_write_text(folder / "report.md", "\n".join(md))
+    atomic_write_json(folder / "summary.json", {"config": config, "rows": rows, "findings": verdicts})
     return table + "\n\n" + "\n".join(verdicts)

@@ -1,21 +1,33 @@
 """One training run of the lab: resumable, reproducible, optionally data-parallel.
 
-:func:`train_run` trains one model (one dropout setting, one seed) with Adam and writes
-its run folder:
+:func:`train_run` trains one model (one dropout setting, one seed) and writes its run folder
+(every file through :mod:`dropkit._io`: atomic, mode 0644):
 
 * ``config.json`` -- the resolved :class:`RunSpec` (a folder made with another config is refused);
 * ``metrics.jsonl`` -- one JSON object per completed epoch (train / validation loss and
-  accuracy measured in eval mode, the gap, and the mean training loss under dropout);
-* ``checkpoint.pt`` -- after every epoch: model, optimiser, epoch, history, torch's global
-  RNG state (dropout masks draw their keys from it) and the data-order generator's state,
-  written atomically (temporary file + ``os.replace``) and loaded with
-  ``torch.load(weights_only=True)``;
+  accuracy measured in eval mode, the gap, the mean training loss under dropout, the
+  learning rate); regression runs have losses only;
+* ``checkpoint.pt`` (+ ``checkpoint.pt.sha256``) -- after every epoch: model, optimiser,
+  epoch, history, torch's global RNG state (dropout masks draw their keys from it), the
+  data-order generator's state and the dropout schedule. It is loaded only after its
+  SHA-256 matched and with ``torch.load(weights_only=True)``; a corrupt one is moved aside
+  (``checkpoint.pt.corrupt``) and the run restarts from scratch, recorded in
+  ``result.json["restarted"]`` -- every random draw is a function of the seed, so it ends
+  with the metrics of an uninterrupted run;
+* ``best.pt`` -- with ``early_stopping``: the model at the best epoch so far;
 * ``model.pt`` and ``result.json`` -- written last; a run with ``result.json`` is finished
   and skipped.
 
+Recipes (all recorded in ``config.json``): ``optimizer`` adam | adamw | sgd (``momentum``,
+``nesterov``), ``lr_schedule`` constant | cosine | step (the learning rate is a pure
+function of the optimiser step: cosine from ``lr`` to 0 over the run, step = x0.1 at 50 %
+and 75 % of it), ``max_norm`` C (after every step each unit's incoming weight vector of
+every Linear / Conv layer is rescaled to L2 norm <= C, Srivastava et al. 2014),
+``early_stopping`` PATIENCE (stop when validation accuracy -- loss for regression -- has
+not improved for PATIENCE epochs; ``best.pt`` holds the best epoch's model).
+
 A run killed at any moment (SIGKILL included) and started again continues from its last
-completed epoch and ends with the same metrics as an uninterrupted run: everything random
-is a function of the seed and the checkpointed generator states.
+completed epoch and ends with the same metrics as an uninterrupted run.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) each global batch is split across the processes
 and the model is wrapped in ``DistributedDataParallel``; each process runs its shard inside
@@ -27,9 +39,9 @@ averaged gradient equals the single-process one.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,18 +50,47 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dropkit.lab.models import build_model
+from dropkit._io import (
+    CorruptFileError,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_torch_verified,
+    read_json,
+)
+from dropkit.lab.models import make_model
 from dropkit.schedules import from_spec
 
-__all__ = ["RunSpec", "ConfigMismatch", "train_run", "atomic_write_text", "atomic_torch_save", "load_result",
-           "dist_info", "evaluate", "summarise", "shard_bounds"]
+__all__ = [
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "TASKS",
+    "ConfigMismatch",
+    "RunSpec",
+    "apply_max_norm",
+    "check_config",
+    "dist_info",
+    "evaluate",
+    "load_model",
+    "load_result",
+    "lr_at",
+    "shard_bounds",
+    "summarise",
+    "train_run",
+]
 
 #: Testing hook: seconds to sleep in every epoch before its checkpoint (makes kill tests deterministic).
 _SLOWDOWN_ENV = "DROPKIT_LAB_EPOCH_DELAY"
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "step")
+TASKS = ("classification", "regression")
+
 
 class ConfigMismatch(ValueError):
     """A run folder exists with a different configuration."""
+
+    user_facing = True
 
 
 @dataclass(frozen=True)
@@ -68,46 +109,46 @@ class RunSpec:
     seed: int = 0
     #: a dropkit.schedules.from_spec string, stepped once per optimiser step (None: fixed rates)
     schedule: str | None = None
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    nesterov: bool = False
+    lr_schedule: str = "constant"
+    max_norm: float | None = None
+    #: widths of the built-in mlp's hidden layers (None: the model's default)
+    hidden: tuple[int, ...] | None = None
+    early_stopping: int | None = None
+    task: str = "classification"
+    #: user models: swap torch's dropout modules for dropkit's (dropkit.nn.replace_dropout)
+    replace: bool = True
 
     def to_json(self) -> dict:
+        """The spec as JSON; fields added after the first release are left out while at their
+        default, so run folders made before them still match."""
         d = dataclasses.asdict(self)
         d["p"] = list(self.p)
+        if self.hidden is not None:
+            d["hidden"] = list(self.hidden)
+        for f in dataclasses.fields(self)[_FIRST_NEW_FIELD:]:
+            if d[f.name] == f.default:
+                del d[f.name]
         return d
 
-
-# ---------------------------------------------------------------------------
-# Atomic files
-# ---------------------------------------------------------------------------
-def _atomic(path: Path, write: Callable[[object], None], mode: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    @classmethod
+    def from_json(cls, d: dict) -> RunSpec:
+        d = dict(d, p=tuple(d["p"]))
+        if d.get("hidden") is not None:
+            d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    _atomic(path, lambda f: f.write(text), "w")
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``."""
-    _atomic(path, lambda f: torch.save(obj, f), "wb")
+_FIRST_NEW_FIELD = [f.name for f in dataclasses.fields(RunSpec)].index("optimizer")
 
 
 def check_config(path: Path, config: dict, what: str = "run folder") -> None:
     """Write ``config`` to ``path``, or refuse if ``path`` holds a different one."""
     path = Path(path)
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, fix=f"delete the folder {path.parent} to start over")
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             changes = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
@@ -116,12 +157,15 @@ def check_config(path: Path, config: dict, what: str = "run folder") -> None:
                 "use another --out, or delete the folder to start over"
             )
         return
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(path, config, indent=2, sort_keys=True)
 
 
 def load_result(run_dir: Path) -> dict | None:
+    """The run's ``result.json`` (``None`` while unfinished); a corrupt one names its path and the fix."""
     path = Path(run_dir) / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_json(path, fix="delete it and run the same command again (the run is finished again from its checkpoint)")
 
 
 # ---------------------------------------------------------------------------
@@ -140,9 +184,14 @@ def _barrier() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Training
+# Losses, metrics, recipes
 # ---------------------------------------------------------------------------
-def _loss_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss_sum(out: torch.Tensor, y: torch.Tensor, task: str = "classification") -> torch.Tensor:
+    """Summed per-sample loss: cross-entropy (one logit: binary), or for regression the
+    squared error averaged over each sample's outputs (MSE)."""
+    if task == "regression":
+        diff = out.reshape(len(y), -1) - y.reshape(len(y), -1).to(out.dtype)
+        return (diff * diff).mean(1).sum()
     if out.shape[-1] == 1:
         return F.binary_cross_entropy_with_logits(out.reshape(-1), y.to(out.dtype), reduction="sum")
     return F.cross_entropy(out, y, reduction="sum")
@@ -154,35 +203,81 @@ def _correct(out: torch.Tensor, y: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` in eval mode (mode restored afterwards)."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048,
+             task: str = "classification") -> tuple[float, float | None]:
+    """Mean loss and accuracy (``None`` for regression) of ``model`` in eval mode (mode restored afterwards)."""
     was = model.training
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(y), batch):
         out = model(x[i : i + batch])
-        loss += float(_loss_sum(out, y[i : i + batch]))
-        correct += _correct(out, y[i : i + batch])
+        loss += float(_loss_sum(out, y[i : i + batch], task))
+        if task != "regression":
+            correct += _correct(out, y[i : i + batch])
     model.train(was)
-    return loss / len(y), correct / len(y)
+    return loss / len(y), (None if task == "regression" else correct / len(y))
+
+
+def _best(history: list[dict]) -> dict:
+    """The best epoch: highest validation accuracy (lowest validation loss without accuracy); earliest on ties."""
+    if "val_acc" in history[0]:
+        return max(history, key=lambda m: (m["val_acc"], -m["epoch"]))
+    return min(history, key=lambda m: (m["val_loss"], m["epoch"]))
 
 
 def summarise(history: list[dict]) -> dict:
-    """Final and best metrics of a run's per-epoch history (best = highest validation accuracy)."""
-    best = max(history, key=lambda m: (m["val_acc"], -m["epoch"]))
+    """Final and best metrics of a run's per-epoch history (best = highest validation accuracy,
+    or lowest validation loss for regression)."""
+    best = _best(history)
     last = history[-1]
-    return {
+    out = {
         "epochs": len(history),
-        "final_train_acc": last["train_acc"],
-        "final_val_acc": last["val_acc"],
-        "final_gap": last["gap"],
         "final_train_loss": last["train_loss"],
         "final_val_loss": last["val_loss"],
-        "best_train_acc": max(m["train_acc"] for m in history),
-        "best_val_acc": best["val_acc"],
         "best_epoch": best["epoch"],
         "min_val_loss": min(m["val_loss"] for m in history),
     }
+    if "val_acc" in last:
+        out.update({
+            "final_train_acc": last["train_acc"],
+            "final_val_acc": last["val_acc"],
+            "final_gap": last["gap"],
+            "best_train_acc": max(m["train_acc"] for m in history),
+            "best_val_acc": best["val_acc"],
+        })
+    return out
+
+
+def lr_at(spec: RunSpec, step: int, total: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total``: constant, cosine to 0, or x0.1 at 50 % and 75 %."""
+    if spec.lr_schedule == "cosine":
+        return spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    if spec.lr_schedule == "step":
+        return spec.lr * 0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4))
+    return spec.lr
+
+
+@torch.no_grad()
+def apply_max_norm(model: torch.nn.Module, c: float) -> None:
+    """Rescale each unit's incoming weight vector (row of a Linear, filter of a Conv) to L2 norm <= ``c``."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and m.weight is not None:
+            w = m.weight
+            norms = w.reshape(w.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+            scale = (c / norms).clamp(max=1.0)
+            w.mul_(scale.reshape(-1, *([1] * (w.dim() - 1))))
+
+
+def _optimizer(spec: RunSpec, params) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                               weight_decay=spec.weight_decay)
+    cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def _should_stop(spec: RunSpec, history: list[dict]) -> bool:
+    return bool(spec.early_stopping) and bool(history) and history[-1]["epoch"] - _best(history)["epoch"] >= spec.early_stopping
 
 
 def shard_bounds(batch: int, world: int) -> list[int]:
@@ -190,6 +285,15 @@ def shard_bounds(batch: int, world: int) -> list[int]:
     return [batch * r // world for r in range(world + 1)]
 
 
+def _build_kwargs(spec: RunSpec, data) -> dict:
+    return {"name": spec.model, "in_shape": list(data.in_shape), "num_classes": data.num_classes, "p": list(spec.p),
+            "variant": spec.variant, "input_p": spec.input_p,
+            "hidden": None if spec.hidden is None else list(spec.hidden), "replace": spec.replace}
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
 def train_run(
     spec: RunSpec,
     data,
@@ -200,8 +304,9 @@ def train_run(
 ) -> dict:
     """Train (or resume, or skip) the run ``spec`` on ``data`` (a :class:`~dropkit.lab.datasets.Dataset`).
 
-    Returns the run's result (``result.json``): the summary metrics, the history and the
-    wall time. ``progress(epoch, epochs, metrics)`` is called after each epoch.
+    Returns the run's result (``result.json``): the summary metrics, the history, the wall
+    time and ``restarted`` (why the run restarted from scratch, if it did). ``progress(epoch,
+    epochs, metrics)`` is called after each epoch.
     """
     run_dir = Path(run_dir)
     rank, world = dist_info()
@@ -215,24 +320,36 @@ def train_run(
         return done
 
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant, input_p=spec.input_p)
+    model = make_model(**_build_kwargs(spec, data))
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    opt = _optimizer(spec, model.parameters())
     sched = from_spec(spec.schedule, model) if spec.schedule else None
     order = torch.Generator().manual_seed(spec.seed)
     history: list[dict] = []
     ckpt_path = run_dir / "checkpoint.pt"
+    restarted_path = run_dir / "restarted.json"
+    restarted = read_json(restarted_path) if restarted_path.is_file() else []
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        history = list(ckpt["history"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        order.set_state(ckpt["order_rng"])
-        if sched is not None:
-            sched.load_state_dict(ckpt["schedule"])
+        try:
+            ckpt = load_torch_verified(ckpt_path)
+        except CorruptFileError as exc:
+            ckpt = None
+            if rank == 0:
+                os.replace(ckpt_path, ckpt_path.with_name("checkpoint.pt.corrupt"))
+                restarted.append({"reason": str(exc), "moved_to": "checkpoint.pt.corrupt"})
+                atomic_write_json(restarted_path, restarted)
+                print(f"dropkit: {exc}\ndropkit: {run_dir}: restarting this run from scratch (the corrupt file is kept "
+                      "as checkpoint.pt.corrupt); it ends with the metrics of an uninterrupted run", file=sys.stderr)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            history = list(ckpt["history"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            order.set_state(ckpt["order_rng"])
+            if sched is not None:
+                sched.load_state_dict(ckpt["schedule"])
     if rank == 0:  # metrics.jsonl mirrors the checkpoint (a line written after it may have been lost)
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(m) for m in history))
 
     train_model = model
     if world > 1:
@@ -242,22 +359,33 @@ def train_run(
     xs_tr, ys_tr = data.x_train.to(device), data.y_train.to(device)
     xs_va, ys_va = data.x_val.to(device), data.y_val.to(device)
     n = len(ys_tr)
+    steps_per_epoch = -(-n // spec.batch_size)
+    total_steps = spec.epochs * steps_per_epoch
     delay = float(os.environ.get(_SLOWDOWN_ENV, "0") or 0)
     t0 = time.perf_counter()
     for epoch in range(len(history) + 1, spec.epochs + 1):
+        if _should_stop(spec, history):
+            break
         model.train()
         perm = torch.randperm(n, generator=order).to(device)
         loss_total = torch.zeros((), dtype=torch.float64)
+        step = (epoch - 1) * steps_per_epoch
         for i in range(0, n, spec.batch_size):
             idx = perm[i : i + spec.batch_size]
             b = len(idx)
             lo, hi = shard_bounds(b, world)[rank : rank + 2]
             with dropkit_batch_shard(lo):
                 out = train_model(xs_tr[idx[lo:hi]])
-            loss_sum = _loss_sum(out, ys_tr[idx[lo:hi]])
+            loss_sum = _loss_sum(out, ys_tr[idx[lo:hi]], spec.task)
             opt.zero_grad(set_to_none=True)
             (loss_sum * (world / b)).backward()  # DDP averages over processes: the gradient of sum / b
+            lr = lr_at(spec, step, total_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
+            step += 1
+            if spec.max_norm is not None:
+                apply_max_norm(model, spec.max_norm)
             if sched is not None:
                 sched.step()
             batch_loss = loss_sum.detach().to("cpu", torch.float64)
@@ -266,19 +394,19 @@ def train_run(
             loss_total += batch_loss
         if delay:
             time.sleep(delay)
-        train_loss, train_acc = evaluate(model, xs_tr, ys_tr)
-        val_loss, val_acc = evaluate(model, xs_va, ys_va)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "gap": train_acc - val_acc,
-            "dropout_loss": float(loss_total) / n,
-        }
+        train_loss, train_acc = evaluate(model, xs_tr, ys_tr, task=spec.task)
+        val_loss, val_acc = evaluate(model, xs_va, ys_va, task=spec.task)
+        metrics = {"epoch": epoch, "train_loss": train_loss}
+        if spec.task != "regression":
+            metrics.update({"train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "gap": train_acc - val_acc})
+        else:
+            metrics["val_loss"] = val_loss
+        metrics.update({"dropout_loss": float(loss_total) / n, "lr": lr})
         history.append(metrics)
         if rank == 0:
+            if spec.early_stopping and _best(history)["epoch"] == epoch:
+                atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data)},
+                                  run_dir / "best.pt")
             atomic_torch_save(
                 {
                     "model": model.state_dict(),
@@ -290,7 +418,7 @@ def train_run(
                 },
                 ckpt_path,
             )
-            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(m) for m in history))
         if progress is not None:
             progress(epoch, spec.epochs, metrics)
     result = {
@@ -299,21 +427,21 @@ def train_run(
         "history": history,
         "wall_s": time.perf_counter() - t0,
         "world_size": world,
+        "stopped_early": len(history) < spec.epochs,
+        "best_checkpoint": "best.pt" if spec.early_stopping else None,
+        "restarted": restarted,
     }
     if rank == 0:
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "build": {
-                    "name": spec.model, "in_shape": list(data.in_shape), "num_classes": data.num_classes,
-                    "p": list(spec.p), "variant": spec.variant, "input_p": spec.input_p,
-                },
-            },
-            run_dir / "model.pt",
-        )
-        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1) + "\n")
+        atomic_torch_save({"model": model.state_dict(), "build": _build_kwargs(spec, data)}, run_dir / "model.pt")
+        atomic_write_json(run_dir / "result.json", result)
     _barrier()
     return result
+
+
+def _json_line(m: dict) -> str:
+    import json
+
+    return json.dumps(m) + "\n"
 
 
 def dropkit_batch_shard(start: int):
@@ -323,13 +451,14 @@ def dropkit_batch_shard(start: int):
     return batch_shard(start)
 
 
-def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
-    """Rebuild the trained model of a finished run folder (``model.pt``), in eval mode."""
-    ckpt = torch.load(Path(run_dir) / "model.pt", map_location=device, weights_only=True)
-    b = ckpt["build"]
-    model = build_model(b["name"], b["in_shape"], b["num_classes"], b["p"], variant=b["variant"], input_p=b["input_p"])
+def load_model(run_dir: str | os.PathLike, device: str = "cpu", *, best: bool = False) -> torch.nn.Module:
+    """Rebuild the trained model of a finished run folder (``model.pt``; ``best.pt`` with ``best=True``), in eval mode.
+
+    Raises :class:`dropkit._io.CorruptFileError` naming the file when it is truncated or corrupt.
+    """
+    path = Path(run_dir) / ("best.pt" if best else "model.pt")
+    ckpt = load_torch_verified(path, map_location=device,
+                               fix="delete it and its result.json, then run the lab command again to rebuild it")
+    model = make_model(**ckpt["build"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
-
-
-__all__ += ["load_model", "check_config"]

@@ -1,0 +1,74 @@
+"""The plan of an experiment: its dropout settings (:class:`Point`) and the config keys that define it.
+
+Imported by :mod:`dropkit.lab.experiment` (which runs a plan) and :mod:`dropkit.lab.report`
+(which reads one back), so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["IDENTITY_KEYS", "RECIPE_DEFAULTS", "Point", "identity", "plan"]
+
+#: Config keys that define an experiment (a run folder refuses a config that differs in any).
+IDENTITY_KEYS = (
+    "command", "dataset", "model", "variant", "schedule", "p", "rates", "input_p", "epochs", "epochs_factor", "seeds",
+    "batch_size", "lr", "weight_decay", "val_fraction", "train_size", "val_size",
+)
+
+#: Keys added with the training recipes and user models, and their defaults: left out of the
+#: identity while at the default, so folders made before them still resume.
+RECIPE_DEFAULTS = {
+    "optimizer": "adam", "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "max_norm": None,
+    "hidden": None, "early_stopping": None, "task": "classification", "replace": True, "dataset_sha256": None,
+}
+
+
+def identity(config: dict) -> dict:
+    """What ``config.json`` of an experiment folder holds: the identity keys, and the recipe keys not at their default."""
+    out = {k: config.get(k) for k in IDENTITY_KEYS}
+    out.update({k: config[k] for k, d in RECIPE_DEFAULTS.items() if config.get(k, d) != d})
+    return out
+
+
+@dataclass(frozen=True)
+class Point:
+    """One dropout setting of an experiment (trained once per seed)."""
+
+    label: str
+    p: tuple[float, ...]
+    input_p: float
+    epochs: int
+
+    @property
+    def slug(self) -> str:
+        s = "p" + ",".join(f"{r:g}" for r in sorted(set(self.p), key=self.p.index))
+        return s + (f"-in{self.input_p:g}" if self.input_p else "")
+
+    @property
+    def rate(self) -> float:
+        """The largest drop rate of the setting (the sweep's x axis)."""
+        return max(self.p + (self.input_p,))
+
+
+def _dropout_epochs(config: dict) -> int:
+    return max(1, int(round(config["epochs"] * config["epochs_factor"])))
+
+
+def plan(config: dict) -> list[Point]:
+    """The settings of an experiment: compare = (no dropout, dropout), sweep = one per rate."""
+    if config["command"] == "compare":
+        p = tuple(config["p"])
+        return [
+            Point("no dropout", tuple(0.0 for _ in p), 0.0, config["epochs"]),
+            Point("dropout p=" + ",".join(f"{r:g}" for r in p) + (f" in={config['input_p']:g}" if config["input_p"] else ""),
+                  p, config["input_p"], _dropout_epochs(config)),
+        ]
+    points = []
+    for r in config["rates"]:
+        if r == 0:
+            points.append(Point("p=0", (0.0,), 0.0, config["epochs"]))
+        else:
+            label = f"p={r:g}" + (f" in={config['input_p']:g}" if config["input_p"] else "")
+            points.append(Point(label, (float(r),), config["input_p"], _dropout_epochs(config)))
+    return points
