@@ -42,6 +42,7 @@ import torch.nn.functional as tnf
 
 from dropkit import kernels, rng
 from dropkit.seed import next_key_impl
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 __all__ = ["OPS", "dropout", "dropout_", "apply_linear", "has_functorch_or_fwd_ad"]
 
@@ -129,6 +130,8 @@ def _into_layout(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (:func:`dropkit.kernels.round_to`) and laid out in ``x``'s memory format, as ``torch.empty_like(x)``."""
     if y.dtype != x.dtype:
         y = kernels.round_to(y, x.dtype)
+    if y.is_contiguous() and x.is_contiguous():
+        return y
     if y.stride() == torch.empty_like(x).stride():
         return y
     return torch.empty_like(x).copy_(y)
@@ -392,10 +395,35 @@ def has_functorch_or_fwd_ad(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.autograd.forward_ad._current_level >= 0
 
 
+_IMPLS = {
+    dropout_op: _dropout_impl,
+    dropout_inplace_op: _dropout_inplace_impl,
+    gaussian_dropout_op: _gaussian_impl,
+    drop_block_op: _drop_block_impl,
+    embedding_dropout_op: _embedding_impl,
+}
+
+
+def _plain_eager() -> bool:
+    """No dispatch mode, tracer or transform is watching: nothing can tell the op from its implementation."""
+    return (
+        torch._C._get_tracing_state() is None
+        and not torch._C._is_torch_function_mode_enabled()
+        and _current_dispatch_mode() is None
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
 def _direct(op, *args):
-    """``op(*args)`` below the autograd key: no autograd node wanted (the caller records its own or none),
-    and it skips the Python autograd kernel that ``register_autograd`` installs (~30 us a call on CPU).
-    Dispatch modes (guard, selective checkpointing) still see the op."""
+    """``op(*args)`` when no autograd node is wanted (the caller records its own, or none).
+
+    In plain eager mode (:func:`_plain_eager`) the implementation is called straight away (the
+    dispatcher's trip into a Python kernel costs more than a small call's work); otherwise the op
+    runs below the autograd key (skipping ``register_autograd``'s Python kernel), so dispatch modes
+    (``dropkit.guard``, selective checkpointing, FakeTensor) and tracers see it.
+    """
+    if _plain_eager():
+        return _IMPLS[op](*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
