@@ -111,7 +111,7 @@ def next_key(state: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_key(
-    seed: int | SeedGenerator | None = None,
+    seed: int | SeedGenerator | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     stream: int = 0,
 ) -> torch.Tensor:

@@ -286,7 +286,7 @@ def run_experiment(
     with config_checks():
         data = _cached_dataset(config["dataset"], data_kwargs)
         tasks = [(pt, spec, out / "runs" / pt.slug / f"seed-{spec.seed}") for pt, spec in run_specs(config)]
-        for pt, spec, _ in tasks[:: config["seeds"]]:
+        for _pt, spec, _ in tasks[:: config["seeds"]]:
             make_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant,
                        input_p=spec.input_p, hidden=spec.hidden, replace=spec.replace)
     findings = lint_findings(config, data) if rank == 0 else []
