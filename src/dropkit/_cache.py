@@ -56,8 +56,10 @@ def private_dir(path: str | Path) -> Path:
     _check_owner_mode(path, st, "folder")
     pst = os.stat(path.parent)
     if pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not pst.st_mode & stat.S_ISVTX:
-        raise PermissionError(f"folder {path.parent} is writable by group or others and not sticky "
-                              f"(mode {stat.S_IMODE(pst.st_mode):o}): {path.name} could be swapped")
+        raise PermissionError(
+            f"folder {path.parent} is writable by group or others and not sticky "
+            f"(mode {stat.S_IMODE(pst.st_mode):o}): {path.name} could be swapped"
+        )
     return path
 
 

@@ -93,7 +93,8 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], obje
         Path(tmp).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
-                exc.errno, f"no space left on the device while writing {path}; the previous version of the file "
+                exc.errno,
+                f"no space left on the device while writing {path}; the previous version of the file "
                 "and everything finished before are intact: free some space and run the same command again",
             ) from None
         raise
@@ -165,7 +166,9 @@ def load_torch_verified(path: str | os.PathLike, *, map_location: str = "cpu", f
         raise CorruptFileError(f"{path} cannot be read ({exc.strerror}); {fix}") from None
     digests = _read_digests(path)
     if not digests:
-        raise CorruptFileError(f"{path} has no readable checksum file {_sidecar(path).name}, so it cannot be trusted; {fix}")
+        raise CorruptFileError(
+            f"{path} has no readable checksum file {_sidecar(path).name}, so it cannot be trusted; {fix}"
+        )
     got = sha256_bytes(data)
     if got not in digests:
         raise CorruptFileError(
@@ -196,5 +199,7 @@ def read_jsonl(path: str | os.PathLike, *, fix: str = "") -> list:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise CorruptFileError(f"{path}, line {i}, is not valid JSON ({exc}){'; ' + fix if fix else ''}") from None
+                raise CorruptFileError(
+                    f"{path}, line {i}, is not valid JSON ({exc}){'; ' + fix if fix else ''}"
+                ) from None
     return out

@@ -5,5 +5,6 @@ import warnings
 from dropkit.tools._mc_fold import *  # noqa: F403
 from dropkit.tools._mc_fold import __all__  # noqa: F401
 
-warnings.warn("dropkit._mc_fold moved to dropkit.tools._mc_fold; the old name will be removed",
-              DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "dropkit._mc_fold moved to dropkit.tools._mc_fold; the old name will be removed", DeprecationWarning, stacklevel=2
+)

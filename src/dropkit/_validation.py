@@ -113,7 +113,9 @@ def check_real(
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid type for `{name}`: expected {desc}. Received: {name}={value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"Invalid type for `{name}`: expected {desc}. Received: {name}={value!r} ({type(value).__name__})"
+        )
     v = float(value)
     bad = not math.isfinite(v)
     if low is not None:

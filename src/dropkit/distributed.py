@@ -189,8 +189,7 @@ def _check_mesh_and_placements(x) -> None:
     (pl,) = x.placements
     if not (type(pl) is Shard or isinstance(pl, (Replicate, Partial))):
         raise ValueError(
-            "dropkit dropout on a DTensor supports the placements Shard(d), Replicate() and Partial(); "
-            f"received {pl!r}"
+            f"dropkit dropout on a DTensor supports the placements Shard(d), Replicate() and Partial(); received {pl!r}"
         )
 
 

@@ -97,7 +97,9 @@ def _keep_mask_fake(key, shape, p, offset, device):
 
 
 keep_mask_op = _define(
-    "keep_mask(Tensor key, SymInt[] shape, float p, int offset, Device device) -> Tensor", _keep_mask_impl, _keep_mask_fake
+    "keep_mask(Tensor key, SymInt[] shape, float p, int offset, Device device) -> Tensor",
+    _keep_mask_impl,
+    _keep_mask_fake,
 )
 
 
@@ -322,7 +324,9 @@ def _fused_fake(x, bias, residual, key, p, scale, activation, offset):
 
 _FUSED_TAIL = "Tensor key, float p, float scale, str activation, int offset"
 fused_op = _define(
-    f"fused_bias_act_dropout_add(Tensor x, Tensor? bias, Tensor residual, {_FUSED_TAIL}) -> Tensor", _fused_impl, _fused_fake
+    f"fused_bias_act_dropout_add(Tensor x, Tensor? bias, Tensor residual, {_FUSED_TAIL}) -> Tensor",
+    _fused_impl,
+    _fused_fake,
 )
 fused_backward_op = _define(
     f"fused_bias_act_dropout_add_backward(Tensor grad, Tensor x, Tensor? bias, {_FUSED_TAIL}) -> Tensor",
@@ -485,8 +489,14 @@ def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     return _direct(op, x, key, *args)
 
 
-def dropout(x: torch.Tensor, key: torch.Tensor, p: float, scale: float,
-            noise_shape: Sequence[int] | None = None, offset: int = 0) -> torch.Tensor:
+def dropout(
+    x: torch.Tensor,
+    key: torch.Tensor,
+    p: float,
+    scale: float,
+    noise_shape: Sequence[int] | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """``x * (keep ? scale : 0)`` through ``dropkit::dropout`` (validated arguments expected)."""
     ns = None if noise_shape is None else list(noise_shape)
     return apply_linear(dropout_op, x, key, p, scale, ns, offset)
@@ -499,12 +509,20 @@ def check_inplace(x: torch.Tensor) -> None:
     base = x._base if x._is_view() and x._base is not None else x
     if base.is_leaf and base.requires_grad:
         what = "a view of a leaf Variable" if x._is_view() else "a leaf Variable"
-        raise RuntimeError(f"{what} that requires grad is being used in an in-place operation (dropkit checked this "
-                           "before writing; pass inplace=False)")
+        raise RuntimeError(
+            f"{what} that requires grad is being used in an in-place operation (dropkit checked this "
+            "before writing; pass inplace=False)"
+        )
 
 
-def dropout_(x: torch.Tensor, key: torch.Tensor, p: float, scale: float,
-             noise_shape: Sequence[int] | None = None, offset: int = 0) -> torch.Tensor:
+def dropout_(
+    x: torch.Tensor,
+    key: torch.Tensor,
+    p: float,
+    scale: float,
+    noise_shape: Sequence[int] | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """In-place :func:`dropout`; returns ``x``."""
     ns = None if noise_shape is None else list(noise_shape)
     check_inplace(x)

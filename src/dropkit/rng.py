@@ -102,8 +102,7 @@ def philox4x32_10(counters: np.ndarray, key: np.ndarray) -> np.ndarray:
     key = np.asarray(key)
     if counters.dtype != np.uint32 or key.dtype != np.uint32:
         raise TypeError(
-            "philox4x32_10 expects uint32 arrays; "
-            f"received counters.dtype={counters.dtype}, key.dtype={key.dtype}"
+            f"philox4x32_10 expects uint32 arrays; received counters.dtype={counters.dtype}, key.dtype={key.dtype}"
         )
     if counters.ndim == 0 or counters.shape[-1] != 4:
         raise ValueError(f"counters must have shape (..., 4); received {counters.shape}")
@@ -349,7 +348,9 @@ def check_offset(offset: object, name: str = "offset") -> int:
         raise TypeError(f"`{name}` must be an int in [0, 2**64]; received {offset!r} ({type(offset).__name__})")
     offset = int(offset)
     if not 0 <= offset <= 1 << 64:
-        raise ValueError(f"`{name}` must be an int in [0, 2**64] (the contract's index space); received {name}={offset}")
+        raise ValueError(
+            f"`{name}` must be an int in [0, 2**64] (the contract's index space); received {name}={offset}"
+        )
     return offset
 
 

@@ -73,7 +73,9 @@ class SeedGenerator:
     def __init__(self, seed: int | None = None, *, state: torch.Tensor | None = None):
         if state is None:
             if seed is None:
-                raise TypeError("SeedGenerator needs a `seed` (an int in [0, 2**64)) or a `state` tensor; received neither")
+                raise TypeError(
+                    "SeedGenerator needs a `seed` (an int in [0, 2**64)) or a `state` tensor; received neither"
+                )
             state = state_tensor(seed)
         elif not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.shape != (2,):
             raise TypeError(f"`state` must be an int64 tensor of shape (2,) holding [seed, calls]; received {state!r}")
@@ -118,7 +120,9 @@ def resolve_key(
     """The key tensor ``(4,)`` of one call from ``seed`` / ``generator`` / ``stream`` (see the module docs)."""
     if isinstance(seed, SeedGenerator):
         if generator is not None or stream != 0:
-            raise ValueError("a SeedGenerator `seed` carries its own stream; pass neither `generator` nor `stream` with it")
+            raise ValueError(
+                "a SeedGenerator `seed` carries its own stream; pass neither `generator` nor `stream` with it"
+            )
         return seed.next_key()
     if isinstance(seed, torch.Tensor):  # a key tensor (dropkit.rng.key_tensor / sub_key)
         return seed
@@ -138,7 +142,9 @@ def check_seed_arg(seed: object, generator: object = None, stream: object = 0) -
         check_key_args(None, generator)
         if generator is not None:
             raise ValueError("pass either `seed` or `generator`, not both; received both")
-        if isinstance(seed, torch.Tensor) and (seed.dtype != torch.int64 or seed.shape != (4,) or seed.device.type != "cpu"):
+        if isinstance(seed, torch.Tensor) and (
+            seed.dtype != torch.int64 or seed.shape != (4,) or seed.device.type != "cpu"
+        ):
             raise ValueError(
                 "a tensor `seed` must be a dropkit key: an int64 tensor of shape (4,) on the CPU "
                 f"(dropkit.rng.key_tensor); received {seed.dtype} {tuple(seed.shape)} on {seed.device}"
@@ -177,7 +183,9 @@ def _token() -> int:
 def next_key_impl(state: torch.Tensor) -> torch.Tensor:
     """Read ``[seed, k]``, return the key ``(seed, k)`` and advance ``k``; reuse ``k`` inside backward (a recompute)."""
     if state.dtype != torch.int64 or state.shape != (2,):
-        raise TypeError(f"dropkit::next_key: `state` must be an int64 tensor [seed, calls]; received {state.dtype} {tuple(state.shape)}")
+        raise TypeError(
+            f"dropkit::next_key: `state` must be an int64 tensor [seed, calls]; received {state.dtype} {tuple(state.shape)}"
+        )
     token = _token()
     log = _token_log(state)
     seed, calls = (int(v) for v in state.tolist())
@@ -187,8 +195,11 @@ def next_key_impl(state: torch.Tensor) -> torch.Tensor:
             raise RuntimeError(
                 "dropkit: a seeded dropout (seed=<int> / SeedGenerator) was called during backward, as an activation "
                 "checkpoint recompute does, but its forward call cannot be identified"
-                + (" (two forward calls drew the same token: torch.manual_seed was reset between them)" if k is not None
-                   else "; run torch.utils.checkpoint with preserve_rng_state=True (the default)")
+                + (
+                    " (two forward calls drew the same token: torch.manual_seed was reset between them)"
+                    if k is not None
+                    else "; run torch.utils.checkpoint with preserve_rng_state=True (the default)"
+                )
                 + ". Refusing to recompute with a different mask (the gradient would be wrong)."
             )
     else:

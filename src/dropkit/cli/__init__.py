@@ -39,19 +39,29 @@ class HelpFormatter(argparse.HelpFormatter):
                 for item in items:
                     lead = len(item) - len(item.lstrip())
                     sub = " " * (lead + 2) if item.lstrip().startswith(("* ", "- ")) else " " * lead
-                    out.append(textwrap.fill(item.strip(), width, initial_indent=indent + " " * lead,
-                                             subsequent_indent=indent + sub))
+                    out.append(
+                        textwrap.fill(
+                            item.strip(), width, initial_indent=indent + " " * lead, subsequent_indent=indent + sub
+                        )
+                    )
             else:
-                out.append(textwrap.fill(" ".join(ln.strip() for ln in lines), width, initial_indent=indent,
-                                         subsequent_indent=indent))
+                out.append(
+                    textwrap.fill(
+                        " ".join(ln.strip() for ln in lines), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
             out.append("")
         return "\n".join(out).rstrip("\n")
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
         default = action.default
-        if ("default" in help_text or default in (None, False, argparse.SUPPRESS) or not action.option_strings
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if (
+            "default" in help_text
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
             return help_text
         if isinstance(default, (list, tuple)):
             default = " ".join(str(d) for d in default)
@@ -83,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"dropkit.cli.{name}").register(sub)
     for sp in sub.choices.values():  # one look for every subcommand's --help
         sp.formatter_class = HelpFormatter
-        sp.description = plain(sp.description or next((a.help for a in sub._choices_actions if a.dest == sp.prog.split()[-1]), None))
+        sp.description = plain(
+            sp.description or next((a.help for a in sub._choices_actions if a.dest == sp.prog.split()[-1]), None)
+        )
         for action in sp._actions:
             action.help = plain(action.help)
     return parser
@@ -99,13 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`
         return 0
     except KeyboardInterrupt:
-        print(f"\ndropkit {args.command}: interrupted; finished work is kept: run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"\ndropkit {args.command}: interrupted; finished work is kept: run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:  # noqa: BLE001 - sorted into bad input and bugs below
         if is_user_error(exc):
             parser.exit(2, f"dropkit {args.command}: error: {exc}\n")
         traceback.print_exc()
-        print(f"\ndropkit {args.command}: internal error ({type(exc).__name__}). If it does not come from your own "
-              "model or data code, please report it with the command and the traceback above.", file=sys.stderr)
+        print(
+            f"\ndropkit {args.command}: internal error ({type(exc).__name__}). If it does not come from your own "
+            "model or data code, please report it with the command and the traceback above.",
+            file=sys.stderr,
+        )
         return 1

@@ -43,7 +43,6 @@ def is_user_error(exc: BaseException) -> bool:
     return where == _VALIDATION or os.path.dirname(where) == _CLI_DIR
 
 
-
 def user_input():
     """Inside: a ``ValueError`` / ``TypeError`` is a check of the user's input, re-raised as :class:`UsageError`."""
     return reraise_as(UsageError)

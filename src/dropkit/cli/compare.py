@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Running the same command again resumes an interrupted run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--p", default="0.5",
-                   help="drop rate of the dropout run: one rate, or one per dropout layer (mlp: '0.2,0.5')")
+    p.add_argument(
+        "--p", default="0.5", help="drop rate of the dropout run: one rate, or one per dropout layer (mlp: '0.2,0.5')"
+    )
     _lab.add_common(p, "compare")
     p.set_defaults(func=run)
 

@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     print(_row(f"output (x * m * {scale})", y))
     dropped = int((~mask).sum())
     print(f"\ndropped {dropped} of {units} neurons ({dropped / units:.0%}); survivors scaled by 1/(1-p) = {scale}")
-    print(f"(mask seed {mask_seed}: the first from --seed {args.seed} whose mask drops round(p * {units}) = "
-          f"{round(p * units)} neurons; each pass draws a new mask, the count varies as Binomial({units}, {p:g}))\n")
+    print(
+        f"(mask seed {mask_seed}: the first from --seed {args.seed} whose mask drops round(p * {units}) = "
+        f"{round(p * units)} neurons; each pass draws a new mask, the count varies as Binomial({units}, {p:g}))\n"
+    )
     print("training mode: three passes, three different masks")
     for i in range(3):
         print(_row(f"  train pass {i + 1}", layer(x)))

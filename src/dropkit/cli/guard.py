@@ -28,8 +28,14 @@ import torch
 
 from dropkit.tools.loading import load_program
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,8 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".pt2 exported program or TorchScript file")
     p.add_argument("--runs", type=int, default=5, help="forwards compared bit for bit (default: 5)")
-    p.add_argument("--shape", action="append", default=None,
-                   help="shape of one positional input, e.g. 1,3,32,32; repeat for several inputs")
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        help="shape of one positional input, e.g. 1,3,32,32; repeat for several inputs",
+    )
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="dtype of --shape inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the example inputs (default: 0)")
     p.set_defaults(func=run)
@@ -52,7 +62,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
     except ValueError:
-        raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints like 1,784. Received: {text!r}") from None
+        raise ValueError(
+            f"Invalid value for `--shape`: expected comma-separated ints like 1,784. Received: {text!r}"
+        ) from None
     if not dims or any(d < 0 for d in dims):
         raise ValueError(f"Invalid value for `--shape`: expected comma-separated ints >= 0. Received: {text!r}")
     return dims
@@ -75,8 +87,10 @@ def _pt2_inputs(ep) -> tuple:
         val = placeholders[name].meta.get("val")
         if not isinstance(val, torch.Tensor):
             raise ValueError(f"input {name!r} is not a tensor; pass --shape")
-        shape = tuple(int(getattr(getattr(d, "node", None), "hint", None) or d) if not isinstance(d, int) else d
-                      for d in val.shape)
+        shape = tuple(
+            int(getattr(getattr(d, "node", None), "hint", None) or d) if not isinstance(d, int) else d
+            for d in val.shape
+        )
         specs.append((shape, val.dtype))
     return tuple(specs)
 

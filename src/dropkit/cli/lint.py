@@ -20,11 +20,19 @@ import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lint", help="check a model for dropout pitfalls (DK101-DK109)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "lint",
+        help="check a model for dropout pitfalls (DK101-DK109)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("target", metavar="package.module:factory", help="callable returning the model")
-    p.add_argument("--shape", action="append", default=None,
-                   help="shape of one positional example input, e.g. 2,784 (repeat for several)")
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        help="shape of one positional example input, e.g. 2,784 (repeat for several)",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.add_argument("--ignore", default="", help="comma-separated codes to leave out, e.g. DK109")
     p.set_defaults(func=run)
@@ -56,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     made = load_factory(args.target)()
     model, inputs = made if isinstance(made, tuple) else (made, None)
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{args.target} must return a torch.nn.Module or (model, example_inputs); got {type(model).__name__}")
+        raise TypeError(
+            f"{args.target} must return a torch.nn.Module or (model, example_inputs); got {type(model).__name__}"
+        )
     if args.shape:
         gen = torch.Generator().manual_seed(0)
         inputs = tuple(torch.randn(_parse_shape(s), generator=gen) for s in args.shape)

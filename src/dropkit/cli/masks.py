@@ -6,10 +6,13 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("masks", help="draw the masks of element-wise, spatial, DropBlock, DropPath and locked dropout",
-                       description="Draw one PNG with the masks that five dropout variants (element-wise, spatial "
-                       "channel, DropBlock, DropPath, locked) draw on the same N,C,H,W input at the same p, and print "
-                       "the fraction each one dropped.")
+    p = sub.add_parser(
+        "masks",
+        help="draw the masks of element-wise, spatial, DropBlock, DropPath and locked dropout",
+        description="Draw one PNG with the masks that five dropout variants (element-wise, spatial "
+        "channel, DropBlock, DropPath, locked) draw on the same N,C,H,W input at the same p, and print "
+        "the fraction each one dropped.",
+    )
     p.add_argument("--out", default="masks.png", help="PNG file to write")
     p.add_argument("--p", type=float, default=0.3, help="probability of DROPPING, for every variant")
     p.add_argument("--shape", default="8,6,12,12", help="input shape N,C,H,W")

@@ -22,11 +22,20 @@ import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mc", help="MC-dropout uncertainty of a lab run folder's validation set", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", metavar="DIR", nargs="?", default="runs/compare-digits-mlp",
-                   help="a lab run folder, or an experiment folder with runs/ (default: runs/compare-digits-mlp, "
-                        "the folder of a plain `dropkit compare`)")
+    p = sub.add_parser(
+        "mc",
+        help="MC-dropout uncertainty of a lab run folder's validation set",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        default="runs/compare-digits-mlp",
+        help="a lab run folder, or an experiment folder with runs/ (default: runs/compare-digits-mlp, "
+        "the folder of a plain `dropkit compare`)",
+    )
     p.add_argument("--samples", type=int, default=50, help="MC samples T (default: 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the MC masks (default: 0)")
     p.add_argument("--bins", type=int, default=15, help="ECE bins (default: 15)")
@@ -76,7 +85,9 @@ def _histogram(path: Path, entropy: torch.Tensor, correct: torch.Tensor, title: 
     top = max(float(entropy.max()), 1e-3)
     bins = torch.linspace(0, top, 31).tolist()
     ax.hist(entropy[correct].tolist(), bins=bins, alpha=0.6, density=True, label=f"correct ({int(correct.sum())})")
-    ax.hist(entropy[~correct].tolist(), bins=bins, alpha=0.6, density=True, label=f"misclassified ({int((~correct).sum())})")
+    ax.hist(
+        entropy[~correct].tolist(), bins=bins, alpha=0.6, density=True, label=f"misclassified ({int((~correct).sum())})"
+    )
     ax.set_xlabel("predictive entropy (nats)")
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=9)
@@ -112,9 +123,13 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
     model = load_model(run)
     x, y = data.x_val, data.y_val
     with torch.inference_mode():
-        eval_probs = torch.cat([probabilities(model, model(x[i:i + args.batch])) for i in range(0, len(y), args.batch)])
-    parts = [predict(model, x[i:i + args.batch], samples=args.samples, seed=args.seed + i)
-             for i in range(0, len(y), args.batch)]
+        eval_probs = torch.cat(
+            [probabilities(model, model(x[i : i + args.batch])) for i in range(0, len(y), args.batch)]
+        )
+    parts = [
+        predict(model, x[i : i + args.batch], samples=args.samples, seed=args.seed + i)
+        for i in range(0, len(y), args.batch)
+    ]
     mean = torch.cat([r.mean for r in parts])
     entropy = torch.cat([r.entropy for r in parts])
     mi = torch.cat([r.mutual_information for r in parts])
@@ -134,9 +149,13 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
 
     atomic_write_json(run / "mc.json", row)
     setting = f"{run.parent.name} {run.name}" if run.name.startswith("seed-") else run.name
-    _histogram(run / "mc_uncertainty.png", entropy, correct,
-               f"{name}, {setting}: MC dropout, T={args.samples} (eval acc {100 * row['eval_acc']:.1f} %, "
-               f"MC acc {100 * row['mc_acc']:.1f} %)")
+    _histogram(
+        run / "mc_uncertainty.png",
+        entropy,
+        correct,
+        f"{name}, {setting}: MC dropout, T={args.samples} (eval acc {100 * row['eval_acc']:.1f} %, "
+        f"MC acc {100 * row['mc_acc']:.1f} %)",
+    )
     return row
 
 
@@ -147,15 +166,19 @@ def run(args: argparse.Namespace) -> int:
     check_int(args.samples, "samples", minimum=1)
     root = Path(args.dir)
     if not root.is_dir():
-        raise ValueError(f"{root}: no such folder; pass the --out folder of a `dropkit compare` or `dropkit sweep` "
-                         "run (a plain `dropkit compare` writes runs/compare-digits-mlp)")
+        raise ValueError(
+            f"{root}: no such folder; pass the --out folder of a `dropkit compare` or `dropkit sweep` "
+            "run (a plain `dropkit compare` writes runs/compare-digits-mlp)"
+        )
     from dropkit.lab.report import require_matplotlib
 
     require_matplotlib()
     runs = _runs(root)
-    print(f"{'run':<40} {'acc eval':>8} {'acc MC':>7} {'NLL eval':>8} {'NLL MC':>7} {'Brier eval':>10} {'Brier MC':>8} "
-          f"{'ECE eval':>8} {'ECE MC':>7} {'H right':>7} {'H wrong':>7} {'AUROC H':>7} {'MI right':>8} {'MI wrong':>8}",
-          flush=True)
+    print(
+        f"{'run':<40} {'acc eval':>8} {'acc MC':>7} {'NLL eval':>8} {'NLL MC':>7} {'Brier eval':>10} {'Brier MC':>8} "
+        f"{'ECE eval':>8} {'ECE MC':>7} {'H right':>7} {'H wrong':>7} {'AUROC H':>7} {'MI right':>8} {'MI wrong':>8}",
+        flush=True,
+    )
     done = 0
     for r in runs:
         try:
@@ -165,10 +188,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         done += 1
         label = str(r.relative_to(root)) if r != root else r.name
-        print(f"{label:<40} {row['eval_acc']:8.3f} {row['mc_acc']:7.3f} {row['eval_nll']:8.3f} {row['mc_nll']:7.3f} "
-              f"{row['eval_brier']:10.3f} {row['mc_brier']:8.3f} {row['eval_ece']:8.3f} {row['mc_ece']:7.3f} "
-              f"{row['entropy_correct']:7.3f} {row['entropy_wrong']:7.3f} {row['entropy_auroc']:7.3f} "
-              f"{row['mi_correct']:8.4f} {row['mi_wrong']:8.4f}")
+        print(
+            f"{label:<40} {row['eval_acc']:8.3f} {row['mc_acc']:7.3f} {row['eval_nll']:8.3f} {row['mc_nll']:7.3f} "
+            f"{row['eval_brier']:10.3f} {row['mc_brier']:8.3f} {row['eval_ece']:8.3f} {row['mc_ece']:7.3f} "
+            f"{row['entropy_correct']:7.3f} {row['entropy_wrong']:7.3f} {row['entropy_auroc']:7.3f} "
+            f"{row['mi_correct']:8.4f} {row['mi_wrong']:8.4f}"
+        )
         print(f"{'':<40} wrote {r / 'mc.json'} and {r / 'mc_uncertainty.png'} ({done}/{len(runs)} runs)", flush=True)
     if not done:
         raise ValueError(f"{root}: no run with dropout to sample")

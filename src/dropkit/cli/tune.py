@@ -23,17 +23,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t = p.add_argument_group("search")
     t.add_argument("--trials", type=int, default=20, help="complete trials the study ends with")
-    t.add_argument("--storage", default=None, metavar="URL",
-                   help="Optuna storage URL (default: sqlite:///<out>/study.db; postgresql://user@host/db to share "
-                        "a study between machines)")
-    t.add_argument("--score", default="acc", choices=("acc", "loss"),
-                   help="final validation accuracy (maximised) or loss (minimised), mean over --seeds")
+    t.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage URL (default: sqlite:///<out>/study.db; postgresql://user@host/db to share "
+        "a study between machines)",
+    )
+    t.add_argument(
+        "--score",
+        default="acc",
+        choices=("acc", "loss"),
+        help="final validation accuracy (maximised) or loss (minimised), mean over --seeds",
+    )
     t.add_argument("--max-rate", type=float, default=0.8, help="rates are searched in [0, max-rate]")
     t.add_argument("--tune-input", action="store_true", help="also search the input dropout rate (built-in mlp/lstm)")
-    t.add_argument("--tune-schedule", action="store_true",
-                   help="also search a rate schedule: none, early:linear:K or linear:K (K = half the run's steps)")
-    t.add_argument("--heartbeat", type=int, default=10,
-                   help="seconds between a worker's heartbeats; a trial silent for twice this is failed")
+    t.add_argument(
+        "--tune-schedule",
+        action="store_true",
+        help="also search a rate schedule: none, early:linear:K or linear:K (K = half the run's steps)",
+    )
+    t.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a worker's heartbeats; a trial silent for twice this is failed",
+    )
     _lab.add_common(p, "tune")
     p.set_defaults(func=run)
 
@@ -57,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("Invalid value for `--score`: regression has no accuracy; use --score loss")
         if args.tune_input and (":" in args.model or args.model in ("cnn",)):
             raise UsageError(f"Invalid value for `--tune-input`: model {args.model} has no input dropout site")
-    config.update(trials=args.trials, score=args.score, max_rate=args.max_rate, tune_input=args.tune_input,
-                  tune_schedule=args.tune_schedule)
+    config.update(
+        trials=args.trials,
+        score=args.score,
+        max_rate=args.max_rate,
+        tune_input=args.tune_input,
+        tune_schedule=args.tune_schedule,
+    )
     out = Path(args.out or _lab.default_out(config))
     import json
 
@@ -78,14 +98,29 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ident = {k: v for k, v in config.items() if k != "trials"}
     check_config(out / "config.json", json.loads(json.dumps(ident)), "tune folder")
-    command = _lab.full_command(args, config, str(out)) + f" --trials {args.trials} --score {args.score}" + (
-        f" --storage {args.storage}" if args.storage else "") + (" --tune-input" if args.tune_input else "") + (
-        " --tune-schedule" if args.tune_schedule else "")
+    command = (
+        _lab.full_command(args, config, str(out))
+        + f" --trials {args.trials} --score {args.score}"
+        + (f" --storage {args.storage}" if args.storage else "")
+        + (" --tune-input" if args.tune_input else "")
+        + (" --tune-schedule" if args.tune_schedule else "")
+    )
     t0 = time.perf_counter()
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if not args.quiet else (lambda line: None)
-    study = run_tune(json.loads(json.dumps(config)), data, out, storage=storage, trials=args.trials,
-                     score=args.score, tune_input=args.tune_input, tune_schedule=args.tune_schedule,
-                     max_rate=args.max_rate, heartbeat=args.heartbeat, device=args.device, log=log)
+    study = run_tune(
+        json.loads(json.dumps(config)),
+        data,
+        out,
+        storage=storage,
+        trials=args.trials,
+        score=args.score,
+        tune_input=args.tune_input,
+        tune_schedule=args.tune_schedule,
+        max_rate=args.max_rate,
+        heartbeat=args.heartbeat,
+        device=args.device,
+        log=log,
+    )
     text = write_tune_report(study, out, args.score, command)
     print(f"dropkit tune: {config['dataset']} / {config['model']}, study in {storage}\n")
     print(text)

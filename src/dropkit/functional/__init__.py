@@ -16,8 +16,27 @@ from dropkit.functional.locked import locked_dropout
 from dropkit.functional.spatial import dropout1d, dropout2d, dropout3d
 from dropkit.functional.fused import fused_bias_act_dropout_add
 
-__all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale",
-    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "gaussian_dropout",
-    "gaussian_noise", "drop_block2d", "drop_block3d", "drop_path", "drop_path_rates", "locked_dropout",
-    "embedding_dropout", "concrete_dropout", "concrete_regularizer", "clamp_logit"]
+__all__ = [
+    "dropout",
+    "MaskSpec",
+    "apply_mask",
+    "keep_mask_like",
+    "masked_scale",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "drop_block2d",
+    "drop_block3d",
+    "drop_path",
+    "drop_path_rates",
+    "locked_dropout",
+    "embedding_dropout",
+    "concrete_dropout",
+    "concrete_regularizer",
+    "clamp_logit",
+]
 __all__ += ["fused_bias_act_dropout_add"]

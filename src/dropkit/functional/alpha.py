@@ -34,7 +34,9 @@ def _alpha(input, p, training, inplace, feature, seed, generator, stream):
     op = "feature_alpha_dropout" if feature else "alpha_dropout"
     if has_torch_function_unary(input):
         fn = feature_alpha_dropout if feature else alpha_dropout
-        return handle_torch_function(fn, (input,), input, p, training, inplace, seed=seed, generator=generator, stream=stream)
+        return handle_torch_function(
+            fn, (input,), input, p, training, inplace, seed=seed, generator=generator, stream=stream
+        )
     p, stream = check_common(input, p, training, seed, generator, stream)
     check_bool(inplace, "inplace")
     noise_shape = None

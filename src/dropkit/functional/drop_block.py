@@ -86,7 +86,14 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0  # batch_shard: offset by sample
     y = ops.apply_linear(
-        ops.drop_block_op, input, key, block_seed_rate(p, spatial, block_size), block_size, list(seed_shape), dims, offset
+        ops.drop_block_op,
+        input,
+        key,
+        block_seed_rate(p, spatial, block_size),
+        block_size,
+        list(seed_shape),
+        dims,
+        offset,
     )
     return write_inplace(input, y) if inplace else y
 

@@ -57,7 +57,9 @@ def drop_path(
     noise_shape = (input.shape[0],) + (1,) * (input.dim() - 1)
     # eval is the identity even without scaling (timm semantics): inverted scaling's eval form
     scaling = "inverted" if scale_by_keep or not training else "classic"
-    return dropout(input, p, training, scaling=scaling, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream)
+    return dropout(
+        input, p, training, scaling=scaling, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream
+    )
 
 
 def drop_path_rates(p_max: float, depth: int) -> list[float]:

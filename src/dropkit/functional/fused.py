@@ -24,6 +24,7 @@ FUSED_ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 
 _NO_KEY = torch.zeros(4, dtype=torch.int64)  # p = 0 or 1 draws nothing: any key gives the same mask
 
+
 def _check_operands(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor) -> None:
     check_float_tensor(x, "x")
     check_float_tensor(residual, "residual")

@@ -69,7 +69,9 @@ def gaussian_dropout(
     if not training or p == 0.0:
         return input
     key = resolve_key(seed, generator, stream)
-    return ops.apply_linear(ops.gaussian_dropout_op, input, key, math.sqrt(p / (1.0 - p)), _shard_offset(None, input.shape))
+    return ops.apply_linear(
+        ops.gaussian_dropout_op, input, key, math.sqrt(p / (1.0 - p)), _shard_offset(None, input.shape)
+    )
 
 
 def gaussian_noise(
@@ -102,7 +104,9 @@ def gaussian_noise(
         0.1
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(gaussian_noise, (input,), input, std, training, seed=seed, generator=generator, stream=stream)
+        return handle_torch_function(
+            gaussian_noise, (input,), input, std, training, seed=seed, generator=generator, stream=stream
+        )
     # std takes the place of p: check it, then the rest with a dummy rate
     std = check_real(std, "std", low=0.0, what="(the noise's standard deviation)")
     _, stream = check_common(input, 0.0, training, seed, generator, stream)

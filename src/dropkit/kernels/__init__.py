@@ -74,8 +74,12 @@ def _backend_from_env() -> str | None:
     """``DROPKIT_BACKEND``, validated once at import (a bad value: one warning naming it, then ignored)."""
     raw = os.environ.get("DROPKIT_BACKEND", "").strip()
     if raw and raw not in BACKENDS:
-        warnings.warn(f"dropkit: DROPKIT_BACKEND={raw!r} is not valid (accepted: {', '.join(BACKENDS)}); "
-                      "ignoring it: the backend is chosen per device", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"dropkit: DROPKIT_BACKEND={raw!r} is not valid (accepted: {', '.join(BACKENDS)}); "
+            "ignoring it: the backend is chosen per device",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     return None if raw in ("", "auto") else raw
 
@@ -117,7 +121,9 @@ def _select(device: torch.device):
     if choice == "cpu":
         be = _cpu_backend()
         if be is None:
-            raise RuntimeError(f"the compiled CPU kernel was forced but is not available: {backend_info('cpu')['reason']}")
+            raise RuntimeError(
+                f"the compiled CPU kernel was forced but is not available: {backend_info('cpu')['reason']}"
+            )
         return be
     if choice == "triton":
         be = _triton_backend()
@@ -158,8 +164,10 @@ def _check_counters(n: int, seed: int, stream: int, offset: int, what: str = "of
     if not 0 <= seed <= _M64 or not 0 <= stream <= _M64:
         raise ValueError(f"`seed` and `stream` must be ints in [0, 2**64); received seed={seed}, stream={stream}")
     if offset < 0 or offset + n > 1 << 64:
-        raise ValueError(f"the element indices of a call must stay in [0, 2**64): need offset >= 0 and {what} <= "
-                         f"2**64; received offset={offset}, n={n}")
+        raise ValueError(
+            f"the element indices of a call must stay in [0, 2**64): need offset >= 0 and {what} <= "
+            f"2**64; received offset={offset}, n={n}"
+        )
 
 
 def backend_info(device: torch.device | str = "cpu") -> dict[str, str]:
@@ -213,8 +221,9 @@ def dropout_mul(
     return _for("dropout_mul", x.device).dropout_mul(x, p, scale, seed, stream, offset, out)
 
 
-def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device | str,
-            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def uniform(
+    n: int, seed: int, stream: int, offset: int, device: torch.device | str, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     r"""1-D tensor of ``n`` uniform samples in (0, 1) on ``device``, bit-identical to
     ``rng.uniform((n,), seed, stream, offset, dtype=dtype, device=device)``.
 
@@ -230,8 +239,9 @@ def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device | 
     return _for("uniform", device).uniform(n, seed, stream, offset, device, dtype)
 
 
-def normal(n: int, seed: int, stream: int, offset: int, device: torch.device | str,
-           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normal(
+    n: int, seed: int, stream: int, offset: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     r"""1-D tensor of ``n`` standard-normal samples on ``device``, bit-identical to
     ``rng.normal((n,), seed, stream, offset, dtype=dtype, device=device)``.
 
@@ -276,8 +286,19 @@ def fused_bias_act_dropout_add(
     _check_counters(x.numel(), seed, stream, offset)
     be = _for("fused", x.device)
     if be is reference:
-        return reference.fused_bias_act_dropout_add(a, x, bias, activation, backward, p, scale, seed, stream, offset,
-                                                    keep_mask=_for("keep_mask", x.device).keep_mask)
+        return reference.fused_bias_act_dropout_add(
+            a,
+            x,
+            bias,
+            activation,
+            backward,
+            p,
+            scale,
+            seed,
+            stream,
+            offset,
+            keep_mask=_for("keep_mask", x.device).keep_mask,
+        )
     return be.fused_bias_act_dropout_add(a, x, bias, activation, backward, p, scale, seed, stream, offset)
 
 
@@ -286,8 +307,16 @@ def mask_fold_compiled(device: torch.device | str = "cpu") -> bool:
     return torch.device(device).type == "cpu" and _for("mask_fold", torch.device("cpu")) is not reference
 
 
-def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
-              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+def mask_fold(
+    A: torch.Tensor,
+    X: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    R: int,
+    P: int,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
     """``out[t, b, p*O + o] = act(scale * max_r sum_d [mask[t, b, d] != 0] * sum_k A[d, k, o] * X[b, d, k, r, p]
     + bias[o])``, ``act`` = ReLU if ``relu`` else the identity, no bias if ``bias`` is None.
 

@@ -74,15 +74,18 @@ def dropout_mul(
     """
     mask = keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
     cdt = compute_dtype(x.dtype)
-    factor = torch.where(mask, torch.tensor(scale, dtype=cdt, device=x.device), torch.tensor(0.0, dtype=cdt, device=x.device))
+    factor = torch.where(
+        mask, torch.tensor(scale, dtype=cdt, device=x.device), torch.tensor(0.0, dtype=cdt, device=x.device)
+    )
     y = round_to(x.to(cdt) * factor, x.dtype)
     if out is None:
         return y
     return out.copy_(y)
 
 
-def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device,
-            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def uniform(
+    n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """1-D uniform samples ``u = (w + 0.5) * 2**-32`` (float64, then rounded to ``dtype``), ``w`` the
     32-bit word of elements ``offset .. offset + n - 1`` (element ``e``: word ``e % 4`` of block ``e // 4``).
     """
@@ -152,8 +155,16 @@ def fused_bias_act_dropout_add(
     return round_to(y, x.dtype)
 
 
-def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
-              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+def mask_fold(
+    A: torch.Tensor,
+    X: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    R: int,
+    P: int,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
     """:func:`dropkit.kernels.mask_fold` in torch ops (any dtype and device); the same math as
     ``kernels/cpu/mask_fold.c``, the rounding differs.
     """

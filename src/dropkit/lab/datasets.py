@@ -296,8 +296,9 @@ def _idx_file(name: str, key: str, *, data_dir, cache_dir, download_ok: bool) ->
         except (OSError, http.client.HTTPException, DatasetError) as exc:
             errors.append(f"{mirror}: {exc}")
     raise DatasetError(
-        f"{name}: could not download {f.name}.gz into {folder}:\n  " + "\n  ".join(errors) +
-        f"\nno partial file was kept; retry, or pass --data-dir with the IDX files{src['hint']}"
+        f"{name}: could not download {f.name}.gz into {folder}:\n  "
+        + "\n  ".join(errors)
+        + f"\nno partial file was kept; retry, or pass --data-dir with the IDX files{src['hint']}"
     )
 
 
@@ -420,8 +421,13 @@ def load_dataset(
         raise ValueError(f"Invalid value for `val_fraction`: expected a number in (0, 1). Received: {val_fraction!r}")
     if name in SOURCES:
         return _load_idx_dataset(
-            name, data_dir=data_dir, cache_dir=cache_dir, download_ok=download,
-            train_size=train_size, val_size=val_size, split_seed=split_seed,
+            name,
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            download_ok=download,
+            train_size=train_size,
+            val_size=val_size,
+            split_seed=split_seed,
         )
     if name == "digits":
         d = _digits(val_fraction, split_seed)
@@ -449,27 +455,35 @@ NPZ_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 def _finish_user(name: str, xt, yt, xv, yv, task: str, where: str) -> Dataset:
     """Check shapes and labels, convert to tensors, count classes (or outputs for regression)."""
     if len(xt) != len(yt) or len(xv) != len(yv):
-        raise DatasetError(f"{where}: x_train has {len(xt)} rows and y_train {len(yt)}; x_val has {len(xv)} rows "
-                           f"and y_val {len(yv)}: inputs and targets must have one row per sample")
+        raise DatasetError(
+            f"{where}: x_train has {len(xt)} rows and y_train {len(yt)}; x_val has {len(xv)} rows "
+            f"and y_val {len(yv)}: inputs and targets must have one row per sample"
+        )
     if len(yt) == 0 or len(yv) == 0:
         raise DatasetError(f"{where}: the training and the validation split each need at least one sample")
     if tuple(xt.shape[1:]) != tuple(xv.shape[1:]):
-        raise DatasetError(f"{where}: x_train samples have shape {tuple(xt.shape[1:])} but x_val samples "
-                           f"{tuple(xv.shape[1:])}: both splits need the same input shape")
+        raise DatasetError(
+            f"{where}: x_train samples have shape {tuple(xt.shape[1:])} but x_val samples "
+            f"{tuple(xv.shape[1:])}: both splits need the same input shape"
+        )
     x_tr, x_va = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in (xt, xv))
     if task == "regression":
         if tuple(yt.shape[1:]) != tuple(yv.shape[1:]):
-            raise DatasetError(f"{where}: y_train targets have shape {tuple(yt.shape[1:])} but y_val "
-                               f"{tuple(yv.shape[1:])}")
+            raise DatasetError(
+                f"{where}: y_train targets have shape {tuple(yt.shape[1:])} but y_val {tuple(yv.shape[1:])}"
+            )
         y_tr, y_va = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in (yt, yv))
         outputs = int(np.prod(y_tr.shape[1:], dtype=np.int64)) if y_tr.dim() > 1 else 1
         return Dataset(name, x_tr, y_tr, x_va, y_va, outputs, task="regression")
     for split, y in (("y_train", yt), ("y_val", yv)):
         y = np.asarray(y)
-        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
-                                                                         and np.all(np.mod(y, 1) == 0))):
-            raise DatasetError(f"{where}: {split} must be one integer class label per sample for classification "
-                               f"(received dtype {y.dtype}, shape {y.shape}); use --task regression for real targets")
+        if y.ndim != 1 or not (
+            np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))
+        ):
+            raise DatasetError(
+                f"{where}: {split} must be one integer class label per sample for classification "
+                f"(received dtype {y.dtype}, shape {y.shape}); use --task regression for real targets"
+            )
         if y.min() < 0:
             raise DatasetError(f"{where}: {split} has the negative label {int(y.min())}; labels are 0 .. classes-1")
     y_tr, y_va = (torch.as_tensor(np.asarray(a).astype(np.int64)) for a in (yt, yv))
@@ -493,8 +507,10 @@ def load_npz(path: str | os.PathLike, task: str = "classification") -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in NPZ_ARRAYS if k not in z.files]
             if missing:
-                raise DatasetError(f"{path} has no array {', '.join(missing)}; it needs {', '.join(NPZ_ARRAYS)} "
-                                   f"(found: {', '.join(z.files) or 'nothing'})")
+                raise DatasetError(
+                    f"{path} has no array {', '.join(missing)}; it needs {', '.join(NPZ_ARRAYS)} "
+                    f"(found: {', '.join(z.files) or 'nothing'})"
+                )
             arrays = [z[k] for k in NPZ_ARRAYS]
     except DatasetError:
         raise
@@ -508,8 +524,10 @@ def _from_factory(target: str, task: str) -> Dataset:
 
     made = call_with_known(load_callable(target, "--dataset"), task=task)
     if not (isinstance(made, tuple) and len(made) == 2):
-        raise DatasetError(f"{target} must return (train, val), two map-style datasets of (input, target); "
-                           f"it returned {type(made).__name__}")
+        raise DatasetError(
+            f"{target} must return (train, val), two map-style datasets of (input, target); "
+            f"it returned {type(made).__name__}"
+        )
     arrays = []
     for split, ds in zip(("train", "val"), made):
         try:
@@ -523,7 +541,9 @@ def _from_factory(target: str, task: str) -> Dataset:
             xs = torch.stack([torch.as_tensor(np.asarray(x), dtype=torch.float32) for x, _ in items])
             ys = np.stack([np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y) for _, y in items])
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise DatasetError(f"{target}: the {split} items must be (input, target) pairs of one shape each ({exc})") from None
+            raise DatasetError(
+                f"{target}: the {split} items must be (input, target) pairs of one shape each ({exc})"
+            ) from None
         arrays += [xs.numpy(), ys]
     return _finish_user(target, *arrays, task, target)
 
@@ -547,8 +567,10 @@ def load_data(name: str, *, task: str = "classification", **kwargs) -> Dataset:
                 setattr(d, f"y_{split}", y[idx])
         return d
     if task == "regression":
-        raise ValueError(f"Invalid value for `task`: the built-in dataset {name!r} is a classification task. "
-                         "Received: task='regression'")
+        raise ValueError(
+            f"Invalid value for `task`: the built-in dataset {name!r} is a classification task. "
+            "Received: task='regression'"
+        )
     return load_dataset(name, **kwargs)
 
 

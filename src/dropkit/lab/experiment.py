@@ -162,9 +162,12 @@ def _cached_dataset(name: str, data_kwargs_json: str):
 
 def _data_kwargs(config: dict, data_dir, cache_dir, download: bool) -> str:
     kwargs = {
-        "val_fraction": config["val_fraction"], "train_size": config["train_size"], "val_size": config["val_size"],
+        "val_fraction": config["val_fraction"],
+        "train_size": config["train_size"],
+        "val_size": config["val_size"],
         "data_dir": None if data_dir is None else str(data_dir),
-        "cache_dir": None if cache_dir is None else str(cache_dir), "download": download,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "download": download,
     }
     if config.get("task", "classification") != "classification":
         kwargs["task"] = config["task"]
@@ -197,8 +200,12 @@ class _Progress:
             except ImportError:  # pragma: no cover
                 return
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"), transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=True,
             )
             self.task = self.bar.add_task("training", total=total, info="")
             self.bar.start()
@@ -216,10 +223,18 @@ class _Progress:
         if not self.lines:
             return
         s = result["summary"]
-        score = f"val acc {100 * s['final_val_acc']:.1f} %" if "final_val_acc" in s else f"val loss {s['final_val_loss']:.4g}"
+        score = (
+            f"val acc {100 * s['final_val_acc']:.1f} %"
+            if "final_val_acc" in s
+            else f"val loss {s['final_val_loss']:.4g}"
+        )
         how = "already finished" if skipped else f"{result['wall_s']:.1f} s"
-        print(f"[{self.finished}/{self.runs}] {label}, seed {seed}: {score} after {s['epochs']} epochs ({how}; "
-              f"{time.perf_counter() - self.t0:.0f} s so far)", file=sys.stderr, flush=True)
+        print(
+            f"[{self.finished}/{self.runs}] {label}, seed {seed}: {score} after {s['epochs']} epochs ({how}; "
+            f"{time.perf_counter() - self.t0:.0f} s so far)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -228,19 +243,35 @@ class _Progress:
 
 def run_specs(config: dict, points: list[Point] | None = None) -> list[tuple[Point, RunSpec]]:
     """Every (setting, seed) run of ``config`` as a :class:`RunSpec`."""
-    recipe = {k: config[k] for k in ("optimizer", "momentum", "nesterov", "lr_schedule", "max_norm", "early_stopping",
-                                      "task", "replace") if config.get(k) is not None}
+    recipe = {
+        k: config[k]
+        for k in ("optimizer", "momentum", "nesterov", "lr_schedule", "max_norm", "early_stopping", "task", "replace")
+        if config.get(k) is not None
+    }
     if config.get("hidden") is not None:
         recipe["hidden"] = tuple(config["hidden"])
     out = []
     for pt in points or plan(config):
         for seed in range(config["seeds"]):
-            out.append((pt, RunSpec(
-                dataset=config["dataset"], model=config["model"], p=pt.p, input_p=pt.input_p, variant=config["variant"],
-                epochs=pt.epochs, batch_size=config["batch_size"], lr=config["lr"],
-                weight_decay=config["weight_decay"], seed=seed,
-                schedule=config.get("schedule") if any(pt.p) or pt.input_p else None, **recipe,
-            )))
+            out.append(
+                (
+                    pt,
+                    RunSpec(
+                        dataset=config["dataset"],
+                        model=config["model"],
+                        p=pt.p,
+                        input_p=pt.input_p,
+                        variant=config["variant"],
+                        epochs=pt.epochs,
+                        batch_size=config["batch_size"],
+                        lr=config["lr"],
+                        weight_decay=config["weight_decay"],
+                        seed=seed,
+                        schedule=config.get("schedule") if any(pt.p) or pt.input_p else None,
+                        **recipe,
+                    ),
+                )
+            )
     return out
 
 
@@ -252,8 +283,16 @@ def lint_findings(config: dict, data) -> list[dict]:
     pt = plan(config)[-1]
     spec = run_specs(config, [pt])[0][1]
     torch.manual_seed(0)
-    model = make_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant, input_p=spec.input_p,
-                       hidden=spec.hidden, replace=spec.replace)
+    model = make_model(
+        spec.model,
+        data.in_shape,
+        data.num_classes,
+        spec.p,
+        variant=spec.variant,
+        input_p=spec.input_p,
+        hidden=spec.hidden,
+        replace=spec.replace,
+    )
     return [f.to_dict() for f in lint(model, (data.x_train[:2],))]
 
 
@@ -287,8 +326,16 @@ def run_experiment(
         data = _cached_dataset(config["dataset"], data_kwargs)
         tasks = [(pt, spec, out / "runs" / pt.slug / f"seed-{spec.seed}") for pt, spec in run_specs(config)]
         for _pt, spec, _ in tasks[:: config["seeds"]]:
-            make_model(spec.model, data.in_shape, data.num_classes, spec.p, variant=spec.variant,
-                       input_p=spec.input_p, hidden=spec.hidden, replace=spec.replace)
+            make_model(
+                spec.model,
+                data.in_shape,
+                data.num_classes,
+                spec.p,
+                variant=spec.variant,
+                input_p=spec.input_p,
+                hidden=spec.hidden,
+                replace=spec.replace,
+            )
     findings = lint_findings(config, data) if rank == 0 else []
 
     with folder_lock(out) if rank == 0 else _nothing():
@@ -317,16 +364,18 @@ def run_experiment(
                     bar.describe(f"{pt.label} seed {spec.seed}")
                     skipped = (run_dir / "result.json").is_file()
                     bar.advance(_epochs_done(run_dir))
-                    res = train_run(spec, data, run_dir, device=device,
-                                    progress=lambda e, n, m: bar.advance(1, _progress_info(m)))
+                    res = train_run(
+                        spec, data, run_dir, device=device, progress=lambda e, n, m: bar.advance(1, _progress_info(m))
+                    )
                     bar.run_done(pt.label, spec.seed, res, skipped)
             else:
                 threads = max(1, (os.cpu_count() or 1) // jobs)
                 ctx = multiprocessing.get_context("spawn")
                 with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                     futures = {
-                        pool.submit(_worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device,
-                                    threads): (pt, spec, (run_dir / "result.json").is_file())
+                        pool.submit(
+                            _worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device, threads
+                        ): (pt, spec, (run_dir / "result.json").is_file())
                         for pt, spec, run_dir in tasks
                     }
                     bar.describe(f"{len(tasks)} runs in {jobs} processes")

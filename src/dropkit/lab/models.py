@@ -92,8 +92,9 @@ def _sites(model: str, hidden: Sequence[int] | None = None) -> tuple[tuple[str, 
     return SITES[model]
 
 
-def resolve_rates(model: str, p: float | Sequence[float], name: str = "p",
-                  hidden: Sequence[int] | None = None) -> tuple[float, ...]:
+def resolve_rates(
+    model: str, p: float | Sequence[float], name: str = "p", hidden: Sequence[int] | None = None
+) -> tuple[float, ...]:
     """One rate per dropout site of ``model``: ``p`` is a single rate or one per site
     (an MLP with ``hidden`` widths has one site per hidden layer)."""
     sites = _sites(model, hidden)
@@ -129,7 +130,9 @@ def _check_variant(model: str, variant: str | None) -> None:
     if variant is None:
         return
     if variant not in VARIANTS:
-        raise ValueError(f"Invalid value for `variant`: expected one of {tuple(VARIANTS)}. Received: variant={variant!r}")
+        raise ValueError(
+            f"Invalid value for `variant`: expected one of {tuple(VARIANTS)}. Received: variant={variant!r}"
+        )
     if variant not in variant_choices(model):
         raise ValueError(
             f"Invalid value for `variant`: {variant} fits no dropout site of model {model!r}; "
@@ -166,12 +169,21 @@ class CNN(nn.Module):
         super().__init__()
         c, h, w = in_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), _dropout_layer(variants[0], rates[0]), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), _dropout_layer(variants[1], rates[1]), nn.MaxPool2d(2),
+            nn.Conv2d(c, 32, 3, padding=1),
+            nn.ReLU(),
+            _dropout_layer(variants[0], rates[0]),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            _dropout_layer(variants[1], rates[1]),
+            nn.MaxPool2d(2),
         )
         flat = 64 * (h // 4) * (w // 4)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), _dropout_layer(variants[2], rates[2]),
+            nn.Flatten(),
+            nn.Linear(flat, 128),
+            nn.ReLU(),
+            _dropout_layer(variants[2], rates[2]),
             nn.Linear(128, num_classes),
         )
 
@@ -234,8 +246,10 @@ def build_model(
     in_shape = (int(in_shape),) if isinstance(in_shape, int) else tuple(int(s) for s in in_shape)
     if hidden is not None:
         if name not in DEFAULT_HIDDEN:
-            raise ValueError(f"Invalid value for `hidden`: only {tuple(DEFAULT_HIDDEN)} have hidden widths to set; "
-                             f"received hidden={list(hidden)} for model {name!r}")
+            raise ValueError(
+                f"Invalid value for `hidden`: only {tuple(DEFAULT_HIDDEN)} have hidden widths to set; "
+                f"received hidden={list(hidden)} for model {name!r}"
+            )
         hidden = tuple(hidden)
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(f"Invalid value for `hidden`: expected one or more ints >= 1. Received: hidden={hidden!r}")

@@ -12,15 +12,38 @@ __all__ = ["IDENTITY_KEYS", "RECIPE_DEFAULTS", "Point", "identity", "plan"]
 
 #: Config keys that define an experiment (a run folder refuses a config that differs in any).
 IDENTITY_KEYS = (
-    "command", "dataset", "model", "variant", "schedule", "p", "rates", "input_p", "epochs", "epochs_factor", "seeds",
-    "batch_size", "lr", "weight_decay", "val_fraction", "train_size", "val_size",
+    "command",
+    "dataset",
+    "model",
+    "variant",
+    "schedule",
+    "p",
+    "rates",
+    "input_p",
+    "epochs",
+    "epochs_factor",
+    "seeds",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "val_fraction",
+    "train_size",
+    "val_size",
 )
 
 #: Keys added with the training recipes and user models, and their defaults: left out of the
 #: identity while at the default, so folders made before them still resume.
 RECIPE_DEFAULTS = {
-    "optimizer": "adam", "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "max_norm": None,
-    "hidden": None, "early_stopping": None, "task": "classification", "replace": True, "dataset_sha256": None,
+    "optimizer": "adam",
+    "momentum": 0.0,
+    "nesterov": False,
+    "lr_schedule": "constant",
+    "max_norm": None,
+    "hidden": None,
+    "early_stopping": None,
+    "task": "classification",
+    "replace": True,
+    "dataset_sha256": None,
 }
 
 
@@ -61,8 +84,14 @@ def plan(config: dict) -> list[Point]:
         p = tuple(config["p"])
         return [
             Point("no dropout", tuple(0.0 for _ in p), 0.0, config["epochs"]),
-            Point("dropout p=" + ",".join(f"{r:g}" for r in p) + (f" in={config['input_p']:g}" if config["input_p"] else ""),
-                  p, config["input_p"], _dropout_epochs(config)),
+            Point(
+                "dropout p="
+                + ",".join(f"{r:g}" for r in p)
+                + (f" in={config['input_p']:g}" if config["input_p"] else ""),
+                p,
+                config["input_p"],
+                _dropout_epochs(config),
+            ),
         ]
     points = []
     for r in config["rates"]:

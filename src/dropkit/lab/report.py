@@ -51,7 +51,9 @@ def load_folder(folder: str | Path) -> tuple[dict, list[tuple[Point, list[list[d
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise NotARunFolder(f"{folder} is not a lab run folder (no config.json); run `dropkit compare --out {folder}` first")
+        raise NotARunFolder(
+            f"{folder} is not a lab run folder (no config.json); run `dropkit compare --out {folder}` first"
+        )
     config = read_json(cfg_path, fix=f"delete the folder {folder} to start over")
     fix = "delete it and run the same command again: it is rewritten from the run's checkpoint"
     out = []
@@ -85,8 +87,16 @@ def aggregate(points: list[tuple[Point, list[list[dict]]]]) -> list[dict]:
     rows = []
     for pt, histories in points:
         complete = [h for h in histories if len(h) >= pt.epochs]
-        row = {"label": pt.label, "slug": pt.slug, "rate": pt.rate, "p": list(pt.p), "input_p": pt.input_p,
-               "epochs": pt.epochs, "seeds": len(complete), "partial": len(histories) - len(complete)}
+        row = {
+            "label": pt.label,
+            "slug": pt.slug,
+            "rate": pt.rate,
+            "p": list(pt.p),
+            "input_p": pt.input_p,
+            "epochs": pt.epochs,
+            "seeds": len(complete),
+            "partial": len(histories) - len(complete),
+        }
         if complete:
             sums = [summarise(_epochs(h)) for h in complete]
             for key, _, _ in COLUMNS:
@@ -154,9 +164,7 @@ def sweep_verdicts(rows: list[dict], gap_threshold: float = 0.05, underfit_thres
             )
         out.append(f"{r['label']}: " + ("; ".join(notes) if notes else "no over- or underfitting flag"))
     std = best["final_val_acc"][1]
-    out.append(
-        f"best by validation accuracy: {best['label']} ({100 * best_val:.1f} ± {100 * std:.1f} %)"
-    )
+    out.append(f"best by validation accuracy: {best['label']} ({100 * best_val:.1f} ± {100 * std:.1f} %)")
     return out
 
 
@@ -233,13 +241,22 @@ def plot_gap(rows: list[dict], path: Path, title: str) -> None:
     ax_gap.set_ylim(min(0.0, bottom) - 0.5, max(0.0, top) + 0.5)
     ax_gap.set(xlabel="drop rate p", ylabel="train - val accuracy (points)", title="generalisation gap (0 = none)")
     for key, label in (("final_train_acc", "train"), ("final_val_acc", "val")):
-        ax_acc.errorbar(xs, [100 * r[key][0] for r in rows], yerr=[100 * r[key][1] for r in rows],
-                        marker="o", capsize=3, label=label)
+        ax_acc.errorbar(
+            xs,
+            [100 * r[key][0] for r in rows],
+            yerr=[100 * r[key][1] for r in rows],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     vals = [(100 * r["final_val_acc"][0], 100 * r["final_val_acc"][1]) for r in rows]
     hi, lo = max(vals), min(vals)
     noise = max(hi[1], lo[1])
-    verdict = (f"val acc spread {hi[0] - lo[0]:.1f} points: within seed noise (std up to {noise:.1f})"
-               if hi[0] - lo[0] <= noise else f"val acc spread {hi[0] - lo[0]:.1f} points > seed std {noise:.1f}")
+    verdict = (
+        f"val acc spread {hi[0] - lo[0]:.1f} points: within seed noise (std up to {noise:.1f})"
+        if hi[0] - lo[0] <= noise
+        else f"val acc spread {hi[0] - lo[0]:.1f} points > seed std {noise:.1f}"
+    )
     ax_acc.set(xlabel="drop rate p", ylabel="accuracy (%)", title="final accuracy\n" + verdict)
     ax_acc.title.set_fontsize(9)
     ax_acc.legend()
@@ -272,7 +289,9 @@ def _lint_lines(folder: Path) -> list[str]:
     head = ["## Lint", "", "`dropkit.lint` on the model of the dropout setting, before training:", ""]
     if not findings:
         return head + ["- no finding", ""]
-    return head + [f"- {f.get('code')} {f.get('severity')} `{f.get('path')}`: {f.get('message')}" for f in findings] + [""]
+    return (
+        head + [f"- {f.get('code')} {f.get('severity')} `{f.get('path')}`: {f.get('message')}" for f in findings] + [""]
+    )
 
 
 def write_report(folder: str | Path) -> str:

@@ -165,7 +165,9 @@ def load_result(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "result.json"
     if not path.is_file():
         return None
-    return read_json(path, fix="delete it and run the same command again (the run is finished again from its checkpoint)")
+    return read_json(
+        path, fix="delete it and run the same command again (the run is finished again from its checkpoint)"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -203,8 +205,9 @@ def _correct(out: torch.Tensor, y: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048,
-             task: str = "classification") -> tuple[float, float | None]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048, task: str = "classification"
+) -> tuple[float, float | None]:
     """Mean loss and accuracy (``None`` for regression) of ``model`` in eval mode (mode restored afterwards)."""
     was = model.training
     model.eval()
@@ -238,13 +241,15 @@ def summarise(history: list[dict]) -> dict:
         "min_val_loss": min(m["val_loss"] for m in history),
     }
     if "val_acc" in last:
-        out.update({
-            "final_train_acc": last["train_acc"],
-            "final_val_acc": last["val_acc"],
-            "final_gap": last["gap"],
-            "best_train_acc": max(m["train_acc"] for m in history),
-            "best_val_acc": best["val_acc"],
-        })
+        out.update(
+            {
+                "final_train_acc": last["train_acc"],
+                "final_val_acc": last["val_acc"],
+                "final_gap": last["gap"],
+                "best_train_acc": max(m["train_acc"] for m in history),
+                "best_val_acc": best["val_acc"],
+            }
+        )
     return out
 
 
@@ -270,14 +275,19 @@ def apply_max_norm(model: torch.nn.Module, c: float) -> None:
 
 def _optimizer(spec: RunSpec, params) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
-                               weight_decay=spec.weight_decay)
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+        )
     cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
 def _should_stop(spec: RunSpec, history: list[dict]) -> bool:
-    return bool(spec.early_stopping) and bool(history) and history[-1]["epoch"] - _best(history)["epoch"] >= spec.early_stopping
+    return (
+        bool(spec.early_stopping)
+        and bool(history)
+        and history[-1]["epoch"] - _best(history)["epoch"] >= spec.early_stopping
+    )
 
 
 def shard_bounds(batch: int, world: int) -> list[int]:
@@ -286,9 +296,16 @@ def shard_bounds(batch: int, world: int) -> list[int]:
 
 
 def _build_kwargs(spec: RunSpec, data) -> dict:
-    return {"name": spec.model, "in_shape": list(data.in_shape), "num_classes": data.num_classes, "p": list(spec.p),
-            "variant": spec.variant, "input_p": spec.input_p,
-            "hidden": None if spec.hidden is None else list(spec.hidden), "replace": spec.replace}
+    return {
+        "name": spec.model,
+        "in_shape": list(data.in_shape),
+        "num_classes": data.num_classes,
+        "p": list(spec.p),
+        "variant": spec.variant,
+        "input_p": spec.input_p,
+        "hidden": None if spec.hidden is None else list(spec.hidden),
+        "replace": spec.replace,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -338,8 +355,11 @@ def train_run(
                 os.replace(ckpt_path, ckpt_path.with_name("checkpoint.pt.corrupt"))
                 restarted.append({"reason": str(exc), "moved_to": "checkpoint.pt.corrupt"})
                 atomic_write_json(restarted_path, restarted)
-                print(f"dropkit: {exc}\ndropkit: {run_dir}: restarting this run from scratch (the corrupt file is kept "
-                      "as checkpoint.pt.corrupt); it ends with the metrics of an uninterrupted run", file=sys.stderr)
+                print(
+                    f"dropkit: {exc}\ndropkit: {run_dir}: restarting this run from scratch (the corrupt file is kept "
+                    "as checkpoint.pt.corrupt); it ends with the metrics of an uninterrupted run",
+                    file=sys.stderr,
+                )
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -398,15 +418,19 @@ def train_run(
         val_loss, val_acc = evaluate(model, xs_va, ys_va, task=spec.task)
         metrics = {"epoch": epoch, "train_loss": train_loss}
         if spec.task != "regression":
-            metrics.update({"train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "gap": train_acc - val_acc})
+            metrics.update(
+                {"train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "gap": train_acc - val_acc}
+            )
         else:
             metrics["val_loss"] = val_loss
         metrics.update({"dropout_loss": float(loss_total) / n, "lr": lr})
         history.append(metrics)
         if rank == 0:
             if spec.early_stopping and _best(history)["epoch"] == epoch:
-                atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data)},
-                                  run_dir / "best.pt")
+                atomic_torch_save(
+                    {"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data)},
+                    run_dir / "best.pt",
+                )
             atomic_torch_save(
                 {
                     "model": model.state_dict(),
@@ -457,8 +481,9 @@ def load_model(run_dir: str | os.PathLike, device: str = "cpu", *, best: bool = 
     Raises :class:`dropkit._io.CorruptFileError` naming the file when it is truncated or corrupt.
     """
     path = Path(run_dir) / ("best.pt" if best else "model.pt")
-    ckpt = load_torch_verified(path, map_location=device,
-                               fix="delete it and its result.json, then run the lab command again to rebuild it")
+    ckpt = load_torch_verified(
+        path, map_location=device, fix="delete it and its result.json, then run the lab command again to rebuild it"
+    )
     model = make_model(**ckpt["build"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

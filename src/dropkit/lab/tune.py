@@ -73,10 +73,16 @@ def open_study(storage: str, direction: str, heartbeat: int, study_name: str = S
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                rdb = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                                 grace_period=2 * heartbeat)
-            return optuna.create_study(study_name=study_name, storage=rdb, direction=direction, load_if_exists=True,
-                                       sampler=optuna.samplers.TPESampler())
+                rdb = RDBStorage(
+                    storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat
+                )
+            return optuna.create_study(
+                study_name=study_name,
+                storage=rdb,
+                direction=direction,
+                load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(),
+            )
         except ImportError as exc:
             raise StorageError(
                 f"--storage {storage}: no database driver for it ({exc}); for PostgreSQL: pip install "
@@ -96,9 +102,21 @@ def _counts(study) -> tuple[int, list[int]]:
     return complete, sorted(t.number for t in trials)
 
 
-def run_tune(config: dict, data, out: Path, *, storage: str, trials: int, score: str = "acc",
-             tune_input: bool = False, tune_schedule: bool = False, max_rate: float = 0.8, heartbeat: int = 10,
-             device: str = "cpu", log=print) -> object:
+def run_tune(
+    config: dict,
+    data,
+    out: Path,
+    *,
+    storage: str,
+    trials: int,
+    score: str = "acc",
+    tune_input: bool = False,
+    tune_schedule: bool = False,
+    max_rate: float = 0.8,
+    heartbeat: int = 10,
+    device: str = "cpu",
+    log=print,
+) -> object:
     """Run trials into the study until it holds exactly ``trials`` COMPLETE trials; return the study."""
     import optuna
 
@@ -110,9 +128,11 @@ def run_tune(config: dict, data, out: Path, *, storage: str, trials: int, score:
         study.set_user_attr("config", ident)
     elif old != ident:
         diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-        raise ConfigMismatch(f"the study in {storage} was created with a different configuration ("
-                             + "; ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in diff)
-                             + "); use another --out / --storage")
+        raise ConfigMismatch(
+            f"the study in {storage} was created with a different configuration ("
+            + "; ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in diff)
+            + "); use another --out / --storage"
+        )
     sites = site_names(config, data)
     steps = config["epochs"] * -(-len(data.y_train) // config["batch_size"])
     schedules = ["none", f"early:linear:{max(1, steps // 2)}", f"linear:{max(1, steps // 2)}"]
@@ -127,8 +147,9 @@ def run_tune(config: dict, data, out: Path, *, storage: str, trials: int, score:
         schedule = trial.suggest_categorical("schedule", schedules) if tune_schedule else "none"
         from dropkit.lab.experiment import run_specs
 
-        cfg = dict(config, command="compare", p=list(p), input_p=input_p,
-                   schedule=None if schedule == "none" else schedule)
+        cfg = dict(
+            config, command="compare", p=list(p), input_p=input_p, schedule=None if schedule == "none" else schedule
+        )
         pt = Point(f"trial {trial.number}", p, input_p, config["epochs"])
         values = []
         t0 = time.perf_counter()
@@ -138,10 +159,13 @@ def run_tune(config: dict, data, out: Path, *, storage: str, trials: int, score:
             values.append(s["final_val_acc"] if score == "acc" else s["final_val_loss"])
         value = sum(values) / len(values)
         trial.set_user_attr("seeds", len(values))
-        log(f"trial {trial.number}: {', '.join(f'{n}={r:.3f}' for n, r in zip(sites, p))}"
-            + (f", input={input_p:.3f}" if tune_input else "") + (f", schedule={schedule}" if tune_schedule else "")
+        log(
+            f"trial {trial.number}: {', '.join(f'{n}={r:.3f}' for n, r in zip(sites, p))}"
+            + (f", input={input_p:.3f}" if tune_input else "")
+            + (f", schedule={schedule}" if tune_schedule else "")
             + f" -> val {score} {100 * value if score == 'acc' else value:.4g}{' %' if score == 'acc' else ''} "
-            f"({time.perf_counter() - t0:.1f} s; {complete + 1}/{trials} complete)")
+            f"({time.perf_counter() - t0:.1f} s; {complete + 1}/{trials} complete)"
+        )
         return value
 
     while True:
@@ -161,10 +185,18 @@ def run_tune(config: dict, data, out: Path, *, storage: str, trials: int, score:
 def _trial_rows(study) -> list[dict]:
     rows = []
     for t in study.trials:
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-                     if t.datetime_complete and t.datetime_start else None,
-                     "surplus": bool(t.user_attrs.get("surplus"))})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                if t.datetime_complete and t.datetime_start
+                else None,
+                "surplus": bool(t.user_attrs.get("surplus")),
+            }
+        )
     return rows
 
 
@@ -185,15 +217,22 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
         if r["surplus"]:
             continue
         cells = [str(r["number"]), r["state"], fmt(r["value"]) if r["value"] is not None else "-"]
-        cells += [(f"{r['params'][k]:.3f}" if isinstance(r["params"].get(k), float) else str(r["params"].get(k, "-")))
-                  for k in params]
+        cells += [
+            (f"{r['params'][k]:.3f}" if isinstance(r["params"].get(k), float) else str(r["params"].get(k, "-")))
+            for k in params
+        ]
         cells.append(f"{r['seconds']:.1f}" if r["seconds"] is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     best = study.best_trial if done else None
-    best_text = ("best: trial " + str(best.number) + f", {unit} {fmt(best.value)}: "
-                 + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-                 if best else "best: no complete trial yet")
+    best_text = (
+        "best: trial "
+        + str(best.number)
+        + f", {unit} {fmt(best.value)}: "
+        + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        if best
+        else "best: no complete trial yet"
+    )
     counts = {s.name: sum(t.state == s for t in study.trials) for s in TrialState}
     state_text = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     figures = []
@@ -223,9 +262,19 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
             import matplotlib.pyplot as plt
 
             plt.close("all")
-    md = [f"# dropkit tune: {study.study_name}", "", "```bash", command, "```", "",
-          f"- trials: {state_text} (surplus trials, pruned before training, are not listed)", f"- {best_text}", "",
-          table, ""]
+    md = [
+        f"# dropkit tune: {study.study_name}",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"- trials: {state_text} (surplus trials, pruned before training, are not listed)",
+        f"- {best_text}",
+        "",
+        table,
+        "",
+    ]
     if figures:
         md += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
     atomic_write_text(out / "report.md", "\n".join(md))
@@ -236,4 +285,3 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
 def default_storage(out: Path) -> str:
     """``sqlite:///<out>/study.db`` (absolute path)."""
     return "sqlite:///" + str((Path(out) / "study.db").resolve())
-

@@ -44,8 +44,10 @@ def is_user_target(name: str) -> bool:
 def _split(target: str, flag: str) -> tuple[str, str]:
     module, sep, attr = target.rpartition(":")
     if not sep or not module or not attr:
-        raise ValueError(f"Invalid value for `{flag}`: expected MODULE:FACTORY or FILE.py:FACTORY "
-                         f"(e.g. mypkg.nets:make_net or ./nets.py:make_net). Received: {flag}={target}")
+        raise ValueError(
+            f"Invalid value for `{flag}`: expected MODULE:FACTORY or FILE.py:FACTORY "
+            f"(e.g. mypkg.nets:make_net or ./nets.py:make_net). Received: {flag}={target}"
+        )
     return module, attr
 
 
@@ -55,8 +57,10 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
     if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
         path = Path(module_name).expanduser().resolve()
         if not path.is_file():
-            raise ValueError(f"Invalid value for `{flag}`: file {module_name} not found (from {os.getcwd()}). "
-                             f"Received: {flag}={target}")
+            raise ValueError(
+                f"Invalid value for `{flag}`: file {module_name} not found (from {os.getcwd()}). "
+                f"Received: {flag}={target}"
+            )
         key = "_dropkit_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         module = sys.modules.get(key)
         if module is None:
@@ -73,14 +77,17 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"Invalid value for `{flag}`: cannot import {module_name!r} ({exc}). "
-                             f"Received: {flag}={target}") from None
+            raise ValueError(
+                f"Invalid value for `{flag}`: cannot import {module_name!r} ({exc}). Received: {flag}={target}"
+            ) from None
         finally:
             sys.path.remove(os.getcwd())
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"Invalid value for `{flag}`: {module_name} has no attribute {attr!r}. Received: {flag}={target}")
+            raise ValueError(
+                f"Invalid value for `{flag}`: {module_name} has no attribute {attr!r}. Received: {flag}={target}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"Invalid value for `{flag}`: {target} is a {type(obj).__name__}, not a callable")
@@ -110,8 +117,9 @@ def dropout_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]
     return [(names.get(id(m), "?"), m) for m in found]
 
 
-def build_user_model(target: str, in_shape: Sequence[int], num_classes: int, p: float | Sequence[float],
-                     *, replace: bool = True) -> tuple[torch.nn.Module, list[str]]:
+def build_user_model(
+    target: str, in_shape: Sequence[int], num_classes: int, p: float | Sequence[float], *, replace: bool = True
+) -> tuple[torch.nn.Module, list[str]]:
     """Build the model of factory ``target`` and set its dropout rates; returns ``(model, dropout module paths)``.
 
     Args:
@@ -134,8 +142,10 @@ def build_user_model(target: str, in_shape: Sequence[int], num_classes: int, p: 
         replace_dropout(made)
     mods = dropout_modules(made)
     if not mods:
-        raise ValueError(f"model {target} has no dropout module (torch.nn.Dropout*, AlphaDropout or dropkit.nn) "
-                         "whose rate the lab could set: add one where you want dropout")
+        raise ValueError(
+            f"model {target} has no dropout module (torch.nn.Dropout*, AlphaDropout or dropkit.nn) "
+            "whose rate the lab could set: add one where you want dropout"
+        )
     rates = [p] if isinstance(p, (int, float)) else list(p)
     if len(rates) == 1:
         rates = rates * len(mods)

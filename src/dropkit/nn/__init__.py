@@ -16,8 +16,26 @@ from dropkit.nn.rnn import GRU, LSTM
 from dropkit.nn.spatial import Dropout1d, Dropout2d, Dropout3d
 from dropkit.nn.fused import FusedBiasActDropoutAdd
 
-__all__ = ["Dropout", "replace_dropout",
-    "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout", "GaussianNoise",
-    "DropBlock2d", "DropBlock3d", "DropPath", "LockedDropout", "LSTM", "GRU", "DropConnect", "drop_connect",
-    "remove_drop_connect", "EmbeddingDropout", "ConcreteDropout"]
+__all__ = [
+    "Dropout",
+    "replace_dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropPath",
+    "LockedDropout",
+    "LSTM",
+    "GRU",
+    "DropConnect",
+    "drop_connect",
+    "remove_drop_connect",
+    "EmbeddingDropout",
+    "ConcreteDropout",
+]
 __all__ += ["FusedBiasActDropoutAdd"]

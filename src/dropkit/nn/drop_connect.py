@@ -39,7 +39,9 @@ def _check_target(module: object, name: object) -> None:
         raise TypeError(f"`name` must be a str (a parameter name such as 'weight'); received {name!r}")
 
 
-def drop_connect(module: torch.nn.Module, name: str = "weight", p: float = 0.5, *, seed: int | None = None) -> torch.nn.Module:
+def drop_connect(
+    module: torch.nn.Module, name: str = "weight", p: float = 0.5, *, seed: int | None = None
+) -> torch.nn.Module:
     r"""DropConnect (Wan et al., ICML 2013) on ``module.<name>``: drop weights instead of activations.
 
     Registers :class:`DropConnect` with ``torch.nn.utils.parametrize``: each access of
@@ -75,7 +77,8 @@ def drop_connect(module: torch.nn.Module, name: str = "weight", p: float = 0.5, 
             f"Received: name={name!r}"
         )
     if parametrize.is_parametrized(module, name) and any(
-        isinstance(m, DropConnect) for m in module.parametrizations[name]  # type: ignore[index,union-attr]
+        isinstance(m, DropConnect)
+        for m in module.parametrizations[name]  # type: ignore[index,union-attr]
     ):
         raise ValueError(f"`{name}` of this {type(module).__name__} already has DropConnect; received it again")
     parametrize.register_parametrization(module, name, DropConnect(p, seed=seed))
@@ -97,7 +100,9 @@ def remove_drop_connect(module: torch.nn.Module, name: str = "weight") -> torch.
     _check_target(module, name)
     plist = module.parametrizations[name] if parametrize.is_parametrized(module, name) else []  # type: ignore[index,union-attr]
     if not any(isinstance(m, DropConnect) for m in plist):
-        raise ValueError(f"Invalid value for `name`: {type(module).__name__}.{name} has no DropConnect. Received: name={name!r}")
+        raise ValueError(
+            f"Invalid value for `name`: {type(module).__name__}.{name} has no DropConnect. Received: name={name!r}"
+        )
     if len(plist) != 1:
         raise ValueError(
             f"`{name}` has {len(plist)} parametrizations; remove the others with torch.nn.utils.parametrize first"

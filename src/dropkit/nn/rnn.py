@@ -241,7 +241,9 @@ class LSTM(_DropRNN, torch.nn.LSTM):
         (torch.Size([35, 8, 64]), torch.Size([2, 8, 64]))
     """
 
-    def __init__(self, *args, recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, seed: int | None = None, **kwargs):
+    def __init__(
+        self, *args, recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, seed: int | None = None, **kwargs
+    ):
         self._init_drop(torch.nn.LSTM, args, kwargs, recurrent_dropout, weight_dropout, seed)
 
 
@@ -269,5 +271,7 @@ class GRU(_DropRNN, torch.nn.GRU):
         torch.Size([4, 10, 32])
     """
 
-    def __init__(self, *args, recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, seed: int | None = None, **kwargs):
+    def __init__(
+        self, *args, recurrent_dropout: float = 0.0, weight_dropout: float = 0.0, seed: int | None = None, **kwargs
+    ):
         self._init_drop(torch.nn.GRU, args, kwargs, recurrent_dropout, weight_dropout, seed)

@@ -38,19 +38,32 @@ class DropoutLayer:
         >>> dx = layer.backward(np.ones_like(y))                  # same zeros as y
     """
 
-    def __init__(self, p: float | None = None, seed: int | None = None, scaling: str = "inverted", *,
-                 dropout_rate: float | None = None):
+    def __init__(
+        self,
+        p: float | None = None,
+        seed: int | None = None,
+        scaling: str = "inverted",
+        *,
+        dropout_rate: float | None = None,
+    ):
         if dropout_rate is not None:
             if p is not None:
-                raise TypeError("DropoutLayer takes the drop probability once: pass `p` (`dropout_rate` is its old name)")
-            warnings.warn("DropoutLayer(dropout_rate=...) is deprecated; pass p=... (the probability of dropping)",
-                          DeprecationWarning, stacklevel=2)
+                raise TypeError(
+                    "DropoutLayer takes the drop probability once: pass `p` (`dropout_rate` is its old name)"
+                )
+            warnings.warn(
+                "DropoutLayer(dropout_rate=...) is deprecated; pass p=... (the probability of dropping)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             self.p = check_p(dropout_rate, "dropout_rate")
         else:
             self.p = check_p(0.5 if p is None else p, "p")  # default 0.5
         self.scaling = check_choice(scaling, "scaling", SCALINGS)
         # No seed: draw one from NumPy's OS entropy, so unseeded layers differ.
-        self.seed = check_seed(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+        self.seed = (
+            check_seed(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+        )
         self.calls = 0  # the stream number of the next training call
         self.mask: np.ndarray | None = None  # kept for backward (the fast path regenerates it instead)
         self.scale = 1.0
@@ -83,6 +96,8 @@ class DropoutLayer:
         if self.mask is None:  # last forward was inference: y = x (or (1-p) x)
             return g if self.scaling == "inverted" else g * g.dtype.type(1.0 - self.p)
         if g.shape != self.mask.shape:
-            raise ValueError(f"`grad_output` must have the forward output's shape {self.mask.shape}; received {g.shape}")
+            raise ValueError(
+                f"`grad_output` must have the forward output's shape {self.mask.shape}; received {g.shape}"
+            )
         cdt = np.float64 if g.dtype == np.float64 else np.float32
         return (g.astype(cdt) * np.where(self.mask, cdt(self.scale), cdt(0.0))).astype(g.dtype)

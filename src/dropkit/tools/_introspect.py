@@ -57,9 +57,22 @@ __all__ = [
 #: that no optional library is imported).
 DROPOUT_CLASS_NAMES = frozenset(
     {
-        "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
-        "GaussianDropout", "DropBlock2d", "DropBlock3d", "DropPath", "LockedDropout",
-        "ConcreteDropout", "StochasticDepth", "DropBlock", "SpatialDropout", "GaussianNoise",
+        "Dropout",
+        "Dropout1d",
+        "Dropout2d",
+        "Dropout3d",
+        "AlphaDropout",
+        "FeatureAlphaDropout",
+        "GaussianDropout",
+        "DropBlock2d",
+        "DropBlock3d",
+        "DropPath",
+        "LockedDropout",
+        "ConcreteDropout",
+        "StochasticDepth",
+        "DropBlock",
+        "SpatialDropout",
+        "GaussianNoise",
     }
 )
 
@@ -80,17 +93,39 @@ _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 RANDOM_FUNCS = frozenset(
     getattr(torch, n)
     for n in (
-        "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "bernoulli",
-        "multinomial", "normal", "poisson", "dropout", "alpha_dropout", "feature_alpha_dropout",
-        "feature_dropout", "rrelu", "rrelu_",
+        "rand",
+        "randn",
+        "randint",
+        "randperm",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "bernoulli",
+        "multinomial",
+        "normal",
+        "poisson",
+        "dropout",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "feature_dropout",
+        "rrelu",
+        "rrelu_",
     )
     if hasattr(torch, n)
 )
 RANDOM_METHODS = frozenset(
     getattr(torch.Tensor, n)
     for n in (
-        "bernoulli", "bernoulli_", "uniform_", "normal_", "exponential_", "random_", "geometric_",
-        "cauchy_", "log_normal_", "multinomial",
+        "bernoulli",
+        "bernoulli_",
+        "uniform_",
+        "normal_",
+        "exponential_",
+        "random_",
+        "geometric_",
+        "cauchy_",
+        "log_normal_",
+        "multinomial",
     )
 )
 
@@ -99,9 +134,7 @@ def is_dropout_module(module: torch.nn.Module) -> bool:
     """``True`` for torch's and dropkit's dropout modules and DropPath / DropBlock-like layers."""
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
         return True
-    return any(
-        c.__name__ in DROPOUT_CLASS_NAMES or _DROPOUT_NAME.search(c.__name__) for c in type(module).__mro__[:-1]
-    )
+    return any(c.__name__ in DROPOUT_CLASS_NAMES or _DROPOUT_NAME.search(c.__name__) for c in type(module).__mro__[:-1])
 
 
 def drop_rate(module: torch.nn.Module) -> float:
@@ -203,8 +236,14 @@ class RandomCallMode(TorchFunctionMode):
 #: The registered ops that apply random noise to data (``dropkit::keep_mask`` only serves them, and
 #: ``dropkit::next_key`` only advances a seed), with the index of their drop-probability argument.
 NOISE_OPS = {
-    "dropout": 2, "dropout_": 2, "fused_bias_act_dropout_add": 4, "embedding_dropout": 4,
-    "gaussian_dropout": None, "drop_block": None, "uniform": None, "normal": None,
+    "dropout": 2,
+    "dropout_": 2,
+    "fused_bias_act_dropout_add": 4,
+    "embedding_dropout": 4,
+    "gaussian_dropout": None,
+    "drop_block": None,
+    "uniform": None,
+    "normal": None,
 }
 
 

@@ -126,15 +126,26 @@ def plan_fold(named: dict[str, nn.Module], first: str, stochastic: set[str], sam
     if i == len(children):
         return None
     conv = children[i]
-    if _hooked(conv) or paths[i] in stochastic or not (
-        type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    if (
+        _hooked(conv)
+        or paths[i] in stochastic
+        or not (
+            type(conv) is nn.Conv2d
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+        )
     ):
         return None
     taps = conv.kernel_size[0] * conv.kernel_size[1]
     if taps / (0.25 + 4.0 / samples) < MIN_GAIN:
         return None
-    relu = i + 1 < len(children) and type(children[i + 1]) is nn.ReLU and not _hooked(children[i + 1]) \
+    relu = (
+        i + 1 < len(children)
+        and type(children[i + 1]) is nn.ReLU
+        and not _hooked(children[i + 1])
         and paths[i + 1] not in stochastic
+    )
     pool, end = None, i + 1 + relu
     j = end
     while j < len(children) and (_homogeneous(children[j]) or type(children[j]) in _channel_dropouts()):
@@ -159,12 +170,17 @@ def run_fold(plan: FoldPlan, x: torch.Tensor, n: int, consistent: bool) -> torch
     """The container's forward on ``x`` (``batch`` rows) for ``n`` samples: ``(n * batch, ...)`` rows, sample-major."""
     ch = plan.children
     z = x
-    for m in ch[: plan.start] + ch[plan.start + 1: plan.conv]:  # all but the dropout, once per example
+    for m in ch[: plan.start] + ch[plan.start + 1 : plan.conv]:  # all but the dropout, once per example
         z = m(z)
     conv = cast(nn.Conv2d, ch[plan.conv])  # plan_fold checked the type
     bias = conv.bias
-    if (z.dtype != torch.float32 or conv.weight.dtype != torch.float32 or not z.is_cpu or z.dim() != 4
-            or (bias is not None and bias.dtype != torch.float32)):
+    if (
+        z.dtype != torch.float32
+        or conv.weight.dtype != torch.float32
+        or not z.is_cpu
+        or z.dim() != 4
+        or (bias is not None and bias.dtype != torch.float32)
+    ):
         raise FoldUnavailable("the fold needs a 4-D float32 CPU input and float32 weights")
     # NaN * 0 is NaN in the real network, but a dropped channel never enters the fold's sums;
     # one sum per tensor tells whether all are finite (an overflow only sends it to the general path)
@@ -182,21 +198,26 @@ def run_fold(plan: FoldPlan, x: torch.Tensor, n: int, consistent: bool) -> torch
     if plan.pool is not None:  # window offsets (dy, dx) as r, pooled positions as p
         qh, qw = cast(tuple[int, int], _pool_window(ch[plan.pool]))  # plan_fold checked the window
         Hp, Wp = Ho // qh, Wo // qw
-        X = (cols.view(batch, C, K, Ho, Wo)[:, :, :, : Hp * qh, : Wp * qw]
-             .reshape(batch, C, K, Hp, qh, Wp, qw).permute(0, 1, 2, 4, 6, 3, 5).reshape(batch, C, K, qh * qw, Hp * Wp))
+        X = (
+            cols.view(batch, C, K, Ho, Wo)[:, :, :, : Hp * qh, : Wp * qw]
+            .reshape(batch, C, K, Hp, qh, Wp, qw)
+            .permute(0, 1, 2, 4, 6, 3, 5)
+            .reshape(batch, C, K, qh * qw, Hp * Wp)
+        )
         R = qh * qw
     else:
         Hp, Wp, R = Ho, Wo, 1
         X = cols.view(batch, C, K, 1, Ho * Wo)
     A = conv.weight.detach().reshape(O, C, K).permute(1, 2, 0)  # (C, K, O)
     try:
-        out = kernels.mask_fold(A.contiguous(), X.contiguous(), mask, scale, R, Hp * Wp,
-                                None if bias is None else bias.detach(), plan.relu)
+        out = kernels.mask_fold(
+            A.contiguous(), X.contiguous(), mask, scale, R, Hp * Wp, None if bias is None else bias.detach(), plan.relu
+        )
     except ValueError as exc:  # a mask that is not {0, s}: not a plain dropout after all
         raise FoldUnavailable(str(exc)) from exc
     y = out.view(n * batch, Hp, Wp, O).permute(0, 3, 1, 2)  # channels last in memory
-    for m in ch[plan.conv + 1 + plan.relu: plan.pool] if plan.pool is not None else ():
+    for m in ch[plan.conv + 1 + plan.relu : plan.pool] if plan.pool is not None else ():
         y = m(y)  # ReLUs and channel dropout, on the pooled map (they commute with the max)
-    for m in ch[plan.end:]:
+    for m in ch[plan.end :]:
         y = m(y)
     return y

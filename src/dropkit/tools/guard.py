@@ -60,11 +60,36 @@ __all__ = [
 
 _RANDOM_OP_NAMES = frozenset(
     {
-        "dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
-        "fused_dropout", "bernoulli", "rand", "randn", "randint", "randperm", "rand_like", "randn_like",
-        "randint_like", "normal", "normal_functional", "uniform", "exponential", "multinomial", "poisson",
-        "geometric", "cauchy", "log_normal", "random", "rrelu", "rrelu_with_noise",
-        "randomnormal", "randomuniform", "randomnormallike", "randomuniformlike",
+        "dropout",
+        "native_dropout",
+        "feature_dropout",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "fused_dropout",
+        "bernoulli",
+        "rand",
+        "randn",
+        "randint",
+        "randperm",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "normal",
+        "normal_functional",
+        "uniform",
+        "exponential",
+        "multinomial",
+        "poisson",
+        "geometric",
+        "cauchy",
+        "log_normal",
+        "random",
+        "rrelu",
+        "rrelu_with_noise",
+        "randomnormal",
+        "randomuniform",
+        "randomnormallike",
+        "randomuniformlike",
     }
 )
 _DROPOUT_OP_NAMES = frozenset({"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
@@ -174,7 +199,9 @@ def check_inference(model: Any, example_inputs: Sequence[Any], runs: int = 5) ->
 
     def on_call(mod_name: str, mod: torch.nn.Module) -> None:
         if mod.training and is_stochastic(mod):
-            found[Culprit(mod_name, "module-in-training", f"{type(mod).__name__} in training mode (call .eval())")] = None
+            found[Culprit(mod_name, "module-in-training", f"{type(mod).__name__} in training mode (call .eval())")] = (
+                None
+            )
 
     outputs = []
     with contextlib.ExitStack() as es:
@@ -198,14 +225,19 @@ def check_inference(model: Any, example_inputs: Sequence[Any], runs: int = 5) ->
     modules_in_training = {c.path for c in found if c.kind == "module-in-training"}
     explained = {c.path for c in found if c.kind != "random-op"}
     culprits = [
-        c for c in found
+        c
+        for c in found
         if (c.kind == "module-in-training" or c.path not in modules_in_training)
         and (c.kind != "random-op" or c.path not in explained)
     ]
     if identical < runs and not culprits:
         culprits.append(
-            Culprit("", "output-differs", "outputs differ between runs but no random call was seen "
-                    "(a custom kernel or a non-deterministic algorithm?)")
+            Culprit(
+                "",
+                "output-differs",
+                "outputs differ between runs but no random call was seen "
+                "(a custom kernel or a non-deterministic algorithm?)",
+            )
         )
     return InferenceReport(culprits, runs, identical)
 

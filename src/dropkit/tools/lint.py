@@ -43,16 +43,36 @@ from dropkit.tools.guard import check_inference, inference
 __all__ = ["Finding", "lint", "CODES"]
 
 CODES = {
-    "DK101": "error", "DK102": "warning", "DK103": "warning", "DK104": "warning", "DK105": "error",
-    "DK106": "warning", "DK107": "warning", "DK108": "warning", "DK109": "info",
+    "DK101": "error",
+    "DK102": "warning",
+    "DK103": "warning",
+    "DK104": "warning",
+    "DK105": "error",
+    "DK106": "warning",
+    "DK107": "warning",
+    "DK108": "warning",
+    "DK109": "info",
 }
 _SPATIAL = ("Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout", "DropBlock2d", "DropBlock3d")
 _CONV = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 _PASSTHROUGH = (torch.nn.Identity,)  # left out of the layer order below
 _OUTPUT_ACT = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Sigmoid, torch.nn.Flatten)
-_CHANNELWISE = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.GELU, torch.nn.SiLU,
-                torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.MaxPool2d,
-                torch.nn.MaxPool3d, torch.nn.AvgPool2d, torch.nn.AvgPool3d)
+_CHANNELWISE = (
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.LeakyReLU,
+    torch.nn.ELU,
+    torch.nn.GELU,
+    torch.nn.SiLU,
+    torch.nn.Tanh,
+    torch.nn.Sigmoid,
+    torch.nn.BatchNorm2d,
+    torch.nn.BatchNorm3d,
+    torch.nn.MaxPool2d,
+    torch.nn.MaxPool3d,
+    torch.nn.AvgPool2d,
+    torch.nn.AvgPool3d,
+)
 _BATCHNORM = (torch.nn.modules.batchnorm._BatchNorm,)
 
 
@@ -94,10 +114,12 @@ def _order(model: torch.nn.Module, example_inputs: Sequence | None) -> tuple[lis
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, mod in leaves.items():
+
         def hook(m, args, _n=name):
             order.append(_n)
             if args and isinstance(args[0], torch.Tensor):
                 shapes.setdefault(_n, tuple(args[0].shape))
+
         handles.append(mod.register_forward_pre_hook(hook))
     try:
         with inference(model), torch.random.fork_rng(devices=[]):
@@ -121,7 +143,9 @@ def lint(model: torch.nn.Module, example_inputs: Sequence | None = None) -> list
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; received {type(model).__name__}")
     if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
-        raise TypeError(f"`example_inputs` must be a tuple of positional arguments; received {type(example_inputs).__name__}")
+        raise TypeError(
+            f"`example_inputs` must be a tuple of positional arguments; received {type(example_inputs).__name__}"
+        )
     out: list[Finding] = []
 
     def add(code: str, path: str, message: str, fix: str) -> None:
@@ -136,8 +160,12 @@ def lint(model: torch.nn.Module, example_inputs: Sequence | None = None) -> list
     # DK101: the last layer before the output (ignoring softmax / sigmoid / identity) is dropout
     tail = [(n, m) for n, m in core if not isinstance(m, _OUTPUT_ACT)]
     if tail and is_dropout_module(tail[-1][1]) and drop_rate(tail[-1][1]) > 0:
-        add("DK101", tail[-1][0], f"{type(tail[-1][1]).__name__} is applied to the network's output",
-            "remove it or move it before the last layer")
+        add(
+            "DK101",
+            tail[-1][0],
+            f"{type(tail[-1][1]).__name__} is applied to the network's output",
+            "remove it or move it before the last layer",
+        )
 
     for i, name, m in drops:
         p, kind = drop_rate(m), _kind(m)
@@ -154,42 +182,83 @@ def lint(model: torch.nn.Module, example_inputs: Sequence | None = None) -> list
                     j -= 1
                 on_maps = j >= 0 and isinstance(core[j][1], _CONV)
             if on_maps:
-                add("DK102", name, f"element-wise {type(m).__name__} on convolutional feature maps"
-                    + (f" of shape {shape}" if shape else "") + ": neighbouring pixels are correlated, so it barely regularizes",
-                    "use dropkit.nn.Dropout2d (spatial dropout) or DropBlock2d")
+                add(
+                    "DK102",
+                    name,
+                    f"element-wise {type(m).__name__} on convolutional feature maps"
+                    + (f" of shape {shape}" if shape else "")
+                    + ": neighbouring pixels are correlated, so it barely regularizes",
+                    "use dropkit.nn.Dropout2d (spatial dropout) or DropBlock2d",
+                )
         # DK103: Dropout2d on a 3-D input
         if any(c.__name__ == "Dropout2d" for c in type(m).__mro__) and shape is not None and len(shape) == 3:
-            add("DK103", name, f"Dropout2d given a 3-D input {shape}: treated as one unbatched (C, H, W) image, "
-                "or channel dropout on (N, C, L)", "use Dropout1d for (N, C, L) inputs, or pass (N, C, H, W)")
+            add(
+                "DK103",
+                name,
+                f"Dropout2d given a 3-D input {shape}: treated as one unbatched (C, H, W) image, "
+                "or channel dropout on (N, C, L)",
+                "use Dropout1d for (N, C, L) inputs, or pass (N, C, H, W)",
+            )
         # DK106: in-place dropout after an in-place activation
-        if getattr(m, "inplace", False) and before is not None and getattr(before, "inplace", False) and _kind(before) is None:
-            add("DK106", name, f"in-place {type(m).__name__} right after in-place {type(before).__name__}: "
-                "it overwrites the tensor the activation saved for backward", "set inplace=False on one of them")
+        if (
+            getattr(m, "inplace", False)
+            and before is not None
+            and getattr(before, "inplace", False)
+            and _kind(before) is None
+        ):
+            add(
+                "DK106",
+                name,
+                f"in-place {type(m).__name__} right after in-place {type(before).__name__}: "
+                "it overwrites the tensor the activation saved for backward",
+                "set inplace=False on one of them",
+            )
         # DK107: dropout immediately before BatchNorm
         if after is not None and isinstance(after, _BATCHNORM) and p > 0:
-            add("DK107", name, f"{type(m).__name__} immediately before {type(after).__name__}: the variance the "
+            add(
+                "DK107",
+                name,
+                f"{type(m).__name__} immediately before {type(after).__name__}: the variance the "
                 "BatchNorm statistics see in training differs from eval (variance shift)",
-                "put dropout after the last BatchNorm, or move BatchNorm before it")
+                "put dropout after the last BatchNorm, or move BatchNorm before it",
+            )
         # DK108: rates
         if p >= 0.8:
-            add("DK108", name, f"drop rate p={p:g} >= 0.8 keeps under 20% of units", "use p <= 0.5 (hidden) or check "
-                "that p is the probability of DROPPING, not keeping")
+            add(
+                "DK108",
+                name,
+                f"drop rate p={p:g} >= 0.8 keeps under 20% of units",
+                "use p <= 0.5 (hidden) or check that p is the probability of DROPPING, not keeping",
+            )
         elif not prev and p > 0.2:
-            add("DK108", name, f"input-layer dropout p={p:g} > 0.2 discards much of the input",
-                "use p <= 0.2 on inputs (Srivastava et al. 2014)")
+            add(
+                "DK108",
+                name,
+                f"input-layer dropout p={p:g} > 0.2 discards much of the input",
+                "use p <= 0.2 on inputs (Srivastava et al. 2014)",
+            )
 
     # DK104: RNN dropout with one layer
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.RNNBase) and m.dropout > 0 and m.num_layers == 1:
-            add("DK104", name, f"{type(m).__name__}(dropout={m.dropout:g}) with num_layers=1: torch applies it only "
-                "between stacked layers, so it does nothing", "use num_layers >= 2 or a dropout layer on the outputs")
+            add(
+                "DK104",
+                name,
+                f"{type(m).__name__}(dropout={m.dropout:g}) with num_layers=1: torch applies it only "
+                "between stacked layers, so it does nothing",
+                "use num_layers >= 2 or a dropout layer on the outputs",
+            )
 
     # DK105: randomness in eval mode
     with inference(model):  # a module forced to train (overridden .train/.eval) stays training here
         forced = [n for n, m in model.named_modules() if is_dropout_module(m) and m.training and drop_rate(m) > 0]
     for name in forced:
-        add("DK105", name, "dropout module stays in training mode after model.eval()",
-            "do not override train()/eval() or set .training on dropout layers")
+        add(
+            "DK105",
+            name,
+            "dropout module stays in training mode after model.eval()",
+            "do not override train()/eval() or set .training on dropout layers",
+        )
     if example_inputs is not None:
         with saved_modes(model):
             model.eval()
@@ -197,14 +266,22 @@ def lint(model: torch.nn.Module, example_inputs: Sequence | None = None) -> list
         for c in report.culprits:
             if c.kind == "module-in-training" and c.path in forced:
                 continue
-            add("DK105", c.path, f"random in eval mode: {c.what}",
-                "pass training=self.training to functional dropout and gate dropout_p with self.training")
+            add(
+                "DK105",
+                c.path,
+                f"random in eval mode: {c.what}",
+                "pass training=self.training to functional dropout and gate dropout_p with self.training",
+            )
 
     # DK109: one rate everywhere
     rates = [round(drop_rate(m), 6) for _, n, m in drops if drop_rate(m) > 0]
     if len(rates) >= 2 and len(set(rates)) == 1:
-        add("DK109", "", f"the same rate p={rates[0]:g} at all {len(rates)} dropout layers",
-            "tune rates per layer (e.g. lower near the input, higher on wide layers)")
+        add(
+            "DK109",
+            "",
+            f"the same rate p={rates[0]:g} at all {len(rates)} dropout layers",
+            "tune rates per layer (e.g. lower near the input, higher on wide layers)",
+        )
     order = list(CODES)
     return sorted(out, key=lambda f: order.index(f.code))
 

@@ -75,11 +75,14 @@ def _check_config(path: str, name: str, data: bytes) -> set[str]:
     for fqn, meta in items:
         file = meta.get("path_name") if isinstance(meta, dict) else None
         if not isinstance(file, str) or not _RAW[prefix].fullmatch(file):
-            raise _refuse(path, f"{prefix}{file} ({fqn!r}) is a pickled object, not a raw tensor; "
-                          "loading it would run pickle")
+            raise _refuse(
+                path, f"{prefix}{file} ({fqn!r}) is a pickled object, not a raw tensor; loading it would run pickle"
+            )
         if meta.get("use_pickle", True) is not False:
-            raise _refuse(path, f"{prefix}{file} ({fqn!r}) is a pickled tensor; loading it would run "
-                          "torch.load(weights_only=False)")
+            raise _refuse(
+                path,
+                f"{prefix}{file} ({fqn!r}) is a pickled tensor; loading it would run torch.load(weights_only=False)",
+            )
         raw.add(prefix + file)
     return raw
 
@@ -99,8 +102,13 @@ def check_pt2(path: str | os.PathLike) -> None:
             if _CONFIG.fullmatch(name):
                 raw |= _check_config(path, name, zf.read(entries[name]))
         for name in sorted(entries):
-            if (name in _BOOKKEEPING or name.startswith((".data/", "extra/")) or _MODEL.fullmatch(name)
-                    or _CONFIG.fullmatch(name) or name in raw):
+            if (
+                name in _BOOKKEEPING
+                or name.startswith((".data/", "extra/"))
+                or _MODEL.fullmatch(name)
+                or _CONFIG.fullmatch(name)
+                or name in raw
+            ):
                 continue
             if _SAMPLE.fullmatch(name):
                 try:
@@ -109,10 +117,15 @@ def check_pt2(path: str | os.PathLike) -> None:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise _refuse(path, f"{name} needs full unpickling (a weights-only load fails: {first})") from None
                 continue
-            why = ("compiled AOTInductor code" if name.startswith("data/aotinductor/")
-                   else "a pickled object" if "_obj_" in name or name.endswith((".pt", ".pkl"))
-                   else "an entry with no use_pickle=false config" if name.startswith(tuple(_RAW))
-                   else "not a data entry of a torch.export archive")
+            why = (
+                "compiled AOTInductor code"
+                if name.startswith("data/aotinductor/")
+                else "a pickled object"
+                if "_obj_" in name or name.endswith((".pt", ".pkl"))
+                else "an entry with no use_pickle=false config"
+                if name.startswith(tuple(_RAW))
+                else "not a data entry of a torch.export archive"
+            )
             raise _refuse(path, f"{name} is {why}; loading it could run code")
 
 
@@ -122,8 +135,10 @@ def load_exported_program(path: str | os.PathLike) -> Any:
     try:
         return torch.export.load(os.fspath(path))
     except (RuntimeError, AssertionError, KeyError) as exc:  # a damaged archive: torch's message, with the path
-        raise ValueError(f"{os.fspath(path)}: cannot load the exported program ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+        raise ValueError(
+            f"{os.fspath(path)}: cannot load the exported program ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        ) from exc
 
 
 def load_torchscript(path: str | os.PathLike) -> Any:
@@ -132,7 +147,9 @@ def load_torchscript(path: str | os.PathLike) -> Any:
     try:
         return torch.jit.load(path, map_location="cpu")
     except RuntimeError as exc:
-        raise ValueError(f"{path}: not a TorchScript file or .pt2 exported program ({str(exc).splitlines()[0]})") from None
+        raise ValueError(
+            f"{path}: not a TorchScript file or .pt2 exported program ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def load_program(path: str | os.PathLike) -> tuple[str, Any]:

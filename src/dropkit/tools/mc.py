@@ -84,8 +84,15 @@ from dropkit.tools._introspect import (
 )
 from dropkit.tools._mc_fold import FoldPlan, FoldUnavailable, plan_fold, run_fold
 
-__all__ = ["MCResult", "predict", "stochastic_modules", "clear_cache", "NoDropoutError", "BatchUnavailable",
-           "FoldUnavailable"]
+__all__ = [
+    "MCResult",
+    "predict",
+    "stochastic_modules",
+    "clear_cache",
+    "NoDropoutError",
+    "BatchUnavailable",
+    "FoldUnavailable",
+]
 
 _EPS = 1e-12
 _FAST_PATH_CLASSES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder, torch.nn.MultiheadAttention)
@@ -213,11 +220,15 @@ def _fingerprint(model: torch.nn.Module, x: tuple, extra: tuple) -> tuple:
     per-instance function (a patched ``forward``), and the inputs' per-example shape, dtype, device."""
     parts = []
     for name, m in model.named_modules():
-        attrs = tuple(sorted(
-            (k, v if isinstance(v, _SCALARS) else id(v)) for k, v in vars(m).items()
-            if k != "training" and (isinstance(v, _SCALARS) or callable(v) or k.endswith("hooks"))
-            and not isinstance(v, torch.nn.Module)
-        ))
+        attrs = tuple(
+            sorted(
+                (k, v if isinstance(v, _SCALARS) else id(v))
+                for k, v in vars(m).items()
+                if k != "training"
+                and (isinstance(v, _SCALARS) or callable(v) or k.endswith("hooks"))
+                and not isinstance(v, torch.nn.Module)
+            )
+        )
         hooks = tuple(tuple(d) for d in (m._forward_hooks, m._forward_pre_hooks))
         parts.append((name, id(m), type(m), attrs, hooks))
     return tuple(parts), tuple((tuple(a.shape[1:]), a.dtype, a.device) for a in x), extra
@@ -231,8 +242,9 @@ def _probe_cached(model: torch.nn.Module, x: tuple, extra: Iterable[str]) -> _Pr
         hit = _PROBES[model] = (key, _probe(model, x, extra))
     r = hit[1]
     # `fits` is shared with the cache on purpose: which sampling ways fit this model configuration
-    return _ProbeResult(list(r.paths), {p: set(c) for p, c in r.calls.items()}, r.row_bytes, r.leaf_bytes, r.events,
-                        r.fits)
+    return _ProbeResult(
+        list(r.paths), {p: set(c) for p, c in r.calls.items()}, r.row_bytes, r.leaf_bytes, r.events, r.fits
+    )
 
 
 def clear_cache() -> None:
@@ -266,6 +278,7 @@ def _probe(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> _Prob
         es.enter_context(preserved_state(model))
         modules = es.enter_context(module_stack(model, stack))
         for path, m in modules.items():
+
             def start(module, args, _p=path):
                 clock[0] += 1
                 events.setdefault(_p, [clock[0], -1])
@@ -296,8 +309,9 @@ def _probe(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> _Prob
     for name, m in modules.items():  # dropout modules that the probe did not reach stay out
         if is_dropout_module(m) and name in probe.calls:
             probe.calls[name].add("module")
-    return _ProbeResult(probe.order, probe.calls, max(1, nbytes[0] // rows), leaves,
-                        {p: (a, b) for p, (a, b) in events.items()})
+    return _ProbeResult(
+        probe.order, probe.calls, max(1, nbytes[0] // rows), leaves, {p: (a, b) for p, (a, b) in events.items()}
+    )
 
 
 def stochastic_modules(model: torch.nn.Module, x: tuple, extra: Iterable[str] = ()) -> tuple[list[str], dict, int]:
@@ -364,8 +378,16 @@ class _SharedFunctional(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent: bool, k_box: list[int],
-              prefix_path: str | None, batch_box: list[int], fold: FoldPlan | None = None) -> Iterator[None]:
+def _sampling(
+    model: torch.nn.Module,
+    paths: list[str],
+    calls: dict,
+    consistent: bool,
+    k_box: list[int],
+    prefix_path: str | None,
+    batch_box: list[int],
+    fold: FoldPlan | None = None,
+) -> Iterator[None]:
     """Modes set for sampling; hooks and patched forwards installed; everything undone on exit."""
     modules = dict(model.named_modules())
     stochastic = {p: modules[p] for p in paths}
@@ -375,7 +397,9 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
         for m in stochastic.values():
             m.training = True
         for name, m in modules.items():  # fast paths of these classes skip dropout in eval
-            if isinstance(m, _FAST_PATH_CLASSES) and any(name == "" or p == name or p.startswith(name + ".") for p in paths):
+            if isinstance(m, _FAST_PATH_CLASSES) and any(
+                name == "" or p == name or p.startswith(name + ".") for p in paths
+            ):
                 m.training = True
         if consistent:
             for p, m in stochastic.items():
@@ -410,7 +434,8 @@ def _sampling(model: torch.nn.Module, paths: list[str], calls: dict, consistent:
                     return None
                 once[0] = True
                 return tuple(
-                    _repeat(a, k_box[0]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch_box[0]
+                    _repeat(a, k_box[0])
+                    if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch_box[0]
                     else a
                     for a in args
                 )
@@ -489,13 +514,17 @@ def predict(
     if not xs or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in xs):
         raise TypeError("`x` must be a batched tensor or a tuple of batched tensors")
     if any(a.layout != torch.strided or a.is_nested for a in xs):
-        raise TypeError(f"`x` must be dense (strided) tensors; received layouts {[str(a.layout) for a in xs]}"
-                        + (" (a nested tensor)" if any(a.is_nested for a in xs) else ""))
+        raise TypeError(
+            f"`x` must be dense (strided) tensors; received layouts {[str(a.layout) for a in xs]}"
+            + (" (a nested tensor)" if any(a.is_nested for a in xs) else "")
+        )
     batch = xs[0].shape[0]
     if budget is None:
         budget = 4 << 20 if xs[0].device.type == "cpu" else 1 << 30
     if batch == 0 or any(a.shape[0] != batch for a in xs):
-        raise ValueError(f"every input needs the same non-zero batch size (dim 0); received {[tuple(a.shape) for a in xs]}")
+        raise ValueError(
+            f"every input needs the same non-zero batch size (dim 0); received {[tuple(a.shape) for a in xs]}"
+        )
 
     probe_x = tuple(a[:2] if batch >= 2 else torch.cat([a, a]) for a in xs)  # BatchNorm needs 2 rows in training
     probed = _probe_cached(model, probe_x, modules)
@@ -537,10 +566,18 @@ def predict(
     def run(mode: str, inputs: tuple[torch.Tensor, ...], T: int, k: int, e: int) -> torch.Tensor:
         rows = inputs[0].shape[0]
         slices = []
-        with _sampling(model, paths, calls, consistent_masks, k_box, prefix_path if mode == "prefix" else None,
-                       batch_box, fold if mode == "fold" else None):
+        with _sampling(
+            model,
+            paths,
+            calls,
+            consistent_masks,
+            k_box,
+            prefix_path if mode == "prefix" else None,
+            batch_box,
+            fold if mode == "fold" else None,
+        ):
             for s0 in range(0, rows, e):
-                xb = tuple(a[s0: s0 + e] for a in inputs)
+                xb = tuple(a[s0 : s0 + e] for a in inputs)
                 batch_box[0] = nb = xb[0].shape[0]
                 chunks, done = [], 0
                 while done < T:

@@ -34,8 +34,13 @@ def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
         raise ValueError(f"`probs` must be a float tensor of shape (N, C); received {getattr(probs, 'shape', probs)!r}")
     if probs.layout != torch.strided:
         raise ValueError(f"`probs` must be a dense (strided) tensor; received layout={probs.layout}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != probs.shape[:1] or labels.is_floating_point() \
-            or labels.is_complex() or labels.dtype == torch.bool:
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.shape != probs.shape[:1]
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
         raise ValueError(
             f"`labels` must be an integer tensor of shape ({probs.shape[0]},); received {getattr(labels, 'shape', labels)!r}"
             + (f" of dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else "")
@@ -49,19 +54,24 @@ def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     bad = (y < 0) | (y >= classes)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"Invalid value in `labels`: expected class indices in [0, {classes - 1}] ({classes} classes "
-                         f"in `probs`). Received: labels[{i}]={int(y[i])}")
+        raise ValueError(
+            f"Invalid value in `labels`: expected class indices in [0, {classes - 1}] ({classes} classes "
+            f"in `probs`). Received: labels[{i}]={int(y[i])}"
+        )
     outside = ~((p >= 0) & (p <= 1))  # NaN included
     if outside.any():
         i, j = (int(v) for v in outside.nonzero()[0])
-        raise ValueError(f"Invalid value in `probs`: expected probabilities in [0, 1]. Received: probs[{i}, {j}]="
-                         f"{float(p[i, j])!r}")
+        raise ValueError(
+            f"Invalid value in `probs`: expected probabilities in [0, 1]. Received: probs[{i}, {j}]={float(p[i, j])!r}"
+        )
     tol = 1e-3 + classes * torch.finfo(probs.dtype).eps
     err = (p.sum(1) - 1).abs()
     if bool((err > tol).any()):
         i = int(err.argmax())
-        raise ValueError(f"Invalid value in `probs`: expected rows summing to 1 (within {tol:.3g}; class "
-                         f"probabilities, e.g. a softmax). Received: probs[{i}].sum()={float(p[i].sum())!r}")
+        raise ValueError(
+            f"Invalid value in `probs`: expected rows summing to 1 (within {tol:.3g}; class "
+            f"probabilities, e.g. a softmax). Received: probs[{i}].sum()={float(p[i].sum())!r}"
+        )
     return p, y
 
 
@@ -105,8 +115,10 @@ def accuracy_coverage(
     """
     probs, labels = _check(probs, labels)
     if uncertainty is not None and not (isinstance(uncertainty, torch.Tensor) and uncertainty.is_floating_point()):
-        raise ValueError(f"`uncertainty` must be a float tensor with one value per example; received "
-                         f"{getattr(uncertainty, 'dtype', type(uncertainty).__name__)}")
+        raise ValueError(
+            f"`uncertainty` must be a float tensor with one value per example; received "
+            f"{getattr(uncertainty, 'dtype', type(uncertainty).__name__)}"
+        )
     u = 1 - probs.max(1).values if uncertainty is None else uncertainty.detach().double().reshape(-1)
     if u.shape[0] != probs.shape[0]:
         raise ValueError(f"`uncertainty` must have one value per example ({probs.shape[0]}); received {tuple(u.shape)}")

@@ -39,13 +39,19 @@ from dropkit._validation import check_choice, check_int, check_p
 from dropkit.tools._introspect import is_dropout_module
 
 __all__ = [
-    "DropoutSchedule", "early", "late", "linear_ramp", "cosine_ramp", "dropblock_ramp", "depthwise_drop_path",
-    "drop_path_rates", "from_spec", "SPEC_HELP",
+    "DropoutSchedule",
+    "early",
+    "late",
+    "linear_ramp",
+    "cosine_ramp",
+    "dropblock_ramp",
+    "depthwise_drop_path",
+    "drop_path_rates",
+    "from_spec",
+    "SPEC_HELP",
 ]
 
-SPEC_HELP = (
-    "early:linear:K | early:constant:K | late:S | linear:K[:START:END] | cosine:K[:START:END] | dropblock:K"
-)
+SPEC_HELP = "early:linear:K | early:constant:K | late:S | linear:K[:START:END] | cosine:K[:START:END] | dropblock:K"
 
 
 def _targets(target: torch.nn.Module | Iterable[torch.nn.Module]) -> list[Any]:
@@ -82,8 +88,9 @@ class DropoutSchedule:
         try:
             f = float(raw)
         except (TypeError, ValueError):
-            raise TypeError(f"the schedule's factor({self.last_step}) must return a real number; "
-                            f"received {raw!r}") from None
+            raise TypeError(
+                f"the schedule's factor({self.last_step}) must return a real number; received {raw!r}"
+            ) from None
         if not math.isfinite(f):  # NaN would otherwise clamp to a silent 0
             raise ValueError(f"the schedule's factor({self.last_step}) must be finite; received {f!r}")
         f = min(1.0, max(0.0, f))
@@ -109,11 +116,15 @@ class DropoutSchedule:
         """Restore ``last_step`` and ``base_rates`` from :meth:`state_dict`, validated before anything changes:
         both keys present, ``last_step`` an int >= 0, one rate in [0, 1] per scheduled module."""
         if not isinstance(state, Mapping):
-            raise TypeError(f"`state` must be a dict from DropoutSchedule.state_dict(); received {type(state).__name__}")
+            raise TypeError(
+                f"`state` must be a dict from DropoutSchedule.state_dict(); received {type(state).__name__}"
+            )
         for key in ("last_step", "base_rates"):
             if key not in state:
-                raise ValueError(f"`state` has no {key!r} entry (a DropoutSchedule.state_dict() has "
-                                 f"'last_step' and 'base_rates'); received keys {sorted(map(str, state))}")
+                raise ValueError(
+                    f"`state` has no {key!r} entry (a DropoutSchedule.state_dict() has "
+                    f"'last_step' and 'base_rates'); received keys {sorted(map(str, state))}"
+                )
         rates = state["base_rates"]
         if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
             raise TypeError(f"`state['base_rates']` must be a list of rates; received {type(rates).__name__}")

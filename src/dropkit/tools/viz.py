@@ -52,7 +52,7 @@ def _tiles(mask: torch.Tensor, gap: int = 1) -> torch.Tensor:
     img = torch.full((n * (h + gap) - gap, c * (w + gap) - gap), 0.5)
     for i in range(n):
         for j in range(c):
-            img[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = mask[i, j].float()
+            img[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = mask[i, j].float()
     return img
 
 
@@ -72,14 +72,16 @@ def mask_figure(shape: Sequence[int] = (8, 6, 12, 12), p: float = 0.3, block_siz
         ax.set_xticks([])
         ax.set_yticks([])
     n, c, h, w = masks[next(iter(masks))].shape
-    fig.suptitle(f"dropkit masks on one input of shape (N={n}, C={c}, H={h}, W={w}); white = kept, black = dropped",
-                 fontsize=12)
+    fig.suptitle(
+        f"dropkit masks on one input of shape (N={n}, C={c}, H={h}, W={w}); white = kept, black = dropped", fontsize=12
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 0.93))  # room for the suptitle above the panel titles
     return fig
 
 
-def save_masks(path: str | os.PathLike, shape: Sequence[int] = (8, 6, 12, 12), p: float = 0.3, block_size: int = 5,
-               seed: int = 4) -> str:
+def save_masks(
+    path: str | os.PathLike, shape: Sequence[int] = (8, 6, 12, 12), p: float = 0.3, block_size: int = 5, seed: int = 4
+) -> str:
     """Write :func:`mask_figure` as a PNG to ``path``; returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

@@ -95,8 +95,16 @@ _PKG_DIR = str(_HERE.parents[1]) + os.sep  # .../dropkit/
 parallel_threshold = 1 << 15
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "lib": None, "name": "reference", "reason": "not loaded yet", "isa": 0,
-                "best": "scalar", "codes": {}, "dtypes": {}}
+_state: dict = {
+    "loaded": False,
+    "lib": None,
+    "name": "reference",
+    "reason": "not loaded yet",
+    "isa": 0,
+    "best": "scalar",
+    "codes": {},
+    "dtypes": {},
+}
 
 
 # ---------------------------------------------------------------------------
@@ -130,7 +138,9 @@ def _read_env() -> dict:
             env["spin_us"] = None
     raw = os.environ.get("DROPKIT_CPU_POOL", "").strip().lower()
     if raw not in ("", "openmp", "pthread"):
-        _env_warning("DROPKIT_CPU_POOL", raw, "accepted: openmp, pthread", "torch's OpenMP team is used when there is one")
+        _env_warning(
+            "DROPKIT_CPU_POOL", raw, "accepted: openmp, pthread", "torch's OpenMP team is used when there is one"
+        )
         raw = ""
     env["pool"] = raw or "openmp"
     return env
@@ -171,21 +181,54 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dk_cpu_features.restype = c.c_int
     lib.dk_cpu_features.argtypes = []
     lib.dk_keep_mask.restype = c.c_int
-    lib.dk_keep_mask.argtypes = [c.c_void_p, c.c_int64, c.c_uint32, c.c_uint64, c.c_uint64, c.c_uint64,
-                                 c.c_int, c.c_int]
+    lib.dk_keep_mask.argtypes = [
+        c.c_void_p,
+        c.c_int64,
+        c.c_uint32,
+        c.c_uint64,
+        c.c_uint64,
+        c.c_uint64,
+        c.c_int,
+        c.c_int,
+    ]
     lib.dk_use_openmp.restype = c.c_int
     lib.dk_use_openmp.argtypes = [c.c_void_p, c.c_void_p]
     lib.dk_set_spin_us.restype = c.c_longlong
     lib.dk_set_spin_us.argtypes = [c.c_longlong]
     lib.dk_mask_fold_f32.restype = c.c_int
-    lib.dk_mask_fold_f32.argtypes = [c.c_void_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_int64, c.c_int64,
-                                     c.c_void_p, c.c_int64, c.c_int64, *[c.c_int64] * 7, c.c_float, c.c_void_p,
-                                     c.c_int, c.c_int, c.c_int]
+    lib.dk_mask_fold_f32.argtypes = [
+        c.c_void_p,
+        c.c_void_p,
+        c.c_int64,
+        c.c_void_p,
+        c.c_int64,
+        c.c_int64,
+        c.c_void_p,
+        c.c_int64,
+        c.c_int64,
+        *[c.c_int64] * 7,
+        c.c_float,
+        c.c_void_p,
+        c.c_int,
+        c.c_int,
+        c.c_int,
+    ]
     lib.dk_uniform.restype = c.c_int
     lib.dk_uniform.argtypes = [c.c_int, c.c_void_p, c.c_int64, c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
     lib.dk_dropout_mul.restype = c.c_int
-    lib.dk_dropout_mul.argtypes = [c.c_int, c.c_void_p, c.c_void_p, c.c_int64, c.c_uint32, c.c_double,
-                                   c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
+    lib.dk_dropout_mul.argtypes = [
+        c.c_int,
+        c.c_void_p,
+        c.c_void_p,
+        c.c_int64,
+        c.c_uint32,
+        c.c_double,
+        c.c_uint64,
+        c.c_uint64,
+        c.c_uint64,
+        c.c_int,
+        c.c_int,
+    ]
 
 
 def _open(path: Path, want_hash: str | None) -> ctypes.CDLL:
@@ -222,8 +265,7 @@ def _compile(cc: list[str], flags: list[str], src_hash: str, folder: Path) -> Pa
     """Compile the sources into a new file in ``folder`` (mode 0700); returns its path."""
     fd, tmp = tempfile.mkstemp(prefix="dropkit_cpu.", suffix=".tmp.so", dir=folder)
     os.close(fd)
-    cmd = [*cc, *flags, f'-DDK_SOURCE_HASH="{src_hash}"', f"-I{_HERE}", *(str(_HERE / s) for s in _SOURCES),
-           "-o", tmp]
+    cmd = [*cc, *flags, f'-DDK_SOURCE_HASH="{src_hash}"', f"-I{_HERE}", *(str(_HERE / s) for s in _SOURCES), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -251,9 +293,11 @@ def _build_and_load(src_hash: str) -> tuple[ctypes.CDLL, Path, str]:
         note = ""
     except OSError as exc:
         folder, note = None, f"cache folder refused ({exc}); "
-        _warn_at_user(f"dropkit: the kernel cache folder is refused ({exc}); the CPU kernel is compiled in a private "
-                      f"temporary folder instead, once per process. Fix the folder's owner and mode, or set "
-                      f"DROPKIT_CACHE_DIR to a folder of your own.")
+        _warn_at_user(
+            f"dropkit: the kernel cache folder is refused ({exc}); the CPU kernel is compiled in a private "
+            f"temporary folder instead, once per process. Fix the folder's owner and mode, or set "
+            f"DROPKIT_CACHE_DIR to a folder of your own."
+        )
     if folder is not None:
         lib_path = folder / name
         digest_path = folder / (name + ".sha256")
@@ -340,14 +384,22 @@ def _load_locked() -> None:
         except Exception as exc:  # noqa: BLE001 - any failure means: fall back, and say why
             reason = f"compiled CPU kernel unavailable ({note}{type(exc).__name__}: {exc}); using the reference backend"
             _state["reason"] = reason
-            _warn_at_user(f"dropkit: {reason}, which is several times slower. For the fast path install a "
-                          "dropkit wheel built for this platform, or make a C compiler available (gcc or clang "
-                          "on PATH, or CC=...) and run again.")
+            _warn_at_user(
+                f"dropkit: {reason}, which is several times slower. For the fast path install a "
+                "dropkit wheel built for this platform, or make a C compiler available (gcc or clang "
+                "on PATH, or CC=...) and run again."
+            )
             return
     codes = {name: int(lib.dk_abi_constant(f"DK_ISA_{name.upper()}".encode())) for name in ISAS}
-    dtypes = {dt: int(lib.dk_abi_constant(f"DK_{tag}".encode()))
-              for dt, tag in ((torch.float32, "F32"), (torch.float64, "F64"), (torch.float16, "F16"),
-                              (torch.bfloat16, "BF16"))}
+    dtypes = {
+        dt: int(lib.dk_abi_constant(f"DK_{tag}".encode()))
+        for dt, tag in (
+            (torch.float32, "F32"),
+            (torch.float64, "F64"),
+            (torch.float16, "F16"),
+            (torch.bfloat16, "BF16"),
+        )
+    }
     if min(codes.values()) < 0 or min(dtypes.values()) < 0:
         _state["reason"] = f"the library {path} lacks ABI constants; using the reference backend"
         return
@@ -356,12 +408,21 @@ def _load_locked() -> None:
         lib.dk_set_spin_us(_ENV["spin_us"])
     feats = lib.dk_cpu_features()
     supported = tuple(name for name in ISAS if feats & (1 << codes[name]))
-    _state.update(lib=lib, codes=codes, dtypes=dtypes, supported=supported, path=str(path), how=how,
-                  best=next(name for name in _PREFERENCE if name in supported))
+    _state.update(
+        lib=lib,
+        codes=codes,
+        dtypes=dtypes,
+        supported=supported,
+        path=str(path),
+        how=how,
+        best=next(name for name in _PREFERENCE if name in supported),
+    )
     forced = _ENV["isa"]
     if forced is not None and forced not in supported:
-        _warn_at_user(f"dropkit: DROPKIT_CPU_ISA={forced!r} is not supported by this CPU (it supports "
-                      f"{', '.join(supported)}); using {_state['best']!r}")
+        _warn_at_user(
+            f"dropkit: DROPKIT_CPU_ISA={forced!r} is not supported by this CPU (it supports "
+            f"{', '.join(supported)}); using {_state['best']!r}"
+        )
         forced = None
     _apply_isa(forced)
 
@@ -410,8 +471,9 @@ def _apply_isa(name: str | None) -> None:
     _state["isa"] = _state["codes"][name]
     _state["isa_name"] = name
     _state["name"] = f"cpu-{name}"
-    _state["reason"] = (f"compiled kernel loaded from {_state['path']} ({_state['how']}; {name}: {note}; "
-                        f"threads: {_state['threads']})")
+    _state["reason"] = (
+        f"compiled kernel loaded from {_state['path']} ({_state['how']}; {name}: {note}; threads: {_state['threads']})"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -478,15 +540,17 @@ def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: tor
     if not available():
         raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
     out = torch.empty(int(n), dtype=torch.bool)
-    rc = _state["lib"].dk_keep_mask(out.data_ptr(), n, _thr(p), seed & _M64, stream & _M64, offset & _M64,
-                                    _state["isa"], _threads(n))
+    rc = _state["lib"].dk_keep_mask(
+        out.data_ptr(), n, _thr(p), seed & _M64, stream & _M64, offset & _M64, _state["isa"], _threads(n)
+    )
     if rc:
         raise RuntimeError(f"dk_keep_mask failed with code {rc}")
     return out if torch.device(device).type == "cpu" else out.to(device)
 
 
-def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int, offset: int,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def dropout_mul(
+    x: torch.Tensor, p: float, scale: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``out = x * (keep ? scale : 0)`` for a CPU tensor ``x``; bit-identical to the reference.
 
     The product is taken in float32 (float64 for float64 ``x``) and rounded once to
@@ -497,8 +561,7 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     """
     lib = _state["lib"]
     code = _state["dtypes"].get(x.dtype) if lib is not None or available() else None
-    if code is None or not x.is_cpu or (
-            out is not None and (out.dtype != x.dtype or not out.is_cpu)):
+    if code is None or not x.is_cpu or (out is not None and (out.dtype != x.dtype or not out.is_cpu)):
         from dropkit.kernels import reference
 
         return reference.dropout_mul(x, p, scale, seed, stream, offset, out)
@@ -514,8 +577,19 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     else:
         dst = out
     if n:
-        rc = lib.dk_dropout_mul(code, src.data_ptr(), dst.data_ptr(), n, _thr(p), scale, seed & _M64, stream & _M64,
-                                offset & _M64, _state["isa"], _threads(n))
+        rc = lib.dk_dropout_mul(
+            code,
+            src.data_ptr(),
+            dst.data_ptr(),
+            n,
+            _thr(p),
+            scale,
+            seed & _M64,
+            stream & _M64,
+            offset & _M64,
+            _state["isa"],
+            _threads(n),
+        )
         if rc:
             raise RuntimeError(f"dk_dropout_mul failed with code {rc}")
     if out is not None and dst is not out:
@@ -523,8 +597,9 @@ def dropout_mul(x: torch.Tensor, p: float, scale: float, seed: int, stream: int,
     return dst
 
 
-def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device,
-            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def uniform(
+    n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """1-D uniform samples ``(w + 0.5) * 2**-32`` (float64, then rounded to ``dtype``) of elements
     ``offset .. offset + n - 1``, computed on the CPU and moved to ``device``; bit-identical to
     :func:`dropkit.rng.uniform`. float32 and float64 come from the kernel directly, other
@@ -536,8 +611,16 @@ def uniform(n: int, seed: int, stream: int, offset: int, device: torch.device,
     direct = dtype in (torch.float32, torch.float64)
     out = torch.empty(n, dtype=dtype if direct else torch.float64)
     if n:
-        rc = _state["lib"].dk_uniform(_state["dtypes"][out.dtype], out.data_ptr(), n, seed & _M64, stream & _M64,
-                                      offset & _M64, _state["isa"], _threads(n))
+        rc = _state["lib"].dk_uniform(
+            _state["dtypes"][out.dtype],
+            out.data_ptr(),
+            n,
+            seed & _M64,
+            stream & _M64,
+            offset & _M64,
+            _state["isa"],
+            _threads(n),
+        )
         if rc:
             raise RuntimeError(f"dk_uniform failed with code {rc}")
     if not direct:
@@ -550,8 +633,16 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
 
 
-def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float, R: int, P: int,
-              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+def mask_fold(
+    A: torch.Tensor,
+    X: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    R: int,
+    P: int,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
     """:func:`dropkit.kernels.mask_fold` in ``mask_fold.c``, for float32 CPU tensors (``mask`` may
     have any strides on its first two dims). Raises ``ValueError`` when a mask value is neither
     0 nor ``scale``.
@@ -565,20 +656,41 @@ def mask_fold(A: torch.Tensor, X: torch.Tensor, mask: torch.Tensor, scale: float
     if bias is not None:
         bias = bias.detach().contiguous()
         if bias.shape != (O,) or bias.dtype != torch.float32:
-            raise ValueError(f"mask_fold: `bias` must be a float32 tensor of shape ({O},); received "
-                             f"{tuple(bias.shape)} {bias.dtype}")
+            raise ValueError(
+                f"mask_fold: `bias` must be a float32 tensor of shape ({O},); received {tuple(bias.shape)} {bias.dtype}"
+            )
     if A.shape[0] != D or X.shape[1:] != (D, K, R, P) or X.shape[0] not in (1, B):
-        raise ValueError(f"mask_fold: inconsistent shapes A={tuple(A.shape)} X={tuple(X.shape)} "
-                         f"mask={tuple(mask.shape)} R={R} P={P}")
+        raise ValueError(
+            f"mask_fold: inconsistent shapes A={tuple(A.shape)} X={tuple(X.shape)} mask={tuple(mask.shape)} R={R} P={P}"
+        )
     A, X = A.contiguous(), X.contiguous()
     if mask.stride(2) != 1:
         mask = mask.contiguous()
     out = torch.empty((T, B, P * O), dtype=torch.float32)
     sxb = 0 if X.shape[0] == 1 else X.stride(0)
-    rc = _state["lib"].dk_mask_fold_f32(A.data_ptr(), X.data_ptr(), sxb, mask.data_ptr(), mask.stride(0),
-                                        mask.stride(1), out.data_ptr(), out.stride(0), out.stride(1), T, B, D, O, K,
-                                        R, P, float(scale), None if bias is None else bias.data_ptr(), int(relu),
-                                        _state["isa"], torch.get_num_threads())
+    rc = _state["lib"].dk_mask_fold_f32(
+        A.data_ptr(),
+        X.data_ptr(),
+        sxb,
+        mask.data_ptr(),
+        mask.stride(0),
+        mask.stride(1),
+        out.data_ptr(),
+        out.stride(0),
+        out.stride(1),
+        T,
+        B,
+        D,
+        O,
+        K,
+        R,
+        P,
+        float(scale),
+        None if bias is None else bias.data_ptr(),
+        int(relu),
+        _state["isa"],
+        torch.get_num_threads(),
+    )
     if rc == -2:
         raise ValueError(f"mask_fold: every mask value must be 0 or scale={scale}")
     if rc:

@@ -224,7 +224,9 @@ def dropout_mul(
     direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
     y = out if direct and out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
     f64 = x.dtype == torch.float64
-    _launch("dropout_mul_kernel", (_arg(x), _arg(y)), x.numel(), p, scale, seed, stream, offset, f64, F64=f64, BF16=_bf16(y))
+    _launch(
+        "dropout_mul_kernel", (_arg(x), _arg(y)), x.numel(), p, scale, seed, stream, offset, f64, F64=f64, BF16=_bf16(y)
+    )
     if out is not None and not direct:
         return out.copy_(y)
     return y
@@ -251,7 +253,20 @@ def fused_bias_act_dropout_add(
     f64 = x.dtype == torch.float64
     ptrs = (_arg(a), _arg(x), _arg(bias if bias is not None else x), _arg(out))
     _launch(
-        "fused_kernel", ptrs, x.numel(), p, scale, seed, stream, offset, f64, (x.shape[-1],),
-        ACT=ACTIVATIONS[activation], HAS_BIAS=bias is not None, BACKWARD=backward, F64=f64, BF16=_bf16(out),
+        "fused_kernel",
+        ptrs,
+        x.numel(),
+        p,
+        scale,
+        seed,
+        stream,
+        offset,
+        f64,
+        (x.shape[-1],),
+        ACT=ACTIVATIONS[activation],
+        HAS_BIAS=bias is not None,
+        BACKWARD=backward,
+        F64=f64,
+        BF16=_bf16(out),
     )
     return out

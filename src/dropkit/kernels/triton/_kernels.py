@@ -173,8 +173,19 @@ def _act_grad(h, ACT: tl.constexpr, F64: tl.constexpr):
 
 @triton.jit(do_not_specialize=_KEY_ARGS)
 def keep_mask_kernel(
-    out_ptr, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, thr, scale_lo, scale_hi,
-    START: tl.constexpr, BLOCK_B: tl.constexpr,
+    out_ptr,
+    n,
+    b_lo,
+    b_hi,
+    seed_lo,
+    seed_hi,
+    stream_lo,
+    stream_hi,
+    thr,
+    scale_lo,
+    scale_hi,
+    START: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
     """``out[j] = lane(offset + j) >= thr`` as uint8 (viewed as bool by the caller)."""
     pid = tl.program_id(0)
@@ -191,8 +202,22 @@ def _factor(lane, thr, scale_lo, scale_hi, F64: tl.constexpr):
 
 @triton.jit(do_not_specialize=_KEY_ARGS)
 def dropout_mul_kernel(
-    x_ptr, out_ptr, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, thr, scale_lo, scale_hi,
-    F64: tl.constexpr, BF16: tl.constexpr, START: tl.constexpr, BLOCK_B: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    n,
+    b_lo,
+    b_hi,
+    seed_lo,
+    seed_hi,
+    stream_lo,
+    stream_hi,
+    thr,
+    scale_lo,
+    scale_hi,
+    F64: tl.constexpr,
+    BF16: tl.constexpr,
+    START: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
     """``out[j] = x[j] * (keep ? scale : 0)`` in float32 (float64), rounded once to out's dtype."""
     j, valid, lane = _tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
@@ -203,10 +228,28 @@ def dropout_mul_kernel(
 
 @triton.jit(do_not_specialize=_KEY_ARGS)
 def fused_kernel(
-    a_ptr, x_ptr, bias_ptr, out_ptr, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, thr, scale_lo, scale_hi,
+    a_ptr,
+    x_ptr,
+    bias_ptr,
+    out_ptr,
+    n,
+    b_lo,
+    b_hi,
+    seed_lo,
+    seed_hi,
+    stream_lo,
+    stream_hi,
+    thr,
+    scale_lo,
+    scale_hi,
     H,
-    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BACKWARD: tl.constexpr, F64: tl.constexpr, BF16: tl.constexpr,
-    START: tl.constexpr, BLOCK_B: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    F64: tl.constexpr,
+    BF16: tl.constexpr,
+    START: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
     """Bias + activation + dropout + residual, with ``h = x + bias`` (bias along the last dim, size H).
 
