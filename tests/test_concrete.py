@@ -86,3 +86,17 @@ def test_gradcheck_in_input_and_logit():
     x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     logit = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: F.concrete_dropout(a, b, seed=3), (x, logit))
+
+
+@pytest.mark.parametrize("logit", [100.0, -100.0, 1e30])
+def test_extreme_logits_keep_output_and_regularizer_finite(logit):
+    cd = dropkit.nn.ConcreteDropout(0.5, seed=1)
+    with torch.no_grad():
+        cd.p_logit.fill_(logit)
+    x = torch.randn(64, 16)
+    y = cd(x)
+    reg = cd.regularizer(torch.nn.Linear(16, 4))
+    assert torch.isfinite(y).all() and torch.isfinite(reg)
+    assert 0.0 < cd.p < 1.0
+    y2 = dropkit.functional.concrete_dropout(x, torch.tensor(logit), seed=1)
+    assert torch.isfinite(y2).all()

@@ -267,3 +267,20 @@ def test_inverted_dropout_is_unbiased_near_one(p, chunks):
     assert q > 0
     se = math.sqrt((1 - q) / q / n)  # std of y is sqrt((1 - q) / q) for x = 1
     assert abs(total / n - 1.0) <= 6 * se, (total / n, se)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.eye(4).to_sparse(),
+    lambda: torch.eye(4).to_sparse_csr(),
+    lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+], ids=["coo", "csr", "nested"])
+def test_sparse_and_nested_inputs_get_a_clear_error(make):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors warn that they are a prototype
+        x = make()
+    with pytest.raises(TypeError, match="dense .strided. tensor"):
+        F.dropout(x, 0.5, seed=1)
+    with pytest.raises(TypeError, match="dense .strided. tensor"):
+        F.gaussian_dropout(x, 0.5, seed=1)

@@ -38,6 +38,12 @@ def check_float_tensor(x: object, name: str = "input") -> torch.Tensor:
     if x.dtype not in FLOAT_DTYPES:
         names = ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES)
         raise TypeError(f"`{name}` must have a floating dtype ({names}); received dtype={x.dtype}")
+    if x.layout != torch.strided or x.is_nested:
+        what = "a nested tensor" if x.is_nested else f"layout={x.layout}"
+        raise TypeError(
+            f"`{name}` must be a dense (strided) tensor; received {what}. Apply dropout to the values "
+            "(e.g. sparse.values() or each nested component) or call .to_dense() first"
+        )
     return x
 
 
