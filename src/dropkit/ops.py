@@ -426,7 +426,7 @@ def _direct(op, *args):
     runs below the autograd key (skipping ``register_autograd``'s Python kernel), so dispatch modes
     (``dropkit.guard``, selective checkpointing, FakeTensor) and tracers see it.
     """
-    if _plain_eager():
+    if _plain_eager() and torch._C._has_storage(args[0]):  # not a batched / wrapped tensor (is_grads_batched)
         return _IMPLS[op](*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)

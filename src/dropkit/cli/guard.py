@@ -98,7 +98,10 @@ def _pt2_inputs(ep) -> tuple:
 def check_file(path: str, args: argparse.Namespace) -> tuple[bool, str]:
     from dropkit.guard import Culprit, check_inference, random_ops
 
-    kind, prog = load_program(path)
+    from dropkit.cli._errors import user_input
+
+    with user_input():  # a refused or unreadable file is the user's input, not a bug
+        kind, prog = load_program(path)
     gen = torch.Generator().manual_seed(args.seed)
     if args.shape:
         inputs = tuple(_make(_parse_shape(s), _DTYPES[args.dtype], gen) for s in args.shape)

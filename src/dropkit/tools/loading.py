@@ -49,6 +49,8 @@ _SAMPLE = re.compile(r"data/sample_inputs/[^/]+\.pt")
 class UnsafeArchiveError(ValueError):
     """A model file holds an entry that loading it would unpickle (or compiled code): refused."""
 
+    user_facing = True  # the CLI prints it as one line, not as a bug's traceback
+
 
 def _refuse(path: str, why: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(f"{path}: refused: {why}")
