@@ -33,7 +33,6 @@ on CUDA, torch ops elsewhere).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -535,9 +534,3 @@ def dropout_(
         return _DropoutInplace.apply(x, key, p, scale, ns, offset)
     _direct(dropout_inplace_op, x, key, p, scale, ns, offset)
     return x
-
-
-@functools.lru_cache(maxsize=None)
-def op_names() -> frozenset[str]:
-    """The qualified names (``dropkit::dropout``, ...) of every registered op."""
-    return frozenset(f"dropkit::{name}" for name in OPS)
