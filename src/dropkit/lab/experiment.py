@@ -275,15 +275,11 @@ def run_specs(config: dict, points: list[Point] | None = None) -> list[tuple[Poi
     return out
 
 
-def lint_findings(config: dict, data) -> list[dict]:
-    """``dropkit.lint`` findings on the model of the experiment's dropout setting (example: 2 training inputs)."""
+def _model_for(spec, data):
+    """The model of one run spec on ``data`` (built the same way for validation and lint)."""
     from dropkit.lab.models import make_model
-    from dropkit.lint import lint
 
-    pt = plan(config)[-1]
-    spec = run_specs(config, [pt])[0][1]
-    torch.manual_seed(0)
-    model = make_model(
+    return make_model(
         spec.model,
         data.in_shape,
         data.num_classes,
@@ -293,6 +289,16 @@ def lint_findings(config: dict, data) -> list[dict]:
         hidden=spec.hidden,
         replace=spec.replace,
     )
+
+
+def lint_findings(config: dict, data) -> list[dict]:
+    """``dropkit.lint`` findings on the model of the experiment's dropout setting (example: 2 training inputs)."""
+    from dropkit.lint import lint
+
+    pt = plan(config)[-1]
+    spec = run_specs(config, [pt])[0][1]
+    torch.manual_seed(0)
+    model = _model_for(spec, data)
     return [f.to_dict() for f in lint(model, (data.x_train[:2],))]
 
 
@@ -312,8 +318,6 @@ def run_experiment(
 
     Returns ``{"out": path, "table": markdown table, "wall_s": seconds}`` (the report on rank 0 only).
     """
-    from dropkit.lab.models import make_model
-
     out = Path(out)
     rank, world = dist_info()
     ident = identity(config)
@@ -326,16 +330,7 @@ def run_experiment(
         data = _cached_dataset(config["dataset"], data_kwargs)
         tasks = [(pt, spec, out / "runs" / pt.slug / f"seed-{spec.seed}") for pt, spec in run_specs(config)]
         for _pt, spec, _ in tasks[:: config["seeds"]]:
-            make_model(
-                spec.model,
-                data.in_shape,
-                data.num_classes,
-                spec.p,
-                variant=spec.variant,
-                input_p=spec.input_p,
-                hidden=spec.hidden,
-                replace=spec.replace,
-            )
+            _model_for(spec, data)
     findings = lint_findings(config, data) if rank == 0 else []
 
     with folder_lock(out) if rank == 0 else _nothing():
