@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import numpy as np
@@ -75,6 +77,34 @@ def test_manual_seed_and_generator_reproduce():
     assert not torch.equal(a, b)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(F.dropout(x, 0.5, generator=g1), F.dropout(x, 0.5, generator=g2))
+
+
+@pytest.mark.parametrize("stream", [0, 3])
+@pytest.mark.parametrize("watched", [False, True], ids=["plain-eager", "under-a-dispatch-mode"])
+def test_unseeded_key_is_two_randint_words_of_the_generator(stream, watched):
+    """The documented key of ``seed=None``: ``torch.randint(0, 2**32, (2,))`` from the generator, then ``stream``,
+    whichever eager path draws it (plain eager takes a shorter op sequence than a watched call)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x = _x((8, 16))
+    g = torch.Generator().manual_seed(21)
+    w = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=g).tolist()
+    want = F.dropout(x, 0.5, seed=w[0] | (w[1] << 32), stream=stream)
+    g.manual_seed(21)
+    with Watch() if watched else contextlib.nullcontext():
+        got = F.dropout(x, 0.5, generator=g, stream=stream)
+    assert torch.equal(got, want)
+    assert g.initial_seed() == 21 and torch.equal(g.get_state(), _state_after_two_words(21))
+
+
+def _state_after_two_words(seed):
+    g = torch.Generator().manual_seed(seed)
+    torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=g)
+    return g.get_state()
 
 
 def test_thread_count_invariance():
@@ -284,3 +314,27 @@ def test_sparse_and_nested_inputs_get_a_clear_error(make):
         F.dropout(x, 0.5, seed=1)
     with pytest.raises(TypeError, match="dense .strided. tensor"):
         F.gaussian_dropout(x, 0.5, seed=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("value", [1.0, -2.5, float("inf"), float("nan"), 3e38, -0.0, 1e-45])
+def test_an_expanded_scalar_gets_the_values_of_its_materialised_tensor(dtype, value):
+    """``loss.sum().backward()`` hands dropout's backward an expanded scalar; dropkit does not materialise it,
+    and must still return the bits the kernel gives on ``x.contiguous()`` (overflow, NaN, signed zeros)."""
+    from dropkit import kernels
+
+    x = torch.tensor(value, dtype=dtype).expand(3, 1000)
+    ibits = torch.int64 if dtype == torch.float64 else torch.int32
+    for p in (0.1, 0.5, 0.9):
+        scale = dropkit.rng.inverted_scale(p)
+        got = F.dropout(x, p, seed=5, stream=2)
+        want = kernels.dropout_mul(x.contiguous(), p, scale, 5, 2, 0)
+        assert got.shape == want.shape and got.dtype == dtype
+        assert torch.equal(got.view(ibits), want.view(ibits))
+
+
+def test_sum_backward_gradient_is_the_mask_times_scale():
+    x = _x((64, 65)).requires_grad_()
+    F.dropout(x, 0.3, seed=8).sum().backward()
+    want = F.dropout(torch.ones(64, 65), 0.3, seed=8)
+    assert torch.equal(x.grad, want)

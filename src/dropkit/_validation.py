@@ -19,6 +19,8 @@ SCALINGS = ("inverted", "classic")
 
 def check_p(p: object, name: str = "p", *, allow_one: bool = True) -> float:
     """A drop probability: a real number in [0, 1] (or [0, 1) when ``allow_one`` is False)."""
+    if type(p) is float and 0.0 <= p and (p <= 1.0 if allow_one else p < 1.0):  # the common call (NaN fails)
+        return p
     upper = "1]" if allow_one else "1)"
     what = f"a real number in [0, {upper} (the probability of dropping an element)"
     if isinstance(p, torch.Tensor) and p.numel() == 1 and not p.requires_grad:
@@ -60,6 +62,8 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
 
 
 def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    if type(value) is int and (minimum is None or value >= minimum):  # the common call
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an int; received {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:

@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as tnf
 
 from dropkit import kernels, rng
-from dropkit.seed import next_key_impl
-from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
+from dropkit.seed import next_key_impl, plain_eager
 
 __all__ = ["OPS", "dropout", "dropout_", "apply_linear", "has_functorch_or_fwd_ad"]
 
@@ -59,6 +58,9 @@ def _define(schema: str, impl, fake, *, tags: tuple = ()) -> torch._ops.OpOverlo
 
 
 def _key(key: torch.Tensor) -> tuple[int, int]:
+    known = getattr(key, "_dropkit_ints", None)  # a key made by rng.key_tensor: valid by construction
+    if known is not None:
+        return known
     if key.dtype != torch.int64 or key.shape != (4,) or key.device.type != "cpu":
         raise ValueError(f"{_KEY_CHECK}; received {key.dtype} {tuple(key.shape)} on {key.device}")
     return rng.key_ints(key)
@@ -147,10 +149,23 @@ def _dropout_impl(x, key, p, scale, noise_shape, offset):
     seed, stream = _key(key)
     offset = _check_offset(offset)
     if noise_shape is None:
-        y = kernels.dropout_mul(x.contiguous(), p, scale, seed, stream, offset)
-        return _into_layout(x, y)
+        if x.is_contiguous():  # the common case: the kernel's output already has x's layout
+            return kernels.dropout_mul(x, p, scale, seed, stream, offset)
+        if x.dtype in (torch.float32, torch.float64) and x.numel() > 1 and not any(x.stride()):
+            return _dropout_of_a_scalar(x, key, p, scale, offset)
+        return _into_layout(x, kernels.dropout_mul(x.contiguous(), p, scale, seed, stream, offset))
     cdt = rng.compute_dtype(x.dtype)
     return _into_layout(x, x.to(cdt) * _mask_factor(key, p, scale, noise_shape, offset, x.device, cdt))
+
+
+def _dropout_of_a_scalar(x, key, p, scale, offset):
+    """Dropout of an expanded scalar (``loss.sum().backward()`` hands one to backward), without materialising it:
+    ``keep ? x0 * scale : x0 * 0``, the values of :func:`dropkit.kernels.dropout_mul` on ``x.contiguous()``
+    (the product rounded once in x's dtype, float32 or float64; ``x0 * 0`` keeps its sign and NaN)."""
+    x0 = x.reshape(-1)[:1].reshape(())
+    kept, dropped = x0 * torch.tensor(scale, dtype=x.dtype).item(), x0 * 0.0
+    keep = keep_mask_op(key, list(x.shape), p, offset, x.device)
+    return torch.where(keep, kept, dropped)
 
 
 def _dropout_inplace_impl(x, key, p, scale, noise_shape, offset):
@@ -407,14 +422,8 @@ _IMPLS = {
 }
 
 
-def _plain_eager() -> bool:
-    """No dispatch mode, tracer or transform is watching: nothing can tell the op from its implementation."""
-    return (
-        torch._C._get_tracing_state() is None
-        and not torch._C._is_torch_function_mode_enabled()
-        and _current_dispatch_mode() is None
-        and not torch._C._are_functorch_transforms_active()
-    )
+#: No dispatch mode, tracer or transform is watching: nothing can tell the op from its implementation.
+_plain_eager = plain_eager
 
 
 def _direct(op, *args):
@@ -461,6 +470,34 @@ class _Linear(torch.autograd.Function):
         return _Linear.apply(tangent, ctx.op, ctx.key, *ctx.args)
 
 
+class _LinearEager(torch.autograd.Function):
+    """:class:`_Linear` for eager autograd and forward AD outside torch.func: a ``ctx``-style Function.
+
+    ``autograd.Function.apply`` binds the arguments with ``inspect.signature`` on every call of a
+    Function that defines ``setup_context`` (needed only by the torch.func transforms): ~10 us,
+    more than a small call's whole work, so eager calls take this class.
+    """
+
+    @staticmethod
+    def forward(ctx, x, op, key, *args):  # type: ignore[override]
+        ctx.op, ctx.key, ctx.args = op, key, args  # a key of 32 bytes, nothing per element
+        if torch.autograd.forward_ad._current_level >= 0:
+            return op(x, key, *args)
+        return _direct(op, x, key, *args)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        if torch.is_grad_enabled() and grad.requires_grad:  # double backward
+            g = apply_linear(ctx.op, grad, ctx.key, *ctx.args)
+        else:
+            g = _direct(ctx.op, grad, ctx.key, *ctx.args)
+        return (g, None, None) + (None,) * len(ctx.args)
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):  # type: ignore[override]
+        return _LinearEager.apply(tangent, ctx.op, ctx.key, *ctx.args)
+
+
 class _DropoutInplace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, key, *args):  # type: ignore[override]
@@ -483,8 +520,12 @@ def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     """Call an x-linear op (dropout, gaussian_dropout, drop_block) the way the current mode needs."""
     if torch.compiler.is_compiling():
         return op(x, key, *args)
-    if (torch.is_grad_enabled() and x.requires_grad) or has_functorch_or_fwd_ad(x):
+    if torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._are_functorch_transforms_active():
         return _Linear.apply(x, op, key, *args)
+    if (torch.is_grad_enabled() and x.requires_grad) or torch.autograd.forward_ad._current_level >= 0:
+        return _LinearEager.apply(x, op, key, *args)
+    if _plain_eager() and torch._C._has_storage(x):  # _direct's first branch, one call less (small calls)
+        return _IMPLS[op](x, key, *args)
     return _direct(op, x, key, *args)
 
 

@@ -161,10 +161,18 @@ def inverted_scale(p: float) -> float:
     It differs from ``1 / (1 - p)`` by a relative ``|q - (1 - p)| / q <= 2**-17 / q``: 0 at
     ``p = 0.5`` or ``0.75``, under ``1e-5`` for ``p <= 0.5``. ``p = 1`` has no scale (the output is zeros).
     """
+    scale = _SCALES.get(p) if type(p) is float else None
+    if scale is not None:
+        return scale
     q = keep_probability(p)
     if q == 0.0:
         raise ValueError("inverted_scale: p = 1 drops every element; there is no scale (the output is zeros)")
+    if type(p) is float and len(_SCALES) < 4096:  # the rates a program uses: a few
+        _SCALES[p] = 1.0 / q
     return 1.0 / q
+
+
+_SCALES: dict[float, float] = {}
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -371,6 +379,8 @@ def key_tensor(seed: int, stream: int = 0) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         return torch.tensor(key_words(seed, stream), dtype=torch.int64)
+    if type(seed) is int and type(stream) is int and 0 <= seed <= _M64 and 0 <= stream <= _M64:  # valid: no checks
+        return _cached_key(seed, stream)
     return _cached_key(check_seed(seed), check_seed(stream, "stream"))
 
 
@@ -431,7 +441,11 @@ def resolve_seed(seed: int | None = None, generator: torch.Generator | None = No
 # ---------------------------------------------------------------------------
 # Batch sharding (data parallel): masks tied to the global sample index
 # ---------------------------------------------------------------------------
-_local = threading.local()
+class _Local(threading.local):
+    batch_start = 0  # a class default: reading it outside batch_shard raises no AttributeError internally
+
+
+_local = _Local()
 
 
 @contextlib.contextmanager
@@ -449,7 +463,7 @@ def batch_shard(start: int) -> Iterator[None]:
     """
     if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
         raise ValueError(f"`start` must be a non-negative int; received {start!r}")
-    prev = getattr(_local, "batch_start", 0)
+    prev = _local.batch_start
     _local.batch_start = int(start)
     try:
         yield
@@ -459,4 +473,4 @@ def batch_shard(start: int) -> Iterator[None]:
 
 def current_batch_start() -> int:
     """The global sample index set by :func:`batch_shard` (0 outside it)."""
-    return getattr(_local, "batch_start", 0)
+    return _local.batch_start

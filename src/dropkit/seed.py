@@ -31,6 +31,7 @@ import collections
 import numbers
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from dropkit.rng import check_key_args, check_seed, key_tensor
@@ -132,12 +133,30 @@ def resolve_key(
         words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64)
         return torch.cat([words, torch.tensor([stream & _M32, stream >> 32], dtype=torch.int64)])
     check_key_args(None, generator)
+    if stream == 0 and plain_eager():  # the same two draws as randint, one op instead of three
+        key = torch.zeros(4, dtype=torch.int64)
+        key.narrow(0, 0, 2).random_(0, 1 << 32, generator=generator)
+        return key
     words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator)
     return torch.cat([words, torch.tensor([stream & _M32, stream >> 32], dtype=torch.int64)])
 
 
+def plain_eager() -> bool:
+    """No dispatch mode, tracer or torch.func transform is watching: nothing can tell one
+    sequence of eager ops from another that computes the same values."""
+    return (
+        torch._C._get_tracing_state() is None
+        and not torch._C._is_torch_function_mode_enabled()
+        and _current_dispatch_mode() is None
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
 def check_seed_arg(seed: object, generator: object = None, stream: object = 0) -> int:
     """Validate ``seed`` (int, :class:`SeedGenerator` or None), ``generator`` and ``stream``; returns ``stream``."""
+    if generator is None and type(stream) is int and 0 <= stream < _INT64:  # the common calls, checked cheaply
+        if seed is None or (type(seed) is int and 0 <= seed < _INT64):
+            return stream
     if isinstance(seed, (SeedGenerator, torch.Tensor)):
         check_key_args(None, generator)
         if generator is not None:

@@ -173,7 +173,7 @@ def dropout(
     check_bool(training, "training")
     check_bool(inplace, "inplace")
     check_choice(scaling, "scaling", SCALINGS)
-    shape = check_noise_shape(noise_shape, input.shape)
+    shape = None if noise_shape is None else check_noise_shape(noise_shape, input.shape)
     stream = check_seed_arg(seed, generator, stream)
     batch_dim = check_int(batch_dim, "batch_dim")
 
@@ -189,7 +189,7 @@ def dropout(
     if p == 1.0:
         return zeros_like_input(input, inplace)
     scale = inverted_scale(p) if scaling == "inverted" else 1.0
-    offset = _shard_offset(shape, input.shape, batch_dim)
+    offset = _shard_offset(shape, input.shape, batch_dim) if current_batch_start() else 0
     if is_dtensor(input):  # tensor parallel: each local element's mask at its global index (dropkit.distributed)
         return dtensor_dropout(input, p, scale, shape, offset, inplace, seed=seed, generator=generator, stream=stream)
     key = resolve_key(seed, generator, stream)

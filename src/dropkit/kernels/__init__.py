@@ -98,11 +98,17 @@ def set_backend(name: str = "auto") -> None:
     _forced = None if name == "auto" else name
 
 
+_CPU_MODULE: list = []  # the imported dropkit.kernels.cpu (an import statement per call costs more than a small call's work)
+
+
 def _cpu_backend():
-    try:
-        from dropkit.kernels import cpu
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return None
+    if not _CPU_MODULE:
+        try:
+            from dropkit.kernels import cpu
+        except ImportError:  # pragma: no cover - the module ships with the package
+            return None
+        _CPU_MODULE.append(cpu)
+    cpu = _CPU_MODULE[0]
     return cpu if cpu.available() else None
 
 
@@ -115,6 +121,8 @@ def _triton_backend():
 
 
 def _select(device: torch.device):
+    if _forced is None and device.type == "cpu":  # the common case first
+        return _cpu_backend() or reference
     choice = _forced or "auto"
     if choice == "reference":
         return reference
