@@ -408,3 +408,26 @@ def test_failed_inplace_on_a_leaf_leaves_its_data_untouched(call):
     with pytest.raises(RuntimeError, match="in-place"):
         call(leaf)
     assert torch.equal(leaf.detach(), before)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "identity"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_op_forward_ad_and_jvp(activation, with_bias):
+    """The fused op's tangent is t_residual + (t_x + t_bias) * f * act'(h), never a silent None."""
+    x, r = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    x = x + 0.1 * torch.sign(x)  # away from relu's kink
+    b = torch.randn(8, dtype=torch.float64) * 0.01 if with_bias else None
+
+    def fn(x, r, b=None):
+        return F.fused_bias_act_dropout_add(x, b, r, 0.4, activation=activation, seed=1)
+
+    inputs = [t.clone().requires_grad_() for t in ((x, r, b) if with_bias else (x, r))]
+    assert gradcheck(fn, inputs, check_forward_ad=True, check_backward_ad=True)
+    with fwAD.dual_level():
+        out = fn(fwAD.make_dual(x, torch.ones_like(x)), r, b)
+        tangent = fwAD.unpack_dual(out).tangent
+    assert tangent is not None
+    _, jvp_out = torch.func.jvp(lambda t: fn(t, r, b), (x,), (torch.ones_like(x),))
+    torch.testing.assert_close(tangent, jvp_out, rtol=0, atol=0)
+    kept = F.dropout(torch.ones_like(x), 0.4, seed=1) != 0
+    assert torch.equal(tangent == 0, ~kept) or activation == "relu"

@@ -116,4 +116,50 @@ def fused_bias_act_dropout_add(
         key, scale = _NO_KEY, 0.0  # threshold 65536: every element dropped (never 0 * inf)
     else:
         key, scale, offset = resolve_key(seed, generator, stream), inverted_scale(p), _shard_offset(None, x.shape)
+    if not torch.compiler.is_compiling() and (
+        torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+    ):
+        return _Fused.apply(x, bias, residual, key, p, scale, activation, offset)
     return ops.fused_op(x, bias, residual, key, p, scale, activation, offset)
+
+
+class _Fused(torch.autograd.Function):
+    """The fused op with forward-mode AD and the torch.func transforms (used only when one is active).
+
+    Tangent: ``t_residual + (t_x + t_bias) * f * act'(h)``, which is the op's own backward pass
+    (``dropkit::fused_bias_act_dropout_add_backward``) applied to ``t_x + t_bias``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, bias, residual, key, p, scale, activation, offset):  # type: ignore[override]
+        return ops.fused_op(x, bias, residual, key, p, scale, activation, offset)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, bias, residual, key, *rest = inputs
+        ctx.save_for_backward(x, bias)
+        ctx.save_for_forward(x, bias)
+        ctx.key, ctx.rest, ctx.has_bias = key, rest, bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, bias = ctx.saved_tensors
+        need_x, need_b, need_r = ctx.needs_input_grad[:3]
+        grad_x = grad_b = None
+        if need_x or (need_b and ctx.has_bias):
+            grad_h = ops.fused_backward_op(grad, x, bias, ctx.key, *ctx.rest)
+            grad_x = grad_h if need_x else None
+            if need_b and ctx.has_bias:
+                grad_b = grad_h.reshape(-1, x.shape[-1]).sum(0)
+        return grad_x, grad_b, grad if need_r else None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_x, t_bias, t_residual, *_):  # type: ignore[override]
+        x, bias = ctx.saved_tensors
+        t_h = t_x if t_x is not None else torch.zeros_like(x)
+        if t_bias is not None:
+            t_h = t_h + t_bias
+        out = ops.fused_backward_op(t_h.expand_as(x).contiguous(), x, bias, ctx.key, *ctx.rest)
+        return out + t_residual if t_residual is not None else out
