@@ -131,6 +131,69 @@ def test_noise_shape_variants_index_the_masks_global_shape(name):
         assert torch.equal(torch.cat([y for y, _ in outs], dim), ref), dim
 
 
+_LOGIT = torch.tensor(-1.0, dtype=torch.float64)
+#: name -> (call, input shape, linear in x)
+VARIANT_FNS = {
+    "gaussian_dropout": (lambda x: F.gaussian_dropout(x, 0.3, seed=5), (5, 4, 6), True),
+    "gaussian_noise": (lambda x: F.gaussian_noise(x, 0.3, seed=5), (5, 4, 6), False),
+    "alpha_dropout": (lambda x: F.alpha_dropout(x, 0.3, seed=5), (5, 4, 6), False),
+    "feature_alpha_dropout": (lambda x: F.feature_alpha_dropout(x, 0.3, seed=5), (5, 4, 6), False),
+    "drop_block2d": (lambda x: F.drop_block2d(x, 0.3, 2, seed=5), (5, 3, 6, 6), True),
+    "concrete_dropout": (lambda x: F.concrete_dropout(x, _LOGIT, seed=5), (5, 4, 6), False),
+}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("name", sorted(VARIANT_FNS))
+def test_variants_on_shard0_and_replicate_equal_the_single_tensor_call(name, world):
+    """Each rank's samples get the single-tensor call's noise at their global sample index; backward the same."""
+    fn, shape, _ = VARIANT_FNS[name]
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = x.clone().requires_grad_()
+    y_ref = fn(ref)
+    y_ref.sum().backward()
+    outs = local_results(x, Shard(0), world, fn)
+    assert torch.equal(torch.cat([y for y, _ in outs]), y_ref.detach())
+    assert torch.equal(torch.cat([g for _, g in outs]), ref.grad)
+    for y, g in local_results(x, Replicate(), world, fn):
+        assert torch.equal(y, y_ref.detach()) and torch.equal(g, ref.grad)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANT_FNS))
+def test_variants_take_partial_only_when_linear_and_refuse_inner_shards(name):
+    fn, shape, linear = VARIANT_FNS[name]
+    x = torch.randn(shape, dtype=torch.float64)
+    if linear:  # each partial sum gets the same factor: the sum of the results is the result on the sum
+        outs = local_results(x, Partial(), 2, fn)
+        torch.testing.assert_close(outs[0][0] + outs[1][0], fn(2 * x), rtol=1e-12, atol=1e-12)
+    else:
+        with pytest.raises(ValueError, match=rf"{name} on a Partial\(\) DTensor: the variant is not linear"):
+            local_results(x, Partial(), 2, fn)
+    with pytest.raises(ValueError, match=rf"{name} on a DTensor supports Shard\(0\).*received Shard\(dim=1\)"):
+        local_results(x, Shard(1), 2, fn)
+
+
+def test_word_dropout_and_the_fused_op_refuse_dtensors_clearly():
+    x = torch.randn(4, 6)
+    with fake_rank(0, 2) as mesh:
+        d = DTensor.from_local(x[:2], mesh, [Shard(0)], run_check=False, shape=x.shape, stride=x.stride())
+        with pytest.raises(TypeError, match=r"fused_bias_act_dropout_add \(`x`\) does not take DTensor"):
+            F.fused_bias_act_dropout_add(d, None, d, 0.3, seed=1)
+        with pytest.raises(TypeError, match=r"embedding_dropout \(`weight`\) does not take DTensor"):
+            F.embedding_dropout(torch.tensor([0, 1]), d, 0.3, seed=1)
+
+
+def test_a_dtensor_never_reaches_the_cpu_kernel_as_a_raw_pointer():
+    """A DTensor reports data_ptr 0: handing it to the C kernel crashed the process; now a clear error."""
+    from dropkit import kernels
+
+    x = torch.randn(4, 6)
+    with fake_rank(0, 2) as mesh:
+        d = DTensor.from_local(x[:2], mesh, [Shard(0)], run_check=False, shape=x.shape, stride=x.stride())
+        with pytest.raises(TypeError, match="needs `x` to be a plain tensor with its own memory"):
+            kernels.dropout_mul(d, 0.5, 2.0, 1, 0, 0)
+
+
 def test_batch_shard_offset_composes_with_tensor_parallel():
     """Data parallel (batch_shard) around a TP DTensor: the DP shard's offset is added to the TP-global index."""
     x = torch.randn(6, 8)

@@ -19,6 +19,14 @@ state (``torch.manual_seed(same)`` on every rank), as DTensor's own random ops r
 DTensor path all-reduces the key over the mesh (one small collective per call) and raises if the
 ranks disagree; set :data:`CHECK_KEYS` to ``False`` to skip that check.
 
+The other variants whose noise is a function of the element index (Gaussian dropout and noise,
+alpha and feature-alpha dropout, DropBlock, Concrete dropout) go through :func:`dtensor_variant`:
+the samples of a ``Shard(0)`` shard are evaluated at their global sample offset (the mechanism of
+:func:`dropkit.rng.batch_shard`), a ``Replicate()`` tensor whole on every rank, and a ``Partial()``
+tensor only by the variants that are linear in ``x`` (Gaussian dropout, DropBlock); ``Shard(d)`` for
+``d > 0`` is refused with a clear error (only element-wise dropout evaluates arbitrary boxes).
+Word dropout and the fused residual op refuse DTensor inputs (:func:`refuse_dtensor`).
+
 Under torch.compile the DTensor call runs eagerly (``torch.compiler.disable``: a graph break;
 ``fullgraph=True`` refuses it and names the reason): this rank's box in the global mask is a
 data-dependent offset, which dropkit's ops take as an ``int``.
@@ -37,7 +45,7 @@ from dropkit import kernels, ops
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, resolve_key
 
-__all__ = ["CHECK_KEYS", "dtensor_dropout", "is_dtensor", "local_keep_mask"]
+__all__ = ["CHECK_KEYS", "dtensor_dropout", "dtensor_variant", "is_dtensor", "local_keep_mask", "refuse_dtensor"]
 
 #: All-reduce-compare the key over the mesh on every DTensor call (raises if the ranks disagree).
 CHECK_KEYS = True
@@ -294,3 +302,77 @@ def dtensor_dropout(
         y_local = _LocalDropout.apply(local, spec)
     out = DTensor.from_local(y_local, mesh, placements, run_check=False, shape=input.shape, stride=input.stride())
     return input.copy_(out) if inplace else out
+
+
+@torch.compiler.disable(
+    reason="dropkit's DTensor variants run eagerly: this rank's offset in the global noise is data-dependent"
+)
+def dtensor_variant(
+    input,
+    call,
+    *,
+    what: str,
+    linear: bool,
+    seed: int | SeedGenerator | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    stream: int = 0,
+):
+    """A dropkit variant on a DTensor: ``call(local, key)`` on this rank's local tensor, at its global sample offset.
+
+    Every rank draws one key (``seed`` / ``generator`` / ``stream``) and the ranks check they agree
+    (:data:`CHECK_KEYS`). ``Shard(0)``: the local samples start at global sample ``s``, so the call runs
+    inside ``dropkit.rng.batch_shard(s)`` and its noise is the single-tensor call's noise on those samples.
+    ``Replicate()``: the whole tensor on every rank. ``Partial()``: only when the variant is ``linear`` in
+    ``x`` (each partial sum gets the same factor, so their sum is the full tensor's result). Returns a
+    DTensor with the input's placements, shape and stride; autograd flows through ``to_local`` /
+    ``from_local``.
+
+    Args:
+        input: a DTensor on a 1-D mesh.
+        call: ``(local tensor, key tensor) -> local result``, the variant with ``seed=key``.
+        what: the variant's name, for errors.
+        linear: whether the variant is linear in its input (allows ``Partial()``).
+        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+    """
+    from torch.distributed.tensor import DTensor, Partial, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    from dropkit.rng import batch_shard, current_batch_start
+
+    _check_mesh_and_placements(input)
+    (pl,) = input.placements
+    if isinstance(pl, Partial) and not linear:
+        raise ValueError(
+            f"dropkit.functional.{what} on a Partial() DTensor: the variant is not linear in its input, so applying "
+            "it to each partial sum is not the result on their sum. Redistribute to Replicate() or Shard(0) first"
+        )
+    if type(pl) is Shard and pl.dim % input.dim() != 0:
+        raise ValueError(
+            f"dropkit.functional.{what} on a DTensor supports Shard(0) (samples), Replicate() and Partial(); received "
+            f"{pl!r}. Element-wise dropout (dropkit.functional.dropout and the modules built on it) takes every "
+            "Shard(d); redistribute to Shard(0) or Replicate() for this variant"
+        )
+    mesh, placements, gshape = input.device_mesh, tuple(input.placements), tuple(input.shape)
+    local = input.to_local()
+    box_shape, box_offset = compute_local_shape_and_global_offset(gshape, mesh, placements)
+    if tuple(box_shape) != tuple(local.shape):
+        raise ValueError(
+            f"the DTensor's local tensor has shape {tuple(local.shape)}, but torch's sharding of the global shape "
+            f"{gshape} with {placements} gives this rank {tuple(box_shape)}: its global indices are unknown"
+        )
+    key = resolve_key(seed, generator, stream)
+    _check_keys_agree(key, mesh)
+    start = box_offset[0] if type(pl) is Shard else 0
+    with batch_shard(current_batch_start() + start):
+        y_local = call(local, key)
+    return DTensor.from_local(y_local, mesh, placements, run_check=False, shape=input.shape, stride=input.stride())
+
+
+def refuse_dtensor(x: object, what: str) -> None:
+    """A clear error for the variants that do not take DTensor inputs (instead of DTensor's mixed-tensor error)."""
+    if is_dtensor(x):
+        raise TypeError(
+            f"dropkit.functional.{what} does not take DTensor inputs. Call it on the local tensor "
+            "(x.to_local(), with dropkit.rng.batch_shard(<first global sample>) for a Shard(0) batch), or on "
+            "x.full_tensor(). The dropout family, Gaussian, alpha, DropBlock and Concrete dropout take DTensors"
+        )

@@ -426,6 +426,15 @@ _IMPLS = {
 _plain_eager = plain_eager
 
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _has_memory(x: torch.Tensor) -> bool:
+    """A plain tensor with storage: not a subclass (DTensor, FakeTensor: their dispatch must see the op) and not
+    a batched / wrapped tensor (``is_grads_batched`` hands backward one without storage)."""
+    return type(x) in _PLAIN_TYPES and torch._C._has_storage(x)
+
+
 def _direct(op, *args):
     """``op(*args)`` when no autograd node is wanted (the caller records its own, or none).
 
@@ -434,7 +443,7 @@ def _direct(op, *args):
     runs below the autograd key (skipping ``register_autograd``'s Python kernel), so dispatch modes
     (``dropkit.guard``, selective checkpointing, FakeTensor) and tracers see it.
     """
-    if _plain_eager() and torch._C._has_storage(args[0]):  # not a batched / wrapped tensor (is_grads_batched)
+    if _plain_eager() and _has_memory(args[0]):
         return _IMPLS[op](*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -524,7 +533,7 @@ def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
         return _Linear.apply(x, op, key, *args)
     if (torch.is_grad_enabled() and x.requires_grad) or torch.autograd.forward_ad._current_level >= 0:
         return _LinearEager.apply(x, op, key, *args)
-    if _plain_eager() and torch._C._has_storage(x):  # _direct's first branch, one call less (small calls)
+    if _plain_eager() and _has_memory(x):  # _direct's first branch, one call less (small calls)
         return _IMPLS[op](x, key, *args)
     return _direct(op, x, key, *args)
 

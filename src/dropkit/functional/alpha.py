@@ -9,6 +9,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 from dropkit import ops
 from dropkit._validation import check_bool, check_rank
 from dropkit.functional._noise import check_common, write_inplace, zeros_like_input
+from dropkit.distributed import dtensor_variant, is_dtensor
 from dropkit.functional.dropout import _shard_offset
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, resolve_key
@@ -47,6 +48,12 @@ def _alpha(input, p, training, inplace, feature, seed, generator, stream):
         return input
     if p == 1.0:  # the limit of the affine map as p -> 1 is 0
         return zeros_like_input(input, inplace)
+    if is_dtensor(input):
+        fn = feature_alpha_dropout if feature else alpha_dropout
+        y = dtensor_variant(
+            input, lambda t, k: fn(t, p, seed=k), what=op, linear=False, seed=seed, generator=generator, stream=stream
+        )
+        return write_inplace(input, y) if inplace else y
     a, b = alpha_coefficients(p)
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)

@@ -8,6 +8,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from dropkit import ops
 from dropkit._validation import check_bool, check_float_tensor, check_rank, check_real
+from dropkit.distributed import dtensor_variant, is_dtensor
 from dropkit.functional.dropout import _shard_offset
 from dropkit.rng import compute_dtype
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
@@ -68,6 +69,11 @@ def concrete_dropout(
         check_rank(input, range(2, 9), "concrete_dropout(spatial=True)", "(N, C, *)")
     if not training:
         return input
+    if is_dtensor(input):
+        return dtensor_variant(
+            input, lambda t, k: concrete_dropout(t, p_logit, temperature=temperature, spatial=spatial, seed=k),
+            what="concrete_dropout", linear=False, seed=seed, generator=generator, stream=stream,
+        )  # fmt: skip
     noise_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if spatial else tuple(input.shape)
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)

@@ -12,6 +12,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 from dropkit import ops
 from dropkit._validation import check_bool, check_int, check_rank
 from dropkit.functional._noise import check_common, write_inplace, zeros_like_input
+from dropkit.distributed import dtensor_variant, is_dtensor
 from dropkit.functional.dropout import _shard_offset
 from dropkit.seed import SeedGenerator, resolve_key
 
@@ -79,6 +80,13 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
         return input
     if p == 1.0:
         return zeros_like_input(input, inplace)
+    if is_dtensor(input):
+        fn = drop_block2d if dims == 2 else drop_block3d
+        y = dtensor_variant(
+            input, lambda t, k: fn(t, p, block_size, share_channels=share_channels, seed=k), what=op, linear=True,
+            seed=seed, generator=generator, stream=stream,
+        )  # fmt: skip
+        return write_inplace(input, y) if inplace else y
     lead = list(input.shape[: rank - dims])
     if share_channels:
         lead[-1] = 1

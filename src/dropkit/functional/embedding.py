@@ -7,6 +7,7 @@ import torch.nn.functional as tnf
 
 from dropkit import ops
 from dropkit._validation import check_float_tensor
+from dropkit.distributed import refuse_dtensor
 from dropkit.functional._noise import check_common
 from dropkit.rng import inverted_scale
 from dropkit.seed import SeedGenerator, resolve_key
@@ -60,6 +61,8 @@ def embedding_dropout(
         got = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
         raise TypeError(f"`input` must be a tensor of token ids (int64 or int32); received {got}")
     check_float_tensor(weight, "weight")
+    refuse_dtensor(weight, "embedding_dropout (`weight`)")
+    refuse_dtensor(input, "embedding_dropout (`input`)")
     if weight.dim() != 2:
         raise ValueError(
             f"Invalid shape for `weight`: expected a 2-D (num_embeddings, embedding_dim) matrix. "

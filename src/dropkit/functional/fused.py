@@ -13,6 +13,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from dropkit import ops
 from dropkit._validation import check_bool, check_choice, check_float_tensor, check_p
+from dropkit.distributed import refuse_dtensor
 from dropkit.functional.dropout import _shard_offset
 from dropkit.rng import inverted_scale
 from dropkit.seed import SeedGenerator, check_seed_arg, resolve_key
@@ -103,6 +104,8 @@ def fused_bias_act_dropout_add(
             fused_bias_act_dropout_add, (x,), x, bias, residual, p, activation, training, seed=seed, generator=generator,
             stream=stream,
         )  # fmt: skip
+    for t, name in ((x, "x"), (bias, "bias"), (residual, "residual")):
+        refuse_dtensor(t, f"fused_bias_act_dropout_add (`{name}`)")
     _check_operands(x, bias, residual)
     p = check_p(p)
     check_choice(activation, "activation", FUSED_ACTIVATIONS)

@@ -10,6 +10,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 from dropkit import ops
 from dropkit._validation import check_p, check_real
 from dropkit.functional._noise import check_common
+from dropkit.distributed import dtensor_variant, is_dtensor
 from dropkit.functional.dropout import _shard_offset
 from dropkit.seed import SeedGenerator, resolve_key
 
@@ -68,6 +69,11 @@ def gaussian_dropout(
     p, stream = check_common(input, check_gaussian_p(p), training, seed, generator, stream)
     if not training or p == 0.0:
         return input
+    if is_dtensor(input):
+        return dtensor_variant(
+            input, lambda t, k: gaussian_dropout(t, p, seed=k), what="gaussian_dropout", linear=True, seed=seed,
+            generator=generator, stream=stream,
+        )  # fmt: skip
     key = resolve_key(seed, generator, stream)
     return ops.apply_linear(
         ops.gaussian_dropout_op, input, key, math.sqrt(p / (1.0 - p)), _shard_offset(None, input.shape)
@@ -112,6 +118,11 @@ def gaussian_noise(
     _, stream = check_common(input, 0.0, training, seed, generator, stream)
     if not training or std == 0.0:
         return input
+    if is_dtensor(input):
+        return dtensor_variant(
+            input, lambda t, k: gaussian_noise(t, std, seed=k), what="gaussian_noise", linear=False, seed=seed,
+            generator=generator, stream=stream,
+        )  # fmt: skip
     key = resolve_key(seed, generator, stream)
     z = ops.normal_op(key, list(input.shape), _shard_offset(None, input.shape), input.dtype, input.device)
     return input + z * std

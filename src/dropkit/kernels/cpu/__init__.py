@@ -568,6 +568,7 @@ def dropout_mul(
     lib = _state["lib"]
     src = x if x.is_contiguous() else x.contiguous()
     n = src.numel()
+    _check_memory(src, "x")
     if out is None:
         dst = torch.empty_like(src, memory_format=torch.contiguous_format)  # 2 us less than torch.empty(shape)
     elif out.numel() != n:
@@ -626,6 +627,17 @@ def uniform(
     if not direct:
         out = out.to(dtype)
     return out if torch.device(device).type == "cpu" else out.to(device)
+
+
+def _check_memory(t: torch.Tensor, name: str) -> None:
+    """The kernel reads and writes raw pointers: refuse a tensor without memory of its own (a wrapper
+    subclass such as DTensor reports data_ptr 0), which would crash the process instead of raising."""
+    if t.numel() and t.data_ptr() == 0:
+        raise TypeError(
+            f"dropkit's CPU kernel needs `{name}` to be a plain tensor with its own memory; received a "
+            f"{type(t).__name__} without one (data_ptr 0). Tensor subclasses go through the registered op "
+            "(torch.ops.dropkit.*), whose dispatch the subclass handles"
+        )
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
