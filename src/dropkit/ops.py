@@ -34,7 +34,7 @@ on CUDA, torch ops elsewhere).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as tnf
@@ -413,7 +413,7 @@ def has_functorch_or_fwd_ad(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.autograd.forward_ad._current_level >= 0
 
 
-_IMPLS = {
+_IMPLS: dict[torch._ops.OpOverload, Callable[..., torch.Tensor | None]] = {
     dropout_op: _dropout_impl,
     dropout_inplace_op: _dropout_inplace_impl,
     gaussian_dropout_op: _gaussian_impl,
