@@ -79,13 +79,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 5, **kw) -> 
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's name and widest SIMD, as the lab records it (``"AMD EPYC (AVX2, no AVX-512)"``)."""
+    from dropkit.lab.experiment import cpu_model as lab_cpu_model
+
+    return lab_cpu_model()
 
 
 def machine_info() -> dict[str, Any]:

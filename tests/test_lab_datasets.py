@@ -194,3 +194,16 @@ def test_fashion_mnist_from_debian_package_if_installed():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     d = ds.load_dataset("fashion-mnist", data_dir=folder, train_size=100, val_size=50)
     assert d.in_shape == (1, 28, 28) and len(d.y_train) == 100 and len(d.y_val) == 50
+
+
+def test_the_dataset_cache_shares_dropkits_cache_root(monkeypatch, tmp_path):
+    for var in ("DROPKIT_CACHE_DIR", "DROPKIT_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ds.default_cache_dir() == tmp_path / "home" / ".cache" / "dropkit" / "datasets"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ds.default_cache_dir() == tmp_path / "xdg" / "dropkit" / "datasets"
+    monkeypatch.setenv("DROPKIT_CACHE", str(tmp_path / "legacy"))  # the older name, read when the new one is unset
+    assert ds.default_cache_dir() == tmp_path / "legacy" / "datasets"
+    monkeypatch.setenv("DROPKIT_CACHE_DIR", str(tmp_path / "root"))  # the kernel's root wins
+    assert ds.default_cache_dir() == tmp_path / "root" / "datasets"

@@ -12,7 +12,8 @@ a training and a validation split). Names (:data:`DATASETS`):
 * ``fashion-mnist`` and ``mnist`` -- 28x28 images from the IDX files. Training images come
   from ``train-*``, validation from ``t10k-*`` (the official test set). Files are read from
   ``data_dir`` (gz or raw IDX) or downloaded into ``cache_dir`` (default
-  ``$DROPKIT_CACHE`` or ``~/.cache/dropkit/datasets``). Every file is verified by
+  ``<cache>/datasets``, ``<cache>`` as for the kernel: ``$DROPKIT_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/dropkit``, else ``~/.cache/dropkit``). Every file is verified by
   SHA-256: a downloaded ``.gz`` against its published digest, and the decompressed IDX
   content against the digest of the original data, so a corrupt or truncated file is
   reported with its path and how to fix it. Downloads stream into a temporary file in
@@ -50,6 +51,7 @@ __all__ = [
     "read_idx",
 ]
 
+from dropkit._cache import CACHE_ENV, cache_root
 from dropkit.lab._names import DATASETS
 
 
@@ -171,9 +173,15 @@ SOURCES: dict[str, dict] = {
 
 
 def default_cache_dir() -> Path:
-    """``$DROPKIT_CACHE/datasets`` if set, else ``~/.cache/dropkit/datasets``."""
-    root = os.environ.get("DROPKIT_CACHE")
-    return Path(root) / "datasets" if root else Path.home() / ".cache" / "dropkit" / "datasets"
+    """``<cache>/datasets``, ``<cache>`` being dropkit's cache root (:func:`dropkit._cache.cache_root`:
+    ``$DROPKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dropkit``, else ``~/.cache/dropkit``).
+
+    ``$DROPKIT_CACHE``, the name this folder read before it shared the root with the kernel cache,
+    is still honoured when ``$DROPKIT_CACHE_DIR`` is not set.
+    """
+    if not os.environ.get(CACHE_ENV) and os.environ.get("DROPKIT_CACHE"):
+        return Path(os.environ["DROPKIT_CACHE"]) / "datasets"
+    return cache_root() / "datasets"
 
 
 def _sha256_file(path: Path) -> str:
