@@ -121,7 +121,7 @@ def environment(device: str) -> dict:
 def cpu_model() -> str:
     """The CPU's model name and its widest x86 SIMD (``/proc/cpuinfo`` on Linux), for timings:
     ``"AMD EPYC (AVX2, no AVX-512)"``. Machines of one name differ by up to 3x between AVX2 and AVX-512."""
-    name, flags = "", set()
+    name, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and not name:
