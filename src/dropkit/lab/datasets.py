@@ -354,7 +354,8 @@ def _digits(val_fraction: float, split_seed: int) -> Dataset:
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None, :, :]  # (n, 1, 8, 8)
     xt, yt, xv, yv = _split(x, d.target.astype(np.int64), val_fraction, split_seed)
-    return Dataset("digits", *(torch.from_numpy(a) for a in (xt, yt, xv, yv)), num_classes=10)
+    xt_, yt_, xv_, yv_ = (torch.from_numpy(a) for a in (xt, yt, xv, yv))
+    return Dataset("digits", xt_, yt_, xv_, yv_, num_classes=10)
 
 
 def make_overfit(n_train: int = 100, n_val: int = 2000, features: int = 10, noise: float = 0.5, seed: int = 0):
@@ -441,7 +442,8 @@ def load_dataset(
         d = _digits(val_fraction, split_seed)
     elif name == "overfit":
         xt, yt, xv, yv = make_overfit(seed=split_seed)
-        d = Dataset("overfit", *(torch.from_numpy(a) for a in (xt, yt, xv, yv)), num_classes=2, task="binary")
+        xt_, yt_, xv_, yv_ = (torch.from_numpy(a) for a in (xt, yt, xv, yv))
+        d = Dataset("overfit", xt_, yt_, xv_, yv_, num_classes=2, task="binary")
     else:
         d = _mnist1d(split_seed)
     g = torch.Generator().manual_seed(split_seed)
@@ -524,7 +526,8 @@ def load_npz(path: str | os.PathLike, task: str = "classification") -> Dataset:
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(f"{path} is not a readable .npz file of numeric arrays ({exc})") from None
-    return _finish_user(path.name, *arrays, task, str(path))
+    xt, yt, xv, yv = arrays
+    return _finish_user(path.name, xt, yt, xv, yv, task, str(path))
 
 
 def _from_factory(target: str, task: str) -> Dataset:
@@ -553,7 +556,8 @@ def _from_factory(target: str, task: str) -> Dataset:
                 f"{target}: the {split} items must be (input, target) pairs of one shape each ({exc})"
             ) from None
         arrays += [xs.numpy(), ys]
-    return _finish_user(target, *arrays, task, target)
+    xt, yt, xv, yv = arrays
+    return _finish_user(target, xt, yt, xv, yv, task, target)
 
 
 def load_data(name: str, *, task: str = "classification", **kwargs) -> Dataset:

@@ -416,8 +416,8 @@ def train_run(
             time.sleep(delay)
         train_loss, train_acc = evaluate(model, xs_tr, ys_tr, task=spec.task)
         val_loss, val_acc = evaluate(model, xs_va, ys_va, task=spec.task)
-        metrics = {"epoch": epoch, "train_loss": train_loss}
-        if spec.task != "regression":
+        metrics: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
+        if train_acc is not None and val_acc is not None:  # classification (regression has no accuracy)
             metrics.update(
                 {"train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "gap": train_acc - val_acc}
             )

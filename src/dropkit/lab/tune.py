@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -57,7 +58,13 @@ class StorageError(RuntimeError):
     user_facing = True
 
 
-def open_study(storage: str, direction: str, heartbeat: int, study_name: str = STUDY_NAME, attempts: int = 8):
+def open_study(
+    storage: str,
+    direction: Literal["minimize", "maximize"],
+    heartbeat: int,
+    study_name: str = STUDY_NAME,
+    attempts: int = 8,
+):
     """The Optuna study in ``storage`` (created if new) with heartbeats every ``heartbeat`` seconds.
 
     Workers started at the same moment on a new database race to create its tables; the loser
@@ -120,7 +127,7 @@ def run_tune(
     """Run trials into the study until it holds exactly ``trials`` COMPLETE trials; return the study."""
     import optuna
 
-    direction = "maximize" if score == "acc" else "minimize"
+    direction: Literal["minimize", "maximize"] = "maximize" if score == "acc" else "minimize"
     study = open_study(storage, direction, heartbeat)
     ident = {k: v for k, v in config.items() if k not in ("trials",)}
     old = study.user_attrs.get("config")
@@ -247,8 +254,8 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
             warnings.simplefilter("ignore")  # optuna's "experimental" warnings
             ax = ovm.plot_optimization_history(study)
             ax.set_title(f"optimisation history ({unit})")
-            ax.figure.tight_layout()
-            save_figure(ax.figure, out / "plots" / "history.png")
+            _figure(ax).tight_layout()
+            save_figure(_figure(ax), out / "plots" / "history.png")
             figures.append("history.png")
             if len(done) >= 2 and len(params) >= 2:
                 try:
@@ -256,8 +263,8 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
                 except (RuntimeError, ValueError) as exc:  # e.g. every trial scored the same
                     print(f"dropkit tune: no importance plot ({exc})")
                 else:
-                    ax.figure.tight_layout()  # room for the parameter names
-                    save_figure(ax.figure, out / "plots" / "importance.png")
+                    _figure(ax).tight_layout()  # room for the parameter names
+                    save_figure(_figure(ax), out / "plots" / "importance.png")
                     figures.append("importance.png")
             import matplotlib.pyplot as plt
 
@@ -285,3 +292,13 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
 def default_storage(out: Path) -> str:
     """``sqlite:///<out>/study.db`` (absolute path)."""
     return "sqlite:///" + str((Path(out) / "study.db").resolve())
+
+
+def _figure(ax):
+    """The top-level Figure of an optuna plot's axes (matplotlib types ``ax.figure`` as Figure | SubFigure)."""
+    from matplotlib.figure import Figure
+
+    fig = ax.figure
+    while not isinstance(fig, Figure):  # a SubFigure: its `figure` is the Figure it belongs to
+        fig = fig.figure
+    return fig

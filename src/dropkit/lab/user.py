@@ -65,6 +65,10 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
         module = sys.modules.get(key)
         if module is None:
             spec = importlib.util.spec_from_file_location(key, path)
+            if spec is None or spec.loader is None:
+                raise ValueError(
+                    f"Invalid value for `{flag}`: {path} cannot be imported as a Python module. Received: {flag}={target}"
+                )
             module = importlib.util.module_from_spec(spec)
             sys.modules[key] = module  # dataclasses and pickling look modules up here
             try:
@@ -155,5 +159,5 @@ def build_user_model(
             f"{', '.join(n for n, _ in mods)}). Received: p={','.join(f'{r:g}' for r in rates)}"
         )
     for (_, m), r in zip(mods, rates):
-        m.p = check_p(r, "p")
+        m.p = check_p(r, "p")  # type: ignore[assignment]  # a dropout module's `p` is a float, not a submodule
     return made, [n for n, _ in mods]
