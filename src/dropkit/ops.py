@@ -177,12 +177,14 @@ dropout_inplace_op = _define(f"dropout_(Tensor(a!) x, {_DROPOUT_ARGS}) -> ()", _
 
 
 def _gaussian_factor(key, sigma, shape, offset, device, dtype):
+    """``1 + sigma * z`` in ``dtype`` (float32: sigma rounded to float32 once), the factor of :func:`_gaussian_impl`."""
     return normal_op(key, list(shape), offset, dtype, device).mul_(sigma).add_(1.0)
 
 
 def _gaussian_impl(x, key, sigma, offset):
-    cdt = rng.compute_dtype(x.dtype)
-    return _into_layout(x, x.to(cdt) * _gaussian_factor(key, sigma, x.shape, _check_offset(offset), x.device, cdt))
+    # one pass over the whole tensor (kernels.gaussian_mul); the same bits as x * _gaussian_factor(...)
+    seed, stream = _key(key)
+    return _into_layout(x, kernels.gaussian_mul(x, sigma, seed, stream, _check_offset(offset)))
 
 
 gaussian_dropout_op = _define(

@@ -173,3 +173,158 @@ DK_HIDDEN void DK_NAME(dk_masked_chunk)(int kind, const void *xv, void *ov, size
         break;
     }
 }
+
+/* ------------------------------------------------------------------------- */
+/* Normal contract v2, 2 * DK_VB float32 lanes per vector: dk_box_muller     */
+/* (dk_internal.h) written with vector operations, the same ops in the same order. */
+/* ------------------------------------------------------------------------- */
+#define DK_NV (2 * DK_VB)
+typedef float dk_f32v __attribute__((vector_size(4 * DK_NV)));
+typedef int32_t dk_i32v __attribute__((vector_size(4 * DK_NV)));
+typedef uint32_t dk_u32v __attribute__((vector_size(4 * DK_NV)));
+
+#if DK_NV == 16
+#define DK_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#define DK_ODD {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+#define DK_ZLO {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#define DK_ZHI {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#elif DK_NV == 8
+#define DK_EVEN {0, 2, 4, 6, 8, 10, 12, 14}
+#define DK_ODD {1, 3, 5, 7, 9, 11, 13, 15}
+#define DK_ZLO {0, 8, 1, 9, 2, 10, 3, 11}
+#define DK_ZHI {4, 12, 5, 13, 6, 14, 7, 15}
+#else
+#define DK_EVEN {0, 2, 4, 6}
+#define DK_ODD {1, 3, 5, 7}
+#define DK_ZLO {0, 4, 1, 5}
+#define DK_ZHI {2, 6, 3, 7}
+#endif
+
+/* Correctly rounded square root of each lane (IEEE sqrt instruction). */
+static inline __attribute__((always_inline)) dk_f32v dk_sqrtv(dk_f32v v) {
+#if DK_NV == 16 && defined(__AVX512F__)
+    return (dk_f32v)_mm512_sqrt_ps((__m512)v);
+#elif DK_NV == 8 && defined(__AVX__)
+    return (dk_f32v)_mm256_sqrt_ps((__m256)v);
+#elif DK_NV == 4 && defined(__SSE2__)
+    return (dk_f32v)_mm_sqrt_ps((__m128)v);
+#else
+    dk_f32v r;
+    for (int i = 0; i < DK_NV; i++) r[i] = dk_sqrtf(v[i]);
+    return r;
+#endif
+}
+
+static inline __attribute__((always_inline)) void dk_box_muller_v(dk_u32v a, dk_u32v b, dk_f32v *zc, dk_f32v *zs) {
+    dk_f32v u1 = (__builtin_convertvector((dk_i32v)(a >> 1), dk_f32v) + 1.0f) * 0x1p-31f;
+    dk_i32v ix = (dk_i32v)u1 + 0x004AFB0D;
+    dk_f32v kf = __builtin_convertvector((ix >> 23) - 127, dk_f32v);
+    dk_f32v m = (dk_f32v)((ix & 0x007FFFFF) + 0x3F3504F3);
+    dk_f32v f = m - 1.0f;
+    dk_f32v s = f / (f + 2.0f);
+    dk_f32v z = s * s, t = s + s;
+    dk_f32v p = ((DK_LOG_P3 * z + DK_LOG_P2) * z + DK_LOG_P1) * z + DK_LOG_P0;
+    dk_f32v log_m = t + t * (z * p);
+    dk_f32v log_u1 = (kf * DK_LN2_LO + log_m) + kf * DK_LN2_HI;
+    dk_f32v r = dk_sqrtv(log_u1 * -2.0f);
+    dk_u32v tt = ((b >> 8) + (1u << 21)) & 0xFFFFFFu, q = tt >> 22;
+    dk_f32v fr = __builtin_convertvector((dk_i32v)(tt & 0x3FFFFFu) - (1 << 21), dk_f32v) * 0x1p-22f;
+    dk_f32v g = fr * fr;
+    dk_f32v c = 1.0f + g * (((DK_COS_C3 * g + DK_COS_C2) * g + DK_COS_C1) * g + DK_COS_C0);
+    dk_f32v sn = fr * ((((DK_SIN_S4 * g + DK_SIN_S3) * g + DK_SIN_S2) * g + DK_SIN_S1) * g + DK_SIN_S0);
+    dk_u32v ci = (dk_u32v)c, si = (dk_u32v)sn, swap = -(q & 1u);
+    dk_u32v cos_i = (si & swap) | (ci & ~swap), sin_i = (ci & swap) | (si & ~swap);
+    cos_i ^= ((q + 1u) & 2u) << 30;
+    sin_i ^= (q & 2u) << 30;
+    *zc = r * (dk_f32v)cos_i;
+    *zs = r * (dk_f32v)sin_i;
+}
+
+/* The normals of blocks b0 .. b0 + nb - 1 (4 * nb floats, element order) into z. */
+static inline __attribute__((always_inline)) void dk_normals(float *z, uint64_t b0, size_t nb, const dk_rng *r) {
+    uint32_t w[DK_CHUNK + 8] __attribute__((aligned(64)));
+    dk_words(w, b0, nb, r);
+    const dk_i32v even = DK_EVEN, odd = DK_ODD, zlo = DK_ZLO, zhi = DK_ZHI;
+    size_t pairs = 2 * nb, i = 0;
+    for (; i + DK_NV <= pairs; i += DK_NV) { /* DK_NV pairs: 2 * DK_NV words in, 2 * DK_NV normals out */
+        dk_u32v v0, v1;
+        memcpy(&v0, w + 2 * i, sizeof v0);
+        memcpy(&v1, w + 2 * i + DK_NV, sizeof v1);
+        dk_f32v zc, zs;
+        dk_box_muller_v(__builtin_shuffle(v0, v1, (dk_u32v)even), __builtin_shuffle(v0, v1, (dk_u32v)odd), &zc, &zs);
+        dk_f32v o0 = __builtin_shuffle(zc, zs, zlo), o1 = __builtin_shuffle(zc, zs, zhi);
+        memcpy(z + 2 * i, &o0, sizeof o0);
+        memcpy(z + 2 * i + DK_NV, &o1, sizeof o1);
+    }
+    for (; i < pairs; i++) dk_box_muller(w[2 * i], w[2 * i + 1], z + 2 * i, z + 2 * i + 1);
+}
+
+/* float16 gaussian_mul, 8 at a time with F16C where the target has it (as dk_f16_block). */
+static inline __attribute__((always_inline)) void dk_f16_gauss(const uint16_t *x, uint16_t *o, const float *z, float sf,
+                                                               size_t len) {
+    size_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+    const __m256 vs = _mm256_set1_ps(sf), one = _mm256_set1_ps(1.0f);
+    const __m128i qnan = _mm_set1_epi16((short)DK_F16_NAN);
+    for (; i + 8 <= len; i += 8) {
+        __m256 fac = _mm256_add_ps(one, _mm256_mul_ps(vs, _mm256_loadu_ps(z + i)));
+        __m256 y = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), fac);
+        __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+        __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
+        _mm_storeu_si128((__m128i *)(o + i), _mm_blendv_epi8(h, qnan, nan16));
+    }
+#endif
+    for (; i < len; i++) o[i] = dk_float_to_half(dk_half_to_float(x[i]) * (1.0f + sf * z[i]));
+}
+
+/* gaussian_mul of one chunk (kind = dtype), or its normals (kind DK_KIND_NORMAL). */
+DK_HIDDEN void DK_NAME(dk_gauss_chunk)(int kind, const void *xv, int xs, void *ov, size_t len, uint64_t e0,
+                                       const dk_rng *r, float sf, double sd) {
+    float zb[DK_CHUNK + 8] __attribute__((aligned(64)));
+    double xb[xs || kind == DK_KIND_NORMAL ? 1 : DK_CHUNK] __attribute__((aligned(64)));
+    if (!xs && kind != DK_KIND_NORMAL) { /* one value, broadcast: repeat it in L1, then the contiguous loops */
+        if (kind == DK_F64) {
+            const double v = *(const double *)xv;
+            for (size_t i = 0; i < len; i++) xb[i] = v;
+        } else if (kind == DK_F32) {
+            const float v = *(const float *)xv;
+            for (size_t i = 0; i < len; i++) ((float *)xb)[i] = v;
+        } else {
+            const uint16_t v = *(const uint16_t *)xv;
+            for (size_t i = 0; i < len; i++) ((uint16_t *)xb)[i] = v;
+        }
+        xv = xb;
+    }
+    const size_t s = (size_t)(e0 & 3), nb = (s + len + 3) >> 2;
+    dk_normals(zb, e0 >> 2, nb, r);
+    const float *z = zb + s;
+    size_t i;
+    switch (kind) {
+    case DK_KIND_NORMAL:
+        memcpy(ov, z, len * sizeof(float));
+        break;
+    case DK_F32: {
+        const float *x = (const float *)xv;
+        float *o = (float *)ov;
+        for (i = 0; i < len; i++) o[i] = x[i] * (1.0f + sf * z[i]);
+        break;
+    }
+    case DK_F64: {
+        const double *x = (const double *)xv;
+        double *o = (double *)ov;
+        for (i = 0; i < len; i++) o[i] = x[i] * (1.0 + sd * (double)z[i]);
+        break;
+    }
+    case DK_BF16: {
+        const uint16_t *x = (const uint16_t *)xv;
+        uint16_t *o = (uint16_t *)ov;
+        for (i = 0; i < len; i++)
+            o[i] = dk_float_to_bf16(dk_f32_from_bits((uint32_t)x[i] << 16) * (1.0f + sf * z[i]));
+        break;
+    }
+    case DK_F16:
+        dk_f16_gauss((const uint16_t *)xv, (uint16_t *)ov, z, sf, len);
+        break;
+    }
+}
