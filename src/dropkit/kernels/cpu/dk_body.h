@@ -215,29 +215,52 @@ static inline __attribute__((always_inline)) dk_f32v dk_sqrtv(dk_f32v v) {
 #endif
 }
 
-static inline __attribute__((always_inline)) void dk_box_muller_v(dk_u32v a, dk_u32v b, dk_f32v *zc, dk_f32v *zs) {
-    dk_f32v u1 = (__builtin_convertvector((dk_i32v)(a >> 1), dk_f32v) + 1.0f) * 0x1p-31f;
-    dk_i32v ix = (dk_i32v)u1 + 0x004AFB0D;
-    dk_f32v kf = __builtin_convertvector((ix >> 23) - 127, dk_f32v);
-    dk_f32v m = (dk_f32v)((ix & 0x007FFFFF) + 0x3F3504F3);
-    dk_f32v f = m - 1.0f;
-    dk_f32v s = f / (f + 2.0f);
-    dk_f32v z = s * s, t = s + s;
-    dk_f32v p = ((DK_LOG_P3 * z + DK_LOG_P2) * z + DK_LOG_P1) * z + DK_LOG_P0;
-    dk_f32v log_m = t + t * (z * p);
-    dk_f32v log_u1 = (kf * DK_LN2_LO + log_m) + kf * DK_LN2_HI;
-    dk_f32v r = dk_sqrtv(log_u1 * -2.0f);
-    dk_u32v tt = ((b >> 8) + (1u << 21)) & 0xFFFFFFu, q = tt >> 22;
-    dk_f32v fr = __builtin_convertvector((dk_i32v)(tt & 0x3FFFFFu) - (1 << 21), dk_f32v) * 0x1p-22f;
-    dk_f32v g = fr * fr;
-    dk_f32v c = 1.0f + g * (((DK_COS_C3 * g + DK_COS_C2) * g + DK_COS_C1) * g + DK_COS_C0);
-    dk_f32v sn = fr * ((((DK_SIN_S4 * g + DK_SIN_S3) * g + DK_SIN_S2) * g + DK_SIN_S1) * g + DK_SIN_S0);
-    dk_u32v ci = (dk_u32v)c, si = (dk_u32v)sn, swap = -(q & 1u);
-    dk_u32v cos_i = (si & swap) | (ci & ~swap), sin_i = (ci & swap) | (si & ~swap);
-    cos_i ^= ((q + 1u) & 2u) << 30;
-    sin_i ^= (q & 2u) << 30;
-    *zc = r * (dk_f32v)cos_i;
-    *zs = r * (dk_f32v)sin_i;
+/* DK_BMU independent vectors at a time, each step written for all of them before the next step:
+ * the chains of dependent operations (log -> sqrt -> product) are long, and interleaving them
+ * keeps the floating-point units busy (measured on AVX2, Zen 4 VM: 4 vectors at a time are ~15% faster than one). */
+#define DK_BMU 4
+#define DK_EACH(...)                                                                                                   \
+    _Pragma("GCC unroll 4") for (int u = 0; u < DK_BMU; u++) { __VA_ARGS__; }
+
+static inline __attribute__((always_inline)) void dk_box_muller_v(const dk_u32v *a, const dk_u32v *b, dk_f32v *zc,
+                                                                  dk_f32v *zs) {
+    dk_f32v u1[DK_BMU], kf[DK_BMU], f[DK_BMU], s[DK_BMU], z[DK_BMU], t[DK_BMU], p[DK_BMU], r[DK_BMU];
+    dk_f32v fr[DK_BMU], g[DK_BMU], c[DK_BMU], sn[DK_BMU];
+    dk_i32v ix[DK_BMU];
+    dk_u32v tt[DK_BMU], q[DK_BMU];
+    DK_EACH(u1[u] = (__builtin_convertvector((dk_i32v)(a[u] >> 1), dk_f32v) + 1.0f) * 0x1p-31f)
+    DK_EACH(ix[u] = (dk_i32v)u1[u] + 0x004AFB0D)
+    DK_EACH(kf[u] = __builtin_convertvector((ix[u] >> 23) - 127, dk_f32v))
+    DK_EACH(f[u] = (dk_f32v)((ix[u] & 0x007FFFFF) + 0x3F3504F3) - 1.0f)
+    DK_EACH(s[u] = f[u] / (f[u] + 2.0f))
+    DK_EACH(z[u] = s[u] * s[u])
+    DK_EACH(t[u] = s[u] + s[u])
+    DK_EACH(p[u] = DK_LOG_P3 * z[u] + DK_LOG_P2)
+    DK_EACH(p[u] = p[u] * z[u] + DK_LOG_P1)
+    DK_EACH(p[u] = p[u] * z[u] + DK_LOG_P0)
+    DK_EACH(p[u] = t[u] + t[u] * (z[u] * p[u])) /* log m */
+    DK_EACH(p[u] = (kf[u] * DK_LN2_LO + p[u]) + kf[u] * DK_LN2_HI) /* log u1 */
+    DK_EACH(r[u] = dk_sqrtv(p[u] * -2.0f))
+    DK_EACH(tt[u] = ((b[u] >> 8) + (1u << 21)) & 0xFFFFFFu)
+    DK_EACH(q[u] = tt[u] >> 22)
+    DK_EACH(fr[u] = __builtin_convertvector((dk_i32v)(tt[u] & 0x3FFFFFu) - (1 << 21), dk_f32v) * 0x1p-22f)
+    DK_EACH(g[u] = fr[u] * fr[u])
+    DK_EACH(c[u] = DK_COS_C3 * g[u] + DK_COS_C2)
+    DK_EACH(sn[u] = DK_SIN_S4 * g[u] + DK_SIN_S3)
+    DK_EACH(c[u] = c[u] * g[u] + DK_COS_C1)
+    DK_EACH(sn[u] = sn[u] * g[u] + DK_SIN_S2)
+    DK_EACH(c[u] = c[u] * g[u] + DK_COS_C0)
+    DK_EACH(sn[u] = sn[u] * g[u] + DK_SIN_S1)
+    DK_EACH(c[u] = 1.0f + g[u] * c[u])
+    DK_EACH(sn[u] = fr[u] * (sn[u] * g[u] + DK_SIN_S0))
+    DK_EACH({
+        dk_u32v ci = (dk_u32v)c[u], si = (dk_u32v)sn[u], swap = -(q[u] & 1u);
+        dk_u32v cos_i = (si & swap) | (ci & ~swap), sin_i = (ci & swap) | (si & ~swap);
+        cos_i ^= ((q[u] + 1u) & 2u) << 30;
+        sin_i ^= (q[u] & 2u) << 30;
+        zc[u] = r[u] * (dk_f32v)cos_i;
+        zs[u] = r[u] * (dk_f32v)sin_i;
+    })
 }
 
 /* The normals of blocks b0 .. b0 + nb - 1 (4 * nb floats, element order) into z. */
@@ -246,15 +269,23 @@ static inline __attribute__((always_inline)) void dk_normals(float *z, uint64_t 
     dk_words(w, b0, nb, r);
     const dk_i32v even = DK_EVEN, odd = DK_ODD, zlo = DK_ZLO, zhi = DK_ZHI;
     size_t pairs = 2 * nb, i = 0;
-    for (; i + DK_NV <= pairs; i += DK_NV) { /* DK_NV pairs: 2 * DK_NV words in, 2 * DK_NV normals out */
-        dk_u32v v0, v1;
-        memcpy(&v0, w + 2 * i, sizeof v0);
-        memcpy(&v1, w + 2 * i + DK_NV, sizeof v1);
-        dk_f32v zc, zs;
-        dk_box_muller_v(__builtin_shuffle(v0, v1, (dk_u32v)even), __builtin_shuffle(v0, v1, (dk_u32v)odd), &zc, &zs);
-        dk_f32v o0 = __builtin_shuffle(zc, zs, zlo), o1 = __builtin_shuffle(zc, zs, zhi);
-        memcpy(z + 2 * i, &o0, sizeof o0);
-        memcpy(z + 2 * i + DK_NV, &o1, sizeof o1);
+    for (; i + DK_BMU * DK_NV <= pairs; i += DK_BMU * DK_NV) {
+        /* DK_BMU * DK_NV pairs: twice as many words in, as many normals out */
+        dk_u32v a[DK_BMU], b[DK_BMU];
+        dk_f32v zc[DK_BMU], zs[DK_BMU];
+        DK_EACH({
+            dk_u32v v0, v1;
+            memcpy(&v0, w + 2 * (i + u * DK_NV), sizeof v0);
+            memcpy(&v1, w + 2 * (i + u * DK_NV) + DK_NV, sizeof v1);
+            a[u] = __builtin_shuffle(v0, v1, (dk_u32v)even);
+            b[u] = __builtin_shuffle(v0, v1, (dk_u32v)odd);
+        })
+        dk_box_muller_v(a, b, zc, zs);
+        DK_EACH({
+            dk_f32v o0 = __builtin_shuffle(zc[u], zs[u], zlo), o1 = __builtin_shuffle(zc[u], zs[u], zhi);
+            memcpy(z + 2 * (i + u * DK_NV), &o0, sizeof o0);
+            memcpy(z + 2 * (i + u * DK_NV) + DK_NV, &o1, sizeof o1);
+        })
     }
     for (; i < pairs; i++) dk_box_muller(w[2 * i], w[2 * i + 1], z + 2 * i, z + 2 * i + 1);
 }
