@@ -200,6 +200,40 @@ typedef uint32_t dk_u32v __attribute__((vector_size(4 * DK_NV)));
 #define DK_ZHI {2, 6, 3, 7}
 #endif
 
+/* dk_words for the normals: three vectors of blocks per step, round by round (independent
+ * multiply chains interleaved; measured ~5% faster than dk_words' two vectors one after the other). */
+static inline __attribute__((always_inline)) void dk_words3(uint32_t *w, uint64_t b0, size_t nb, const dk_rng *r) {
+    const uint64_t p1c = (uint64_t)PHILOX_M1 * r->s0;
+    const dk_u64v iota = DK_IOTA, lo = DK_LO, hi = DK_HI;
+    const uint64_t m32 = 0xFFFFFFFFu;
+    size_t i = 0;
+    for (; i + 3 * DK_VB <= nb; i += 3 * DK_VB) {
+        dk_u64v c0[3], c1[3], c2[3], c3[3];
+        _Pragma("GCC unroll 3") for (int u = 0; u < 3; u++) {
+            dk_u64v b = iota + (b0 + i + (uint64_t)(u * DK_VB)), p0 = dk_mul32(b, PHILOX_M0);
+            c0[u] = (b >> 32) ^ (uint64_t)((uint32_t)(p1c >> 32) ^ r->k0[0]);
+            c1[u] = (dk_u64v){} + (uint64_t)(uint32_t)p1c;
+            c2[u] = (p0 >> 32) ^ (uint64_t)(r->s1 ^ r->k1[0]);
+            c3[u] = p0;
+        }
+        for (int k = 1; k < 10; k++) {
+            _Pragma("GCC unroll 3") for (int u = 0; u < 3; u++) {
+                dk_u64v q0 = dk_mul32(c0[u], PHILOX_M0), q1 = dk_mul32(c2[u], PHILOX_M1);
+                c0[u] = (q1 >> 32) ^ c1[u] ^ (uint64_t)r->k0[k];
+                c2[u] = (q0 >> 32) ^ c3[u] ^ (uint64_t)r->k1[k];
+                c1[u] = q1;
+                c3[u] = q0;
+            }
+        }
+        _Pragma("GCC unroll 3") for (int u = 0; u < 3; u++) {
+            dk_u64v a01 = (c0[u] & m32) | (c1[u] << 32), a23 = (c2[u] & m32) | (c3[u] << 32);
+            dk_u64v v[2] = {__builtin_shuffle(a01, a23, lo), __builtin_shuffle(a01, a23, hi)};
+            memcpy(w + 4 * (i + (size_t)u * DK_VB), v, sizeof v);
+        }
+    }
+    for (; i < nb; i++) dk_philox_words(r, b0 + i, w + 4 * i);
+}
+
 /* Correctly rounded square root of each lane (IEEE sqrt instruction). */
 static inline __attribute__((always_inline)) dk_f32v dk_sqrtv(dk_f32v v) {
 #if DK_NV == 16 && defined(__AVX512F__)
@@ -228,9 +262,10 @@ static inline __attribute__((always_inline)) void dk_box_muller_v(const dk_u32v 
     dk_f32v fr[DK_BMU], g[DK_BMU], c[DK_BMU], sn[DK_BMU];
     dk_i32v ix[DK_BMU];
     dk_u32v tt[DK_BMU], q[DK_BMU];
-    DK_EACH(u1[u] = (__builtin_convertvector((dk_i32v)(a[u] >> 1), dk_f32v) + 1.0f) * 0x1p-31f)
+    /* u1 * 2^31 (the scaling is exact and leaves the mantissa alone: it is folded into k below) */
+    DK_EACH(u1[u] = __builtin_convertvector((dk_i32v)(a[u] >> 1), dk_f32v) + 1.0f)
     DK_EACH(ix[u] = (dk_i32v)u1[u] + 0x004AFB0D)
-    DK_EACH(kf[u] = __builtin_convertvector((ix[u] >> 23) - 127, dk_f32v))
+    DK_EACH(kf[u] = __builtin_convertvector((ix[u] >> 23) - (127 + 31), dk_f32v))
     DK_EACH(f[u] = (dk_f32v)((ix[u] & 0x007FFFFF) + 0x3F3504F3) - 1.0f)
     DK_EACH(s[u] = f[u] / (f[u] + 2.0f))
     DK_EACH(z[u] = s[u] * s[u])
@@ -254,7 +289,7 @@ static inline __attribute__((always_inline)) void dk_box_muller_v(const dk_u32v 
     DK_EACH(c[u] = 1.0f + g[u] * c[u])
     DK_EACH(sn[u] = fr[u] * (sn[u] * g[u] + DK_SIN_S0))
     DK_EACH({
-        dk_u32v ci = (dk_u32v)c[u], si = (dk_u32v)sn[u], swap = -(q[u] & 1u);
+        dk_u32v ci = (dk_u32v)c[u], si = (dk_u32v)sn[u], swap = (dk_u32v)((q[u] & 1u) != 0);
         dk_u32v cos_i = (si & swap) | (ci & ~swap), sin_i = (ci & swap) | (si & ~swap);
         cos_i ^= ((q[u] + 1u) & 2u) << 30;
         sin_i ^= (q[u] & 2u) << 30;
@@ -265,8 +300,8 @@ static inline __attribute__((always_inline)) void dk_box_muller_v(const dk_u32v 
 
 /* The normals of blocks b0 .. b0 + nb - 1 (4 * nb floats, element order) into z. */
 static inline __attribute__((always_inline)) void dk_normals(float *z, uint64_t b0, size_t nb, const dk_rng *r) {
-    uint32_t w[DK_CHUNK + 8] __attribute__((aligned(64)));
-    dk_words(w, b0, nb, r);
+    uint32_t w[DK_CHUNK + 8 * DK_VB] __attribute__((aligned(64)));
+    dk_words3(w, b0, nb, r);
     const dk_i32v even = DK_EVEN, odd = DK_ODD, zlo = DK_ZLO, zhi = DK_ZHI;
     size_t pairs = 2 * nb, i = 0;
     for (; i + DK_BMU * DK_NV <= pairs; i += DK_BMU * DK_NV) {
