@@ -299,7 +299,8 @@ static inline __attribute__((always_inline)) void dk_box_muller_v(const dk_u32v 
 }
 
 /* The normals of blocks b0 .. b0 + nb - 1 (4 * nb floats, element order) into z. */
-static inline __attribute__((always_inline)) void dk_normals(float *z, uint64_t b0, size_t nb, const dk_rng *r) {
+static inline __attribute__((always_inline)) void dk_normals_to(float *z, const float *x, float sf, uint64_t b0,
+                                                                size_t nb, const dk_rng *r, const int fused) {
     uint32_t w[DK_CHUNK + 8 * DK_VB] __attribute__((aligned(64)));
     dk_words3(w, b0, nb, r);
     const dk_i32v even = DK_EVEN, odd = DK_ODD, zlo = DK_ZLO, zhi = DK_ZHI;
@@ -318,11 +319,59 @@ static inline __attribute__((always_inline)) void dk_normals(float *z, uint64_t 
         dk_box_muller_v(a, b, zc, zs);
         DK_EACH({
             dk_f32v o0 = __builtin_shuffle(zc[u], zs[u], zlo), o1 = __builtin_shuffle(zc[u], zs[u], zhi);
-            memcpy(z + 2 * (i + u * DK_NV), &o0, sizeof o0);
-            memcpy(z + 2 * (i + u * DK_NV) + DK_NV, &o1, sizeof o1);
+            const size_t at = 2 * (i + u * DK_NV);
+            if (fused) { /* float32 gaussian_mul: x * (1 + sigma z) straight from the registers */
+                dk_f32v x0, x1;
+                memcpy(&x0, x + at, sizeof x0);
+                memcpy(&x1, x + at + DK_NV, sizeof x1);
+                o0 = x0 * (1.0f + sf * o0);
+                o1 = x1 * (1.0f + sf * o1);
+            }
+            memcpy(z + at, &o0, sizeof o0);
+            memcpy(z + at + DK_NV, &o1, sizeof o1);
         })
     }
-    for (; i < pairs; i++) dk_box_muller(w[2 * i], w[2 * i + 1], z + 2 * i, z + 2 * i + 1);
+    for (; i < pairs; i++) {
+        float zc, zs;
+        dk_box_muller(w[2 * i], w[2 * i + 1], &zc, &zs);
+        z[2 * i] = fused ? x[2 * i] * (1.0f + sf * zc) : zc;
+        z[2 * i + 1] = fused ? x[2 * i + 1] * (1.0f + sf * zs) : zs;
+    }
+}
+
+/* The normals of blocks b0 .. b0 + nb - 1 (4 * nb floats, element order) into z. */
+static inline __attribute__((always_inline)) void dk_normals(float *z, uint64_t b0, size_t nb, const dk_rng *r) {
+    dk_normals_to(z, NULL, 0.0f, b0, nb, r, 0);
+}
+
+/* float32 gaussian_mul (fused = 1) or the normals themselves (fused = 0) of elements
+ * e0 .. e0 + len - 1 in one pass (no normals buffer): a partial first and last block one
+ * element at a time, the whole blocks between through dk_normals_to. */
+static inline __attribute__((always_inline)) void dk_gauss_f32(const float *x, float *o, size_t len, uint64_t e0,
+                                                               const dk_rng *r, float sf, const int fused) {
+    size_t j = 0;
+    while (j < len && ((e0 + j) & 3)) { /* head */
+        uint32_t w[4];
+        float zz[4];
+        dk_philox_words(r, (e0 + j) >> 2, w);
+        dk_box_muller(w[0], w[1], zz, zz + 1);
+        dk_box_muller(w[2], w[3], zz + 2, zz + 3);
+        for (; j < len && ((e0 + j) & 3); j++) {
+            float zj = zz[(e0 + j) & 3];
+            o[j] = fused ? x[j] * (1.0f + sf * zj) : zj;
+        }
+    }
+    size_t nb = (len - j) >> 2;
+    if (nb) dk_normals_to(o + j, fused ? x + j : NULL, sf, (e0 + j) >> 2, nb, r, fused);
+    j += 4 * nb;
+    if (j < len) { /* tail */
+        uint32_t w[4];
+        float zz[4];
+        dk_philox_words(r, (e0 + j) >> 2, w);
+        dk_box_muller(w[0], w[1], zz, zz + 1);
+        dk_box_muller(w[2], w[3], zz + 2, zz + 3);
+        for (size_t k = 0; j < len; j++, k++) o[j] = fused ? x[j] * (1.0f + sf * zz[k]) : zz[k];
+    }
 }
 
 /* float16 gaussian_mul, 8 at a time with F16C where the target has it (as dk_f16_block). */
@@ -347,9 +396,13 @@ static inline __attribute__((always_inline)) void dk_f16_gauss(const uint16_t *x
 /* gaussian_mul of one chunk (kind = dtype), or its normals (kind DK_KIND_NORMAL). */
 DK_HIDDEN void DK_NAME(dk_gauss_chunk)(int kind, const void *xv, int xs, void *ov, size_t len, uint64_t e0,
                                        const dk_rng *r, float sf, double sd) {
+    if (kind == DK_KIND_NORMAL) {
+        dk_gauss_f32(NULL, (float *)ov, len, e0, r, 0.0f, 0);
+        return;
+    }
     float zb[DK_CHUNK + 8] __attribute__((aligned(64)));
-    double xb[xs || kind == DK_KIND_NORMAL ? 1 : DK_CHUNK] __attribute__((aligned(64)));
-    if (!xs && kind != DK_KIND_NORMAL) { /* one value, broadcast: repeat it in L1, then the contiguous loops */
+    double xb[xs ? 1 : DK_CHUNK] __attribute__((aligned(64)));
+    if (!xs) { /* one value, broadcast: repeat it in L1, then the contiguous loops */
         if (kind == DK_F64) {
             const double v = *(const double *)xv;
             for (size_t i = 0; i < len; i++) xb[i] = v;
@@ -362,20 +415,15 @@ DK_HIDDEN void DK_NAME(dk_gauss_chunk)(int kind, const void *xv, int xs, void *o
         }
         xv = xb;
     }
+    if (kind == DK_F32) {
+        dk_gauss_f32((const float *)xv, (float *)ov, len, e0, r, sf, 1);
+        return;
+    }
     const size_t s = (size_t)(e0 & 3), nb = (s + len + 3) >> 2;
     dk_normals(zb, e0 >> 2, nb, r);
     const float *z = zb + s;
     size_t i;
     switch (kind) {
-    case DK_KIND_NORMAL:
-        memcpy(ov, z, len * sizeof(float));
-        break;
-    case DK_F32: {
-        const float *x = (const float *)xv;
-        float *o = (float *)ov;
-        for (i = 0; i < len; i++) o[i] = x[i] * (1.0f + sf * z[i]);
-        break;
-    }
     case DK_F64: {
         const double *x = (const double *)xv;
         double *o = (double *)ov;
