@@ -6,7 +6,8 @@
  *      $K/mask_fold.c $K/dk_target_*.c -o selftest && ./selftest
  * or for AArch64 NEON on an x86 host (apt install gcc-aarch64-linux-gnu qemu-user): the same with
  *   aarch64-linux-gnu-gcc ... -static, run under qemu-aarch64.
- * dk_uniform is checked the same way (every ISA == the scalar ISA, float32 and float64). */
+ * dk_uniform is checked the same way (every ISA == the scalar ISA, float32 and float64), and so
+ * are dk_normal and dk_gaussian_mul (every dtype, x contiguous or one value broadcast). */
 #include "dropkit_cpu.c"
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,37 @@ int main(void) {
                     if (fails < 10) printf("FAIL uniform isa=%d dtype=%d n=%zu\n", isa, dtype, n);
                 }
                 free(a); free(b);
+            }
+        }
+    }
+    for (int isa = 1; isa <= 3; isa++) {
+        if (!(feats & (1 << isa))) continue;
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+            size_t n = sizes[si];
+            for (int kind = -1; kind < 4; kind++) { /* -1: dk_normal */
+                for (int xs = 0; xs < 2; xs++) {
+                    if (kind < 0 && xs == 0) continue;
+                    uint64_t seed = rnd(), stream = rnd(), offset = rnd() >> (20 + si);
+                    size_t lead = rnd() % 8, w = kind < 0 ? 4 : esz[kind];
+                    double sigma = (double)(rnd() % 100000) / 25000.0;
+                    char *x = malloc(n * 8 + 64), *a = malloc(n * 8 + 64), *b = malloc(n * 8 + 64);
+                    for (size_t j = 0; j < n * 8 + 64; j++) x[j] = (char)rnd();
+                    memset(a, 0, n * 8 + 64); memset(b, 0, n * 8 + 64);
+                    int nt = 1 + (int)(rnd() % 3);
+                    if (kind < 0) {
+                        dk_normal((float *)(a + lead * 4), (int64_t)n, seed, stream, offset, 0, 1);
+                        dk_normal((float *)(b + lead * 4), (int64_t)n, seed, stream, offset, isa, nt);
+                    } else {
+                        dk_gaussian_mul(kind, x + lead * w, xs, a + lead * w, (int64_t)n, sigma, seed, stream, offset, 0, 1);
+                        dk_gaussian_mul(kind, x + lead * w, xs, b + lead * w, (int64_t)n, sigma, seed, stream, offset, isa, nt);
+                    }
+                    checks++;
+                    if (memcmp(a, b, n * 8 + 64)) {
+                        fails++;
+                        if (fails < 10) printf("FAIL gauss isa=%d kind=%d xs=%d n=%zu\n", isa, kind, xs, n);
+                    }
+                    free(x); free(a); free(b);
+                }
             }
         }
     }

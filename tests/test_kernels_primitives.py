@@ -65,9 +65,9 @@ def test_uniform_is_rng_uniform_bit_for_bit(be, isa):
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
 def test_normal_is_rng_normal_bit_for_bit(be, isa):
     with backend(be, isa):
-        for k, offset in enumerate(OFFSETS[:5]):
+        for k, offset in enumerate(OFFSETS + [2**64 - 70001]):
             seed, stream = KEYS[k % len(KEYS)]
-            for n in (0, 1, 2, 7, 4097, 20001):
+            for n in (0, 1, 2, 3, 5, 7, 63, 65, 4097, 20001, 70001):
                 for dtype in (torch.float32, torch.float64):
                     got = kernels.normal(n, seed, stream, offset, CPU, dtype)
                     want = rng.normal((n,), seed, stream, offset, dtype=dtype)
@@ -108,7 +108,7 @@ def test_capabilities_name_known_primitives_and_reference_has_all():
     with backend("reference"):
         assert kernels.capabilities("cpu") == kernels.PRIMITIVES
     if ISAS:
-        assert {"keep_mask", "dropout_mul", "uniform", "mask_fold"} <= kernels.capabilities("cpu")
+        assert {"keep_mask", "dropout_mul", "uniform", "normal", "gaussian_mul", "mask_fold"} <= kernels.capabilities("cpu")
 
 
 def test_a_primitive_the_backend_lacks_is_served_by_the_reference(monkeypatch):
@@ -165,11 +165,16 @@ def test_counter_range_ends_at_2_pow_64(be, isa):
         got = kernels.keep_mask(5, 0.5, 9, 1, top - 5, CPU)
         assert torch.equal(got, torch.from_numpy(rng.keep_mask_numpy(5, 0.5, 9, 1, top - 5)))
         assert torch.equal(kernels.uniform(3, 9, 1, top - 3, CPU), rng.uniform((3,), 9, 1, top - 3, dtype=torch.float64))
+        # normal contract v2: normals use the element indices themselves (4 per Philox block)
+        assert torch.equal(kernels.normal(3, 9, 1, top - 3, CPU), rng.normal((3,), 9, 1, top - 3))
+        want = reference.gaussian_mul(torch.ones(5), 0.5, 9, 1, top - 5)
+        assert torch.equal(kernels.gaussian_mul(torch.ones(5), 0.5, 9, 1, top - 5), want)
         for call in (
             lambda: kernels.keep_mask(6, 0.5, 9, 1, top - 5, CPU),
             lambda: kernels.dropout_mul(torch.ones(6), 0.5, 2.0, 9, 1, top - 5),
             lambda: kernels.uniform(4, 9, 1, top - 3, CPU),
-            lambda: kernels.normal(2, 9, 1, (top >> 1) - 1, CPU),
+            lambda: kernels.normal(4, 9, 1, top - 3, CPU),
+            lambda: kernels.gaussian_mul(torch.ones(6), 0.5, 9, 1, top - 5),
             lambda: kernels.keep_mask(1, 0.5, 9, 1, -1, CPU),
         ):
             with pytest.raises(ValueError, match=r"element indices of a call must stay in \[0, 2\*\*64\)"):

@@ -273,6 +273,29 @@ def test_fused_triton_no_bias_and_eval(interpreter):
     assert torch.equal(y1, r)
 
 
+# --------------------------------------------------------------------------- normal contract v2
+@pytest.mark.parametrize("n,offset", [(0, 0), (1, 0), (3, 1), (7, 3), (1025, 2), (4099, 2**33 + 1), (5, 2**64 - 5)])
+def test_normal_matches_rng_bit_for_bit(interpreter, n, offset):
+    for seed, stream in [(SEEDS[0], 0), (SEEDS[2], 2**63 + 1)]:
+        got = tk.normal(n, seed, stream, offset, CPU)
+        assert got.dtype == torch.float32 and got.shape == (n,)
+        assert torch.equal(got.view(torch.int32), dropkit.rng.normal((n,), seed, stream, offset).view(torch.int32))
+    assert torch.equal(kernels.normal(n, 3, 4, offset, CPU, torch.float64), dropkit.rng.normal((n,), 3, 4, offset, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n,offset", [(1, 0), (13, 3), (1031, 0), (2049, 7)])
+def test_gaussian_mul_matches_reference(interpreter, dtype, n, offset):
+    x = special_input(n, dtype, seed=n)
+    for sigma in (0.25, 1.5275252316519468):
+        assert_same_bits(tk.gaussian_mul(x, sigma, SEEDS[1], 5, offset), reference.gaussian_mul(x, sigma, SEEDS[1], 5, offset))
+    out = torch.empty_like(x)
+    assert kernels.gaussian_mul(x, 0.5, 1, 2, offset, out=out) is out
+    assert_same_bits(out, reference.gaussian_mul(x, 0.5, 1, 2, offset))
+    y = DF.gaussian_dropout(x.view(1, -1).expand(2, -1), 0.3, seed=9)  # the public op, a strided input
+    assert_same_bits(y, reference.gaussian_mul(x.view(1, -1).expand(2, -1).contiguous(), math.sqrt(0.3 / 0.7), 9, 0, 0))
+
+
 # --------------------------------------------------------------------------- compiled kernels (no GPU needed)
 def _compile_all(arch: int) -> dict[str, str]:
     """Lower every kernel to PTX and cubin for ``sm_<arch>``; returns the PTX by case name."""
@@ -312,6 +335,11 @@ def _compile_all(arch: int) -> dict[str, str]:
         for backward in (False, True):
             meta = {"ACT": code, "HAS_BIAS": True, "BACKWARD": backward, "F64": False, "BF16": True, "START": 0, "BLOCK_B": tk.BLOCK_B}
             build(f"fused {act} backward={backward}", mod.fused_kernel, sig, meta, 4)
+    nkey = {k: v for k, v in key.items() if k != "thr"}
+    build("normal", mod.normal_kernel, {"out_ptr": "*fp32", "n": "i32", **nkey}, {"START": 1, "BLOCK_B": tk.NORMAL_BLOCK_B}, 1)
+    for dt, ptr in [(torch.bfloat16, "*i16"), (torch.float32, "*fp32"), (torch.float64, "*fp64")]:
+        meta = {"F64": dt == torch.float64, "BF16": dt == torch.bfloat16, "START": 0, "BLOCK_B": tk.NORMAL_BLOCK_B}
+        build(f"gaussian_mul {dt}", mod.gaussian_mul_kernel, {"x_ptr": ptr, "out_ptr": ptr, "n": "i64", **nkey}, meta, 2)
     return ptx
 
 
@@ -320,6 +348,12 @@ def test_kernels_compile_for_gpu(arch, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     ptx = _compile_all(arch)
     assert "mul.hi.u32" in ptx["keep_mask"]  # Philox's 32x32 -> high 32 products
+    # normal contract v2 on the GPU: the correctly rounded division and square root, no contracted
+    # multiply-add, no approximate (fast-math) instructions
+    for name in ("normal", "gaussian_mul torch.float32", "gaussian_mul torch.bfloat16"):
+        code = ptx[name]
+        assert "div.rn.f32" in code and "sqrt.rn.f32" in code, name
+        assert "fma." not in code and ".approx" not in code and ".ftz" not in code, name
 
 
 # --------------------------------------------------------------------------- CUDA

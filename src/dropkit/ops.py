@@ -9,7 +9,7 @@ op                                     what it computes
 ``next_key(state!)``                   the key of a seeded stream's next call; advances ``state``
 ``keep_mask(key, shape, p, offset)``   the contract's keep mask (``bool``), :mod:`dropkit.rng`
 ``uniform(key, shape, offset)``        uniforms in (0, 1) of the contract's 32-bit lanes
-``normal(key, shape, offset)``         standard normals (Box-Muller over those uniforms)
+``normal(key, shape, offset)``         standard normals (contract v2: float32 Box-Muller, docs/rng.md)
 ``dropout(x, key, p, scale, ns, off)``  ``x * (keep ? scale : 0)``, mask shaped ``ns`` (broadcast)
 ``dropout_(x!, ...)``                  the same, in place
 ``gaussian_dropout(x, key, sigma)``    ``x * (1 + sigma * z)``
@@ -192,12 +192,14 @@ dropout_inplace_op = _define(f"dropout_(Tensor(a!) x, {_DROPOUT_ARGS}) -> ()", _
 
 
 def _gaussian_factor(key, sigma, shape, offset, device, dtype):
+    """``1 + sigma * z`` in ``dtype`` (float32: sigma rounded to float32 once), the factor of :func:`_gaussian_impl`."""
     return normal_op(key, list(shape), offset, dtype, device).mul_(sigma).add_(1.0)
 
 
 def _gaussian_impl(x, key, sigma, offset):
-    cdt = rng.compute_dtype(x.dtype)
-    return _into_layout(x, x.to(cdt) * _gaussian_factor(key, sigma, x.shape, _check_offset(offset), x.device, cdt))
+    # one pass over the whole tensor (kernels.gaussian_mul); the same bits as x * _gaussian_factor(...)
+    seed, stream = _key(key)
+    return _into_layout(x, kernels.gaussian_mul(x, sigma, seed, stream, _check_offset(offset)))
 
 
 gaussian_dropout_op = _define(

@@ -12,7 +12,11 @@ returns bit-identical results (tests compare every backend with
 More primitives, on the same counters:
 
 * ``uniform(n, seed, stream, offset, device, dtype=float64)`` and ``normal(...)``: the samples
-  of :func:`dropkit.rng.uniform` / :func:`dropkit.rng.normal`, bit for bit;
+  of :func:`dropkit.rng.uniform` / :func:`dropkit.rng.normal`, bit for bit (normal contract v2:
+  Box-Muller in exactly rounded float32 arithmetic, the same bits on every backend);
+* ``gaussian_mul(x, sigma, seed, stream, offset, out=None)`` -> ``x * (1 + sigma * z)`` with ``z``
+  the normals of ``normal``, in float32 (float64 for float64 inputs), rounded once to ``x.dtype``
+  (``x`` of any strides; the result is contiguous);
 * ``fused_bias_act_dropout_add(a, x, bias, activation, backward, ...)``: one pass of the fused
   residual op (forward or backward);
 * ``mask_fold``, for Monte-Carlo dropout (:mod:`dropkit.mc`): T binary masks on the input of a
@@ -24,8 +28,8 @@ computes in ``CAPABILITIES`` (see :func:`capabilities`), and a primitive the cho
 lacks is computed by :mod:`dropkit.kernels.reference`. Callers never look at which module
 serves them.
 
-Counters: a call covers the global element indices ``offset .. offset + n - 1`` (for
-``normal``, uniforms ``2 offset .. 2 (offset + n) - 1``), and these must stay below ``2**64``;
+Counters: a call covers the global element indices ``offset .. offset + n - 1`` (for every
+primitive, ``normal`` included), and these must stay below ``2**64``;
 a call that would pass it raises ``ValueError`` instead of wrapping around (the backends
 would disagree on the wrap).
 
@@ -53,6 +57,7 @@ __all__ = [
     "dropout_mul",
     "uniform",
     "normal",
+    "gaussian_mul",
     "fused_bias_act_dropout_add",
     "mask_fold",
     "mask_fold_compiled",
@@ -64,7 +69,7 @@ __all__ = [
 ]
 
 #: The primitives a backend may declare in its ``CAPABILITIES``.
-PRIMITIVES = frozenset({"keep_mask", "dropout_mul", "uniform", "fused", "mask_fold"})
+PRIMITIVES = frozenset({"keep_mask", "dropout_mul", "uniform", "normal", "gaussian_mul", "fused", "mask_fold"})
 
 #: Names accepted by :func:`set_backend`.
 BACKENDS = ("auto", "reference", "cpu", "triton")
@@ -157,7 +162,7 @@ def capabilities(device: torch.device | str = "cpu") -> frozenset[str]:
 
     Example:
         >>> sorted(dropkit.kernels.capabilities("cpu"))
-        ['dropout_mul', 'keep_mask', 'mask_fold', 'uniform']
+        ['dropout_mul', 'gaussian_mul', 'keep_mask', 'mask_fold', 'normal', 'uniform']
     """
     return frozenset(_select(torch.device(device)).CAPABILITIES)
 
@@ -251,18 +256,33 @@ def normal(
     n: int, seed: int, stream: int, offset: int, device: torch.device | str, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     r"""1-D tensor of ``n`` standard-normal samples on ``device``, bit-identical to
-    ``rng.normal((n,), seed, stream, offset, dtype=dtype, device=device)``.
+    ``rng.normal((n,), seed, stream, offset, dtype=dtype, device=device)`` on every backend.
 
-    Box-Muller in float64: :math:`z_j = \sqrt{-2 \ln u_{2e}}\,\cos(2\pi u_{2e+1})`, ``e = offset + j``,
-    with the uniforms of :func:`uniform` (compiled on CPU); the log and cosine are torch ops
-    (a C version would not round like torch's vectorised log/cos), then rounded to ``dtype``.
+    Normal contract v2 (docs/rng.md): element ``e = offset + j`` uses Philox block ``e // 4`` (the
+    counters of :func:`uniform`); lane ``l = e % 4`` takes the word pair ``(w[2(l//2)], w[2(l//2)+1])``
+    and is :math:`\sqrt{-2 \ln u_1}\cos\theta` (even ``l``) or :math:`\sin\theta` (odd ``l``), computed
+    in exactly rounded float32 operations with polynomial log/cos/sin, then converted to ``dtype``.
 
     Example:
         >>> z = kernels.normal(1000, seed=3, stream=0, offset=0, device="cpu")   # float32, shape (1000,)
     """
-    _check_counters(2 * n, seed, stream, 2 * offset, "2 * (offset + n)")
-    u = uniform(2 * n, seed, stream, 2 * offset, device, torch.float64)
-    return reference.box_muller(u, dtype)
+    _check_counters(n, seed, stream, offset)
+    device = torch.device(device)
+    return _for("normal", device).normal(n, seed, stream, offset, device, dtype)
+
+
+def gaussian_mul(
+    x: torch.Tensor, sigma: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * (1 + sigma * z)`` for ``x`` of any shape and strides (element ``j`` in row-major logical
+    order), ``z`` the normals of :func:`normal` for elements ``offset .. offset + x.numel() - 1``: in float32 with ``sigma`` rounded to float32 once
+    (float64 for float64 ``x``), rounded once to ``x.dtype`` (16-bit NaN rule); writes into ``out`` when given.
+
+    Example:
+        >>> y = kernels.gaussian_mul(torch.ones(8), 1.0, seed=3, stream=0, offset=0)   # 1 + z
+    """
+    _check_counters(x.numel(), seed, stream, offset)
+    return _for("gaussian_mul", x.device).gaussian_mul(x, sigma, seed, stream, offset, out)
 
 
 def fused_bias_act_dropout_add(

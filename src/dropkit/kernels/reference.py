@@ -14,13 +14,21 @@ import numpy as np
 import torch
 
 from dropkit.rng import compute_dtype as rng_compute_dtype
-from dropkit.rng import keep_mask_numpy, keep_mask_torch, uniform_words_numpy, uniform_words_torch
+from dropkit.rng import (
+    box_muller_f32_torch,
+    keep_mask_numpy,
+    keep_mask_torch,
+    normal_torch,
+    uniform_words_numpy,
+    uniform_words_torch,
+)
 
 __all__ = [
     "keep_mask",
     "dropout_mul",
     "uniform",
-    "box_muller",
+    "normal",
+    "gaussian_mul",
     "fused_bias_act_dropout_add",
     "compute_dtype",
     "round_to",
@@ -31,7 +39,7 @@ __all__ = [
 ]
 
 #: The primitives this backend computes (all of them).
-CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "fused", "mask_fold"})
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "normal", "gaussian_mul", "fused", "mask_fold"})
 #: Activations of the fused op (``"gelu"`` is the exact, erf-based GELU).
 FUSED_ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 
@@ -96,13 +104,41 @@ def uniform(
     return ((w.to(torch.float64) + 0.5) * (2.0**-32)).to(dtype)
 
 
-def box_muller(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Standard normals from ``2n`` float64 uniforms: ``z_j = sqrt(-2 ln u_2j) * cos(2 pi u_2j+1)``,
-    in float64, then rounded to ``dtype`` (1-D, ``n`` values).
+def normal(
+    n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """1-D standard normals of elements ``offset .. offset + n - 1`` (normal contract v2, docs/rng.md):
+    Box-Muller in torch's float32 ops (:func:`dropkit.rng.box_muller_f32_torch`), then converted to ``dtype``.
     """
-    v = u.view(-1, 2)
-    z = torch.sqrt(-2.0 * torch.log(v[:, 0])) * torch.cos((2.0 * math.pi) * v[:, 1])
+    if torch.device(device).type == "cpu":  # the Philox words from NumPy (faster), the float math in torch ops
+        b_first = offset // 4
+        w = uniform_words_numpy(4 * ((offset + n + 3) // 4 - b_first), seed, stream, 4 * b_first).view(-1, 4)
+        zc, zs = box_muller_f32_torch(w[:, 0::2].reshape(-1), w[:, 1::2].reshape(-1))
+        start = offset - 4 * b_first
+        z = torch.stack([zc, zs], dim=-1).reshape(-1)[start : start + n]
+    else:
+        z = normal_torch(n, seed, stream, offset, device)
     return z.to(dtype)
+
+
+def gaussian_mul(
+    x: torch.Tensor, sigma: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``out = x * (1 + sigma * z)`` over the row-major elements of contiguous ``x``, ``z`` = :func:`normal`.
+
+    float16 / bfloat16 / float32: ``x_f32 * (1 + sigma_f32 * z)`` in float32 (``sigma`` rounded to
+    float32 once), float64: ``x * (1 + sigma * z)`` in float64; rounded once to ``x.dtype`` (:func:`round_to`).
+    """
+    z = normal(x.numel(), seed, stream, offset, x.device).view(x.shape)
+    if x.dtype == torch.float64:
+        y = x * (1.0 + float(sigma) * z.to(torch.float64))
+    else:
+        s32 = float(np.float32(sigma))  # exact in float32: the float32 ops below take it unchanged
+        y = x.to(torch.float32) * (1.0 + s32 * z)
+    y = round_to(y, x.dtype)
+    if out is None:
+        return y
+    return out.copy_(y)
 
 
 def _act(h: torch.Tensor, activation: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The compiled CPU kernel: the mask contract, ``dropout_mul`` and ``uniform`` in SIMD C.
+"""The compiled CPU kernel: the mask contract, ``dropout_mul``, ``uniform``, ``normal`` and ``gaussian_mul`` in SIMD C.
 
 The C sources in this folder (plain C on raw pointers, no dependence on torch's C++ ABI;
 ``dropkit_cpu.h`` holds the ABI) are built into ``_dropkit_cpu.so`` when the package is
@@ -72,12 +72,14 @@ __all__ = [
     "parallel_threshold",
     "mask_fold",
     "uniform",
+    "normal",
+    "gaussian_mul",
     "CAPABILITIES",
 ]
 
 #: The primitives of :mod:`dropkit.kernels` this backend computes itself (the dispatcher sends
 #: the others to :mod:`dropkit.kernels.reference`).
-CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "mask_fold"})
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "normal", "gaussian_mul", "mask_fold"})
 
 #: The instruction sets the library has a body for (a CPU supports some of them; not an order).
 ISAS = ("scalar", "avx2", "avx512", "neon")
@@ -215,6 +217,22 @@ def _declare(lib: ctypes.CDLL) -> None:
     ]
     lib.dk_uniform.restype = c.c_int
     lib.dk_uniform.argtypes = [c.c_int, c.c_void_p, c.c_int64, c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
+    lib.dk_normal.restype = c.c_int
+    lib.dk_normal.argtypes = [c.c_void_p, c.c_int64, c.c_uint64, c.c_uint64, c.c_uint64, c.c_int, c.c_int]
+    lib.dk_gaussian_mul.restype = c.c_int
+    lib.dk_gaussian_mul.argtypes = [
+        c.c_int,
+        c.c_void_p,
+        c.c_int64,
+        c.c_void_p,
+        c.c_int64,
+        c.c_double,
+        c.c_uint64,
+        c.c_uint64,
+        c.c_uint64,
+        c.c_int,
+        c.c_int,
+    ]
     lib.dk_dropout_mul.restype = c.c_int
     lib.dk_dropout_mul.argtypes = [
         c.c_int,
@@ -638,6 +656,76 @@ def _check_memory(t: torch.Tensor, name: str) -> None:
             f"{type(t).__name__} without one (data_ptr 0). Tensor subclasses go through the registered op "
             "(torch.ops.dropkit.*), whose dispatch the subclass handles"
         )
+
+
+def normal(
+    n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """1-D standard normals of elements ``offset .. offset + n - 1`` (normal contract v2: float32, then
+    converted to ``dtype``), computed on the CPU and moved to ``device``; bit-identical to
+    :func:`dropkit.rng.normal`.
+    """
+    if not available():
+        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    n = int(n)
+    out = torch.empty(n, dtype=torch.float32)
+    if n:
+        rc = _state["lib"].dk_normal(
+            out.data_ptr(), n, seed & _M64, stream & _M64, offset & _M64, _state["isa"], _threads(n)
+        )
+        if rc:
+            raise RuntimeError(f"dk_normal failed with code {rc}")
+    if dtype != torch.float32:
+        out = out.to(dtype)
+    return out if torch.device(device).type == "cpu" else out.to(device)
+
+
+def gaussian_mul(
+    x: torch.Tensor, sigma: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * (1 + sigma * z)`` for a CPU tensor ``x`` in one pass (``z`` = :func:`normal`); bit-identical
+    to :func:`dropkit.kernels.reference.gaussian_mul`. The same input handling as :func:`dropout_mul`,
+    except that an ``x`` holding one value broadcast (every stride 0, e.g. the gradient of a sum) is
+    read as that value, not copied.
+    """
+    lib = _state["lib"]
+    code = _state["dtypes"].get(x.dtype) if lib is not None or available() else None
+    if code is None or not x.is_cpu or (out is not None and (out.dtype != x.dtype or not out.is_cpu)):
+        from dropkit.kernels import reference
+
+        return reference.gaussian_mul(x, sigma, seed, stream, offset, out)
+    lib = _state["lib"]
+    n = x.numel()
+    broadcast = n > 1 and all(st == 0 or sz == 1 for st, sz in zip(x.stride(), x.shape))
+    src = x if broadcast or x.is_contiguous() else x.contiguous()
+    _check_memory(src, "x")
+    if out is None:
+        dst = torch.empty(x.shape, dtype=x.dtype)
+    elif out.numel() != n:
+        raise ValueError(f"`out` must have {n} elements like `x`; received {out.numel()}")
+    elif not out.is_contiguous() or ((broadcast or out.data_ptr() != src.data_ptr()) and _overlap(out, src)):
+        dst = torch.empty(x.shape, dtype=x.dtype)
+    else:
+        dst = out
+    if n:
+        rc = lib.dk_gaussian_mul(
+            code,
+            src.data_ptr(),
+            0 if broadcast else 1,
+            dst.data_ptr(),
+            n,
+            float(sigma),
+            seed & _M64,
+            stream & _M64,
+            offset & _M64,
+            _state["isa"],
+            _threads(n),
+        )
+        if rc:
+            raise RuntimeError(f"dk_gaussian_mul failed with code {rc}")
+    if out is not None and dst is not out:
+        return out.copy_(dst.view(out.shape))
+    return dst
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include "dropkit_cpu.h"
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #define DK_HIDDEN __attribute__((visibility("hidden")))
 
@@ -121,6 +124,83 @@ static inline uint16_t dk_float_to_bf16(float fv) {
     uint32_t r = (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16;
     return (uint16_t)((x & 0x7FFFFFFFu) > 0x7F800000u ? DK_BF16_NAN : r);
 }
+
+/* ------------------------------------------------------------------------- */
+/* Normal contract v2 (docs/rng.md, dropkit.rng.box_muller_f32_numpy): Box-Muller in   */
+/* exactly rounded float32 arithmetic. No FMA (-ffp-contract=off), no library math.    */
+/* ------------------------------------------------------------------------- */
+#define DK_LOG_P0 0x1.555556p-2f
+#define DK_LOG_P1 0x1.9999eep-3f
+#define DK_LOG_P2 0x1.245b92p-3f
+#define DK_LOG_P3 0x1.ddea92p-4f
+#define DK_COS_C0 -0x1.3bd3ccp+0f
+#define DK_COS_C1 0x1.03c1eap-2f
+#define DK_COS_C2 -0x1.55cb98p-6f
+#define DK_COS_C3 0x1.db64d8p-11f
+#define DK_SIN_S0 0x1.921fb6p+0f
+#define DK_SIN_S1 -0x1.4abbcep-1f
+#define DK_SIN_S2 0x1.466bbap-4f
+#define DK_SIN_S3 -0x1.32ca9ep-8f
+#define DK_SIN_S4 0x1.4bc85cp-13f
+#define DK_LN2_HI 0x1.62e3p-1f
+#define DK_LN2_LO 0x1.2fefa4p-17f
+
+/* Correctly rounded float32 square root: the instruction itself (no libm call, no errno path). */
+static inline float dk_sqrtf(float x) {
+#if defined(__x86_64__)
+    return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(x)));
+#elif defined(__aarch64__)
+    float r;
+    __asm__("fsqrt %s0, %s1" : "=w"(r) : "w"(x));
+    return r;
+#else
+    return __builtin_sqrtf(x);
+#endif
+}
+
+/* The pair (a, b) of Philox words -> (r cos theta, r sin theta), one element at a time
+ * (the vector bodies in dk_body.h compute the same operations lane by lane). */
+static inline void dk_box_muller(uint32_t a, uint32_t b, float *zc, float *zs) {
+    float u1 = ((float)(int32_t)(a >> 1) + 1.0f) * 0x1p-31f;
+    int32_t ix = (int32_t)dk_bits_from_f32(u1) + 0x004AFB0D;
+    float kf = (float)((ix >> 23) - 127);
+    float m = dk_f32_from_bits((uint32_t)((ix & 0x007FFFFF) + 0x3F3504F3));
+    float f = m - 1.0f;
+    float s = f / (f + 2.0f);
+    float z = s * s, t = s + s;
+    float p = ((DK_LOG_P3 * z + DK_LOG_P2) * z + DK_LOG_P1) * z + DK_LOG_P0;
+    float log_m = t + t * (z * p);
+    float log_u1 = (kf * DK_LN2_LO + log_m) + kf * DK_LN2_HI;
+    float r = dk_sqrtf(log_u1 * -2.0f);
+    uint32_t tt = ((b >> 8) + (1u << 21)) & 0xFFFFFFu, q = tt >> 22;
+    float fr = (float)((int32_t)(tt & 0x3FFFFFu) - (1 << 21)) * 0x1p-22f;
+    float g = fr * fr;
+    float c = 1.0f + g * (((DK_COS_C3 * g + DK_COS_C2) * g + DK_COS_C1) * g + DK_COS_C0);
+    float sn = fr * ((((DK_SIN_S4 * g + DK_SIN_S3) * g + DK_SIN_S2) * g + DK_SIN_S1) * g + DK_SIN_S0);
+    uint32_t ci = dk_bits_from_f32(c), si = dk_bits_from_f32(sn);
+    uint32_t cos_i = (q & 1u) ? si : ci, sin_i = (q & 1u) ? ci : si;
+    cos_i ^= ((q + 1u) & 2u) << 30;
+    sin_i ^= (q & 2u) << 30;
+    *zc = r * dk_f32_from_bits(cos_i);
+    *zs = r * dk_f32_from_bits(sin_i);
+}
+
+/* Internal kind of dk_gauss_chunk: write the float32 normals themselves. */
+#define DK_KIND_NORMAL 5
+
+/* gaussian_mul (kind = dtype: out = x * (1 + sigma z)) or the normals (DK_KIND_NORMAL, float32 out)
+ * of elements e0 .. e0 + len - 1. xs = 1: x holds len elements; xs = 0: x is one value, broadcast
+ * (the gradient of a sum arrives as one expanded value: no need to materialise it). */
+typedef void (*dk_gauss_fn)(int kind, const void *x, int xs, void *out, size_t len, uint64_t e0, const dk_rng *r,
+                            float sf, double sd);
+DK_HIDDEN void dk_gauss_chunk_base(int kind, const void *x, int xs, void *out, size_t len, uint64_t e0,
+                                   const dk_rng *r, float sf, double sd);
+#if defined(__x86_64__)
+DK_HIDDEN void dk_gauss_chunk_avx2(int kind, const void *x, int xs, void *out, size_t len, uint64_t e0,
+                                   const dk_rng *r, float sf, double sd);
+DK_HIDDEN void dk_gauss_chunk_avx512(int kind, const void *x, int xs, void *out, size_t len, uint64_t e0,
+                                     const dk_rng *r, float sf, double sd);
+#endif
 
 /* Keep mask (kind DK_MASK: bytes 0/1) or dropout_mul (kind = dtype) of elements e0 .. e0 + len - 1. */
 typedef void (*dk_masked_fn)(int kind, const void *x, void *out, size_t len, uint64_t e0, const dk_rng *r, float sf,

@@ -8,7 +8,9 @@
  * uses Philox4x32-10 at counter (lo32(e/8), hi32(e/8), lo32(stream), hi32(stream)), key
  * (lo32(seed), hi32(seed)); the four output words give eight 16-bit lanes (word k -> lanes
  * 2k = low half, 2k+1 = high half); e takes lane e % 8 and is kept iff lane >= thr.
- * Uniform samples use 32-bit lanes: element e takes word e % 4 of block e / 4.
+ * Uniform samples use 32-bit lanes: element e takes word e % 4 of block e / 4. Normal samples
+ * (contract v2) use the same blocks: lane l = e % 4 takes the word pair (w[2(l/2)], w[2(l/2)+1])
+ * and Box-Muller in exactly rounded float32 arithmetic (dk_box_muller in dk_internal.h).
  *
  * Layout of the work: a call's elements are split into contiguous ranges of whole
  * 64-element units, one per thread; each range is walked in chunks of DK_CHUNK elements
@@ -42,11 +44,12 @@
 /* ------------------------------------------------------------------------- */
 /* Driver: chunks, threads, dispatch                                          */
 /* ------------------------------------------------------------------------- */
-enum { DK_OP_MASKED = 0, DK_OP_UNIFORM = 1 };
+enum { DK_OP_MASKED = 0, DK_OP_UNIFORM = 1, DK_OP_GAUSS = 2 };
 
 typedef struct {
-    int op; /* DK_OP_MASKED (keep mask / dropout_mul) or DK_OP_UNIFORM */
+    int op; /* DK_OP_MASKED (keep mask / dropout_mul), DK_OP_UNIFORM or DK_OP_GAUSS (normal / gaussian_mul) */
     int kind, isa;
+    int xs; /* DK_OP_GAUSS: x stride in elements, 1 or 0 (one value, broadcast) */
     const char *x;
     char *out;
     size_t esz;
@@ -75,6 +78,15 @@ static dk_uniform_fn dk_uniform_for(int isa) {
     return dk_uniform_chunk_base;
 }
 
+static dk_gauss_fn dk_gauss_for(int isa) {
+#if defined(__x86_64__)
+    if (isa == DK_ISA_AVX512) return dk_gauss_chunk_avx512;
+    if (isa == DK_ISA_AVX2) return dk_gauss_chunk_avx2;
+#endif
+    (void)isa;
+    return dk_gauss_chunk_base;
+}
+
 /* Elements j0 .. j1 - 1 of a call, chunk by chunk (a chunk's Philox words stay in L1). Every
  * element depends only on its global index, so the result does not depend on the split. */
 static void run_range(const dk_job *J, size_t j0, size_t j1) {
@@ -83,6 +95,15 @@ static void run_range(const dk_job *J, size_t j0, size_t j1) {
         for (size_t j = j0; j < j1; j += DK_CHUNK) {
             size_t len = j1 - j < DK_CHUNK ? j1 - j : DK_CHUNK;
             fn(J->kind, J->out + j * J->esz, len, J->offset + j, &J->r);
+        }
+        return;
+    }
+    if (J->op == DK_OP_GAUSS) {
+        dk_gauss_fn fn = dk_gauss_for(J->isa);
+        for (size_t j = j0; j < j1; j += DK_CHUNK) {
+            size_t len = j1 - j < DK_CHUNK ? j1 - j : DK_CHUNK;
+            fn(J->kind, J->x ? J->x + j * J->esz * (size_t)J->xs : NULL, J->xs, J->out + j * J->esz, len, J->offset + j,
+               &J->r, J->sf, J->sd);
         }
         return;
     }
@@ -446,6 +467,42 @@ DK_API int dk_uniform(int dtype, void *out, int64_t n, uint64_t seed, uint64_t s
     J.out = (char *)out;
     J.esz = dtype == DK_F64 ? 8 : 4;
     J.offset = offset;
+    dk_rng_init(&J.r, 0, seed, stream);
+    return dk_run(&J, (size_t)n, nthreads);
+}
+
+DK_API int dk_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, int isa, int nthreads) {
+    if (n < 0) return -1;
+    if (!dk_isa_ok(isa)) return -4;
+    dk_job J;
+    memset(&J, 0, sizeof J);
+    J.op = DK_OP_GAUSS;
+    J.kind = DK_KIND_NORMAL;
+    J.isa = isa;
+    J.out = (char *)out;
+    J.esz = 4;
+    J.offset = offset;
+    dk_rng_init(&J.r, 0, seed, stream);
+    return dk_run(&J, (size_t)n, nthreads);
+}
+
+DK_API int dk_gaussian_mul(int dtype, const void *x, int64_t x_stride, void *out, int64_t n, double sigma, uint64_t seed,
+                           uint64_t stream, uint64_t offset, int isa, int nthreads) {
+    if (n < 0 || dtype < 0 || dtype > 3 || (x_stride != 0 && x_stride != 1)) return -1;
+    if (!dk_isa_ok(isa)) return -4;
+    static const size_t esz[4] = {4, 8, 2, 2};
+    dk_job J;
+    memset(&J, 0, sizeof J);
+    J.op = DK_OP_GAUSS;
+    J.kind = dtype;
+    J.isa = isa;
+    J.x = (const char *)x;
+    J.xs = (int)x_stride;
+    J.out = (char *)out;
+    J.esz = esz[dtype];
+    J.offset = offset;
+    J.sf = (float)sigma;
+    J.sd = sigma;
     dk_rng_init(&J.r, 0, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
 }

@@ -13,7 +13,7 @@
 #define DK_API __attribute__((visibility("default")))
 
 /* ABI version: bumped whenever a prototype or a code below changes meaning. */
-#define DK_ABI_VERSION 2
+#define DK_ABI_VERSION 3
 
 /* Instruction sets. They are not ordered: a CPU supports a set of them (dk_cpu_features()
  * has bit 1 << code set for each), and a call runs exactly the one it is given. */
@@ -47,6 +47,17 @@ DK_API int dk_dropout_mul(int dtype, const void *x, void *out, int64_t n, uint32
  * Returns as dk_keep_mask. */
 DK_API int dk_uniform(int dtype, void *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, int isa,
                       int nthreads);
+
+/* out[j] = the float32 standard normal of element offset + j (normal contract v2, docs/rng.md:
+ * element e uses block e / 4, lane e % 4). Returns as dk_keep_mask. */
+DK_API int dk_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, int isa, int nthreads);
+
+/* out = x * (1 + sigma * z) elementwise, z the normals of dk_normal, for dtype DK_F32/F64/F16/BF16:
+ * in float32 with sigma rounded to float32 once (float64 for F64: x * (1 + sigma * (double)z)),
+ * rounded once to the dtype (16-bit NaN rule). x_stride 1: x has n elements; 0: x is one value,
+ * broadcast. out may equal x. Returns as dk_keep_mask (-1 also for an x_stride other than 0, 1). */
+DK_API int dk_gaussian_mul(int dtype, const void *x, int64_t x_stride, void *out, int64_t n, double sigma, uint64_t seed,
+                           uint64_t stream, uint64_t offset, int isa, int nthreads);
 
 /* See mask_fold.c. */
 DK_API int dk_mask_fold_f32(const float *A, const float *X, int64_t sXb, const float *mask, int64_t smt, int64_t smb,

@@ -16,7 +16,9 @@ The module imports without Triton; the kernels (``_kernels.py``) load on first u
 
 Besides the two primitives every backend provides (:func:`keep_mask`,
 :func:`dropout_mul`) it offers the fused bias + activation + dropout + residual kernels
-behind :func:`dropkit.functional.fused_bias_act_dropout_add`.
+behind :func:`dropkit.functional.fused_bias_act_dropout_add`, and the normal samples of the
+normal contract v2 (:func:`normal`, :func:`gaussian_mul`): Box-Muller in exactly rounded float32
+operations, so a CUDA tensor gets the bits of the CPU kernel and of NumPy.
 """
 
 from __future__ import annotations
@@ -40,18 +42,22 @@ __all__ = [
     "keep_mask",
     "dropout_mul",
     "fused_bias_act_dropout_add",
+    "normal",
+    "gaussian_mul",
     "interpreter_enabled",
     "ACTIVATIONS",
     "CAPABILITIES",
 ]
 
 #: The primitives of :mod:`dropkit.kernels` this backend computes itself.
-CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused"})
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused", "normal", "gaussian_mul"})
 
 #: Activation names of the fused kernels and their kernel codes.
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}
 #: Philox blocks (of 8 elements) per program: 1024 elements per program.
 BLOCK_B = 128
+#: Philox blocks (of 4 normals) per program of the normal kernels: 1024 elements per program.
+NORMAL_BLOCK_B = 256
 _NUM_WARPS = 4
 _M32 = 0xFFFFFFFF
 _lock = threading.Lock()
@@ -270,3 +276,59 @@ def fused_bias_act_dropout_add(
         BF16=_bf16(out),
     )
     return out
+
+
+def _launch_normal(
+    kernel: str, ptrs, n: int, sigma: float, seed: int, stream: int, offset: int, f64: bool, **constexprs
+):
+    """Launch a normal-contract kernel over ``n`` elements (4 per Philox block)."""
+    if n == 0:
+        return
+    if offset < 0:
+        raise ValueError(f"`offset` must be >= 0; received offset={offset}")
+    device = ptrs[0].device
+    b_first, start = divmod(offset, 4)
+    grid = (-(-(start + n) // (4 * NORMAL_BLOCK_B)),)
+    if f64:
+        bits = struct.unpack("<Q", struct.pack("<d", sigma))[0]
+    else:
+        bits = struct.unpack("<I", struct.pack("<f", sigma))[0]  # sigma rounded to float32 once
+    args = [n, _i32(b_first), _i32(b_first >> 32), _i32(seed), _i32(seed >> 32), _i32(stream), _i32(stream >> 32)]
+    args += [_i32(bits), _i32(bits >> 32)]
+    meta = {"START": start, "BLOCK_B": NORMAL_BLOCK_B}
+    with _on(device):
+        getattr(_kernels(device), kernel)[grid](*ptrs, *args, **constexprs, **meta, **_launch_kw(device))
+
+
+def normal(
+    n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """1-D normals of elements ``offset .. offset + n - 1`` (normal contract v2: float32, then ``dtype``)."""
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    _launch_normal("normal_kernel", (out,), n, 0.0, seed, stream, offset, False)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def gaussian_mul(
+    x: torch.Tensor, sigma: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * (1 + sigma * z)`` in float32 (float64 for float64 ``x``), rounded once to ``x.dtype``."""
+    src = x if x.is_contiguous() else x.contiguous()
+    direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
+    y = out if direct and out is not None else torch.empty_like(src, memory_format=torch.contiguous_format)
+    f64 = x.dtype == torch.float64
+    _launch_normal(
+        "gaussian_mul_kernel",
+        (_arg(src), _arg(y)),
+        src.numel(),
+        sigma,
+        seed,
+        stream,
+        offset,
+        f64,
+        F64=f64,
+        BF16=_bf16(y),
+    )
+    if out is not None and not direct:
+        return out.copy_(y)
+    return y

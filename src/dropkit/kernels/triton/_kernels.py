@@ -268,3 +268,133 @@ def fused_kernel(
     else:
         y = a + _act(h, ACT, F64) * factor
     tl.store(out_ptr + j, _cast_out(y, out_ptr.dtype.element_ty, BF16), mask=valid)
+
+
+# --------------------------------------------------------------------------- normal contract v2
+# Box-Muller in exactly rounded float32 arithmetic (docs/rng.md; dropkit.rng.box_muller_f32_numpy):
+# the same operations in the same order, every constant an exact float32. Division and square root
+# are the correctly rounded ones (tl.div_rn, tl.sqrt_rn: Triton's `/` and tl.sqrt are approximate
+# on the GPU), and the launches pass enable_fp_fusion=False, so no multiply-add is contracted.
+LOG_P0 = tl.constexpr(float.fromhex("0x1.555556p-2"))
+LOG_P1 = tl.constexpr(float.fromhex("0x1.9999eep-3"))
+LOG_P2 = tl.constexpr(float.fromhex("0x1.245b92p-3"))
+LOG_P3 = tl.constexpr(float.fromhex("0x1.ddea92p-4"))
+COS_C0 = tl.constexpr(float.fromhex("-0x1.3bd3ccp+0"))
+COS_C1 = tl.constexpr(float.fromhex("0x1.03c1eap-2"))
+COS_C2 = tl.constexpr(float.fromhex("-0x1.55cb98p-6"))
+COS_C3 = tl.constexpr(float.fromhex("0x1.db64d8p-11"))
+SIN_S0 = tl.constexpr(float.fromhex("0x1.921fb6p+0"))
+SIN_S1 = tl.constexpr(float.fromhex("-0x1.4abbcep-1"))
+SIN_S2 = tl.constexpr(float.fromhex("0x1.466bbap-4"))
+SIN_S3 = tl.constexpr(float.fromhex("-0x1.32ca9ep-8"))
+SIN_S4 = tl.constexpr(float.fromhex("0x1.4bc85cp-13"))
+LN2_HI = tl.constexpr(float.fromhex("0x1.62e3p-1"))
+LN2_LO = tl.constexpr(float.fromhex("0x1.2fefa4p-17"))
+TWO_M31 = tl.constexpr(2.0**-31)
+TWO_M22 = tl.constexpr(2.0**-22)
+
+_NORMAL_KEY_ARGS = ["b_lo", "b_hi", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "scale_lo", "scale_hi"]
+
+
+@triton.jit
+def _box_muller(a, b):
+    """The word pairs ``(a, b)`` (uint32 tensors) -> ``(r cos theta, r sin theta)``, float32."""
+    u1 = ((a >> 1).to(tl.int32).to(tl.float32) + 1.0) * TWO_M31
+    ix = u1.to(tl.int32, bitcast=True) + 0x004AFB0D
+    kf = ((ix >> 23) - 127).to(tl.float32)
+    m = ((ix & 0x007FFFFF) + 0x3F3504F3).to(tl.float32, bitcast=True)
+    f = m - 1.0
+    s = tl.div_rn(f, f + 2.0)
+    z = s * s
+    t = s + s
+    p = ((LOG_P3 * z + LOG_P2) * z + LOG_P1) * z + LOG_P0
+    log_m = t + t * (z * p)
+    log_u1 = (kf * LN2_LO + log_m) + kf * LN2_HI
+    r = tl.sqrt_rn(log_u1 * -2.0)
+    tt = ((b >> 8) + (1 << 21)) & 0xFFFFFF
+    q = (tt >> 22).to(tl.int32)
+    fr = ((tt & 0x3FFFFF).to(tl.int32) - (1 << 21)).to(tl.float32) * TWO_M22
+    g = fr * fr
+    c = 1.0 + g * (((COS_C3 * g + COS_C2) * g + COS_C1) * g + COS_C0)
+    sn = fr * ((((SIN_S4 * g + SIN_S3) * g + SIN_S2) * g + SIN_S1) * g + SIN_S0)
+    swap = (q & 1) != 0
+    cos_t = tl.where(swap, sn, c)
+    sin_t = tl.where(swap, c, sn)
+    cos_t = tl.where(((q + 1) & 2) != 0, -cos_t, cos_t)
+    sin_t = tl.where((q & 2) != 0, -sin_t, sin_t)
+    return r * cos_t, r * sin_t
+
+
+@triton.jit
+def _normal_tile(
+    pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START: tl.constexpr, BLOCK_B: tl.constexpr
+):
+    """Local indices ``j``, validity and the float32 normals of one program (``4 * BLOCK_B`` elements).
+
+    Program ``pid`` owns Philox blocks ``b_first + pid * BLOCK_B + i``; block ``b`` feeds elements
+    ``4b .. 4b + 3``: lanes 0, 1 the cosine and sine halves of words (w0, w1), lanes 2, 3 of (w2, w3).
+    ``START = offset - 4 * b_first`` (0..3).
+    """
+    rel = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+    b = _i64(b_lo, b_hi) + rel
+    c0 = (b & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (b >> 32).to(tl.uint32)
+    zero = tl.full((BLOCK_B,), 0, tl.uint32)
+    w0, w1, w2, w3 = _philox4x32_10(
+        c0, c1, zero + _u32(stream_lo), zero + _u32(stream_hi), _u32(seed_lo), _u32(seed_hi)
+    )
+    z0, z1 = _box_muller(w0, w1)
+    z2, z3 = _box_muller(w2, w3)
+    z = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), (4 * BLOCK_B,))  # [i, y, x] = lane 2y + x
+    j = pid.to(tl.int64) * (4 * BLOCK_B) + tl.arange(0, 4 * BLOCK_B) - START
+    valid = (j >= 0) & (j < n)
+    return j, valid, z
+
+
+@triton.jit(do_not_specialize=_NORMAL_KEY_ARGS)
+def normal_kernel(
+    out_ptr,
+    n,
+    b_lo,
+    b_hi,
+    seed_lo,
+    seed_hi,
+    stream_lo,
+    stream_hi,
+    scale_lo,
+    scale_hi,
+    START: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """``out[j]`` = the float32 normal of element ``offset + j`` (normal contract v2)."""
+    j, valid, z = _normal_tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
+    tl.store(out_ptr + j, z, mask=valid)
+
+
+@triton.jit(do_not_specialize=_NORMAL_KEY_ARGS)
+def gaussian_mul_kernel(
+    x_ptr,
+    out_ptr,
+    n,
+    b_lo,
+    b_hi,
+    seed_lo,
+    seed_hi,
+    stream_lo,
+    stream_hi,
+    scale_lo,
+    scale_hi,
+    F64: tl.constexpr,
+    BF16: tl.constexpr,
+    START: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """``out[j] = x[j] * (1 + sigma * z)`` in float32 (float64 for float64 ``x``), rounded once to out's dtype."""
+    j, valid, z = _normal_tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
+    xc = _load(x_ptr, j, valid, F64, BF16)
+    s = _scale(scale_lo, scale_hi, F64)
+    if F64:
+        y = xc * (1.0 + s * z.to(tl.float64))
+    else:
+        y = xc * (1.0 + s * z)
+    tl.store(out_ptr + j, _cast_out(y, out_ptr.dtype.element_ty, BF16), mask=valid)
