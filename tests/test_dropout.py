@@ -323,7 +323,7 @@ def test_an_expanded_scalar_gets_the_values_of_its_materialised_tensor(dtype, va
     and must still return the bits the kernel gives on ``x.contiguous()`` (overflow, NaN, signed zeros)."""
     from dropkit import kernels
 
-    x = torch.tensor(value, dtype=dtype).expand(3, 1000)
+    x = torch.tensor(value, dtype=dtype).expand(3, 1 << 15)  # >= 2**16 elements: the path that does not copy
     ibits = torch.int64 if dtype == torch.float64 else torch.int32
     for p in (0.1, 0.5, 0.9):
         scale = dropkit.rng.inverted_scale(p)

@@ -151,20 +151,20 @@ def _dropout_impl(x, key, p, scale, noise_shape, offset):
     if noise_shape is None:
         if x.is_contiguous():  # the common case: the kernel's output already has x's layout
             return kernels.dropout_mul(x, p, scale, seed, stream, offset)
-        if x.dtype in (torch.float32, torch.float64) and x.numel() > 1 and not any(x.stride()):
-            return _dropout_of_a_scalar(x, key, p, scale, offset)
+        if x.dtype in (torch.float32, torch.float64) and x.numel() >= 1 << 16 and not any(x.stride()):
+            return _dropout_of_a_scalar(x, seed, stream, p, scale, offset)  # large: a copy costs more than this
         return _into_layout(x, kernels.dropout_mul(x.contiguous(), p, scale, seed, stream, offset))
     cdt = rng.compute_dtype(x.dtype)
     return _into_layout(x, x.to(cdt) * _mask_factor(key, p, scale, noise_shape, offset, x.device, cdt))
 
 
-def _dropout_of_a_scalar(x, key, p, scale, offset):
+def _dropout_of_a_scalar(x, seed, stream, p, scale, offset):
     """Dropout of an expanded scalar (``loss.sum().backward()`` hands one to backward), without materialising it:
     ``keep ? x0 * scale : x0 * 0``, the values of :func:`dropkit.kernels.dropout_mul` on ``x.contiguous()``
     (the product rounded once in x's dtype, float32 or float64; ``x0 * 0`` keeps its sign and NaN)."""
     x0 = x.reshape(-1)[:1].reshape(())
     kept, dropped = x0 * torch.tensor(scale, dtype=x.dtype).item(), x0 * 0.0
-    keep = keep_mask_op(key, list(x.shape), p, offset, x.device)
+    keep = kernels.keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
     return torch.where(keep, kept, dropped)
 
 
@@ -429,6 +429,12 @@ _plain_eager = plain_eager
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+# bound once: apply_linear runs on every eager call, where attribute lookups are a measurable share of a small call
+_is_compiling = torch.compiler.is_compiling
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_functorch_active = torch._C._are_functorch_transforms_active
+_grad_enabled = torch.is_grad_enabled
+_forward_ad = torch.autograd.forward_ad  # its _current_level is >= 0 inside a dual level
 
 
 def _has_memory(x: torch.Tensor) -> bool:
@@ -529,11 +535,11 @@ class _DropoutInplace(torch.autograd.Function):
 
 def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     """Call an x-linear op (dropout, gaussian_dropout, drop_block) the way the current mode needs."""
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return op(x, key, *args)
-    if torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._are_functorch_transforms_active():
+    if _functorch_wrapped(x) or _functorch_active():
         return _Linear.apply(x, op, key, *args)
-    if (torch.is_grad_enabled() and x.requires_grad) or torch.autograd.forward_ad._current_level >= 0:
+    if (x.requires_grad and _grad_enabled()) or _forward_ad._current_level >= 0:
         return _LinearEager.apply(x, op, key, *args)
     if _plain_eager() and _has_memory(x):  # _direct's first branch, one call less (small calls)
         return _IMPLS[op](x, key, *args)  # type: ignore[return-value]  # the x-linear ops return a tensor

@@ -145,11 +145,17 @@ def plain_eager() -> bool:
     """No dispatch mode, tracer or torch.func transform is watching: nothing can tell one
     sequence of eager ops from another that computes the same values."""
     return (
-        torch._C._get_tracing_state() is None
-        and not torch._C._is_torch_function_mode_enabled()
+        _tracing_state() is None
+        and not _torch_function_mode_enabled()
         and _current_dispatch_mode() is None
-        and not torch._C._are_functorch_transforms_active()
+        and not _functorch_transforms_active()
     )
+
+
+# bound once: this runs on every eager call, where attribute lookups are a measurable share of a small call
+_tracing_state = torch._C._get_tracing_state
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+_functorch_transforms_active = torch._C._are_functorch_transforms_active
 
 
 def check_seed_arg(seed: object, generator: object = None, stream: object = 0) -> int:
