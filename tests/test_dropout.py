@@ -319,11 +319,11 @@ def test_sparse_and_nested_inputs_get_a_clear_error(make):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("value", [1.0, -2.5, float("inf"), float("nan"), 3e38, -0.0, 1e-45])
 def test_an_expanded_scalar_gets_the_values_of_its_materialised_tensor(dtype, value):
-    """``loss.sum().backward()`` hands dropout's backward an expanded scalar; dropkit does not materialise it,
-    and must still return the bits the kernel gives on ``x.contiguous()`` (overflow, NaN, signed zeros)."""
+    """``loss.sum().backward()`` hands dropout's backward an expanded scalar: the bits the kernel gives on
+    ``x.contiguous()`` (overflow, NaN, signed zeros), whatever path serves it."""
     from dropkit import kernels
 
-    x = torch.tensor(value, dtype=dtype).expand(3, 1 << 15)  # >= 2**16 elements: the path that does not copy
+    x = torch.tensor(value, dtype=dtype).expand(3, 1 << 15)
     ibits = torch.int64 if dtype == torch.float64 else torch.int32
     for p in (0.1, 0.5, 0.9):
         scale = dropkit.rng.inverted_scale(p)

@@ -151,21 +151,9 @@ def _dropout_impl(x, key, p, scale, noise_shape, offset):
     if noise_shape is None:
         if x.is_contiguous():  # the common case: the kernel's output already has x's layout
             return kernels.dropout_mul(x, p, scale, seed, stream, offset)
-        if x.dtype in (torch.float32, torch.float64) and x.numel() >= 1 << 16 and not any(x.stride()):
-            return _dropout_of_a_scalar(x, seed, stream, p, scale, offset)  # large: a copy costs more than this
         return _into_layout(x, kernels.dropout_mul(x.contiguous(), p, scale, seed, stream, offset))
     cdt = rng.compute_dtype(x.dtype)
     return _into_layout(x, x.to(cdt) * _mask_factor(key, p, scale, noise_shape, offset, x.device, cdt))
-
-
-def _dropout_of_a_scalar(x, seed, stream, p, scale, offset):
-    """Dropout of an expanded scalar (``loss.sum().backward()`` hands one to backward), without materialising it:
-    ``keep ? x0 * scale : x0 * 0``, the values of :func:`dropkit.kernels.dropout_mul` on ``x.contiguous()``
-    (the product rounded once in x's dtype, float32 or float64; ``x0 * 0`` keeps its sign and NaN)."""
-    x0 = x.reshape(-1)[:1].reshape(())
-    kept, dropped = x0 * torch.tensor(scale, dtype=x.dtype).item(), x0 * 0.0
-    keep = kernels.keep_mask(x.numel(), p, seed, stream, offset, x.device).view(x.shape)
-    return torch.where(keep, kept, dropped)
 
 
 def _dropout_inplace_impl(x, key, p, scale, noise_shape, offset):
