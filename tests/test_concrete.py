@@ -100,3 +100,30 @@ def test_extreme_logits_keep_output_and_regularizer_finite(logit):
     assert 0.0 < cd.p < 1.0
     y2 = dropkit.functional.concrete_dropout(x, torch.tensor(logit), seed=1)
     assert torch.isfinite(y2).all()
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_autograd_keeps_the_input_and_the_logit_only(spatial):
+    """The uniforms and the relaxed mask are regenerated from the key in backward: the saved bytes are the input's
+    and the logit's (torch ops would keep the mask, its ratio and the sigmoid: 3x the input)."""
+    from variant_helpers import saved_bytes
+
+    x = torch.randn(8, 6, 5, 5)
+    logit = torch.tensor(-1.0, requires_grad=True)
+    got = saved_bytes(lambda t: F.concrete_dropout(t, logit, spatial=spatial, seed=2), x)
+    # the input, the clamped logit (this function) and the raw logit (clamp's own backward): two scalars
+    assert got == x.numel() * x.element_size() + 2 * logit.element_size()
+
+
+def test_gradients_forward_ad_and_double_backward_of_the_regenerating_function():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    logit = torch.tensor(-0.7, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, logit):
+        return F.concrete_dropout(x, logit, temperature=0.5, seed=3)
+
+    assert torch.autograd.gradcheck(fn, (x, logit), check_forward_ad=True, check_batched_grad=True,
+                                    check_batched_forward_grad=True)  # fmt: skip
+    assert torch.autograd.gradgradcheck(fn, (x, logit))
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, logit), fn(x, logit), rtol=0, atol=0)

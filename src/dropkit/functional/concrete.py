@@ -78,12 +78,69 @@ def concrete_dropout(
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)
     logit = clamp_logit(p_logit.reshape(()))
-    cdt = compute_dtype(input.dtype)
-    u = ops.uniform_op(key, list(noise_shape), offset, torch.float64, input.device)
+    if torch.compiler.is_compiling():  # torch ops: the partitioner decides what to keep (dynamo cannot trace a jvp)
+        return _concrete(input, logit, key, offset, temperature, noise_shape)
+    return _Concrete.apply(input, logit, key, offset, temperature, noise_shape)
+
+
+def _keep(logit, key, offset, temperature, noise_shape, device, cdt):
+    """The relaxed keep indicator ``1 - z~ = sigmoid(-(logit + logit(u)) / t)`` and ``1 - p = sigmoid(-logit)``."""
+    u = ops.uniform_op(key, list(noise_shape), offset, torch.float64, device)
     logit_u = (torch.log(u) - torch.log1p(-u)).to(cdt)  # in float64: u near 1 stays < 1
     logit = logit.to(cdt)
-    keep = torch.sigmoid(-(logit + logit_u) / temperature)  # the relaxed keep indicator 1 - z~
-    return (input.to(cdt) * (keep / torch.sigmoid(-logit))).to(input.dtype)
+    return torch.sigmoid(-(logit + logit_u) / temperature), torch.sigmoid(-logit)
+
+
+def _concrete(x, logit, key, offset, temperature, noise_shape):
+    """``y = x * keep / (1 - p)`` in the compute dtype, rounded once to x's dtype."""
+    keep, q = _keep(logit, key, offset, temperature, noise_shape, x.device, compute_dtype(x.dtype))
+    return (x.to(keep.dtype) * (keep / q)).to(x.dtype)
+
+
+class _Concrete(torch.autograd.Function):
+    """:func:`_concrete` that saves ``x`` and the logit only: the uniforms (and ``keep``) are regenerated from
+    the key in backward and in the tangent, so nothing of the noise's size is stored.
+
+    With ``f = keep / q``: ``dy/dx = f`` and ``dy/dlogit = x * f * ((1 - q) - (1 - keep) / t)``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, logit, key, offset, temperature, noise_shape):  # type: ignore[override]
+        return _concrete(x, logit, key, offset, temperature, noise_shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, logit, key, offset, temperature, noise_shape = inputs
+        ctx.save_for_backward(x, logit)
+        ctx.save_for_forward(x, logit)
+        ctx.rest = (key, offset, temperature, noise_shape)
+
+    @staticmethod
+    def _factor_and_slope(ctx, x, logit):
+        key, offset, temperature, noise_shape = ctx.rest
+        keep, q = _keep(logit, key, offset, temperature, noise_shape, x.device, compute_dtype(x.dtype))
+        f = keep / q
+        return f, f * ((1.0 - q) - (1.0 - keep) / temperature)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, logit = ctx.saved_tensors
+        f, slope = _Concrete._factor_and_slope(ctx, x, logit)
+        g = grad.to(f.dtype)
+        gx = (g * f).to(x.dtype) if ctx.needs_input_grad[0] else None
+        glogit = (g * x.to(f.dtype) * slope).sum().to(logit.dtype) if ctx.needs_input_grad[1] else None
+        return gx, glogit, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_x, t_logit, *_):  # type: ignore[override]
+        x, logit = ctx.saved_tensors
+        f, slope = _Concrete._factor_and_slope(ctx, x, logit)
+        out = torch.zeros_like(x, dtype=f.dtype) if t_x is None else t_x.to(f.dtype) * f
+        if t_logit is not None:
+            out = out + x.to(f.dtype) * slope * t_logit.to(f.dtype)
+        return out.to(x.dtype)
 
 
 #: ``|p_logit|`` is clamped here: ``p`` stays in ``[sigmoid(-15), sigmoid(15)]`` (about 3e-7 from 0 and 1), so the
