@@ -201,6 +201,22 @@ def _check_mesh_and_placements(x) -> None:
         )
 
 
+def _local_box(input):
+    """``(mesh, placements, global shape, local tensor, box shape, box offset)`` of a DTensor: where this rank's
+    local tensor lies in the global one (raises if the local shape is not torch's sharding of the global one)."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    mesh, placements, gshape = input.device_mesh, tuple(input.placements), tuple(input.shape)
+    local = input.to_local()
+    box_shape, box_offset = compute_local_shape_and_global_offset(gshape, mesh, placements)
+    if tuple(box_shape) != tuple(local.shape):
+        raise ValueError(
+            f"the DTensor's local tensor has shape {tuple(local.shape)}, but torch's sharding of the global shape "
+            f"{gshape} with {placements} gives this rank {tuple(box_shape)}: its global indices are unknown"
+        )
+    return mesh, placements, gshape, local, tuple(box_shape), tuple(box_offset)
+
+
 def _check_keys_agree(key: torch.Tensor, mesh) -> None:
     """All-reduce ``[key, -key]`` with MAX over the mesh: ``max == min`` iff every rank holds the same key."""
     import torch.distributed as dist
@@ -268,19 +284,11 @@ def dtensor_dropout(
         True
     """
     from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     _check_mesh_and_placements(input)
     if inplace:
         ops.check_inplace(input)
-    mesh, placements, gshape = input.device_mesh, tuple(input.placements), tuple(input.shape)
-    local = input.to_local()
-    box_shape, box_offset = compute_local_shape_and_global_offset(gshape, mesh, placements)
-    if tuple(box_shape) != tuple(local.shape):
-        raise ValueError(
-            f"the DTensor's local tensor has shape {tuple(local.shape)}, but torch's sharding of the global shape "
-            f"{gshape} with {placements} gives this rank {tuple(box_shape)}: its global indices are unknown"
-        )
+    mesh, placements, gshape, local, box_shape, box_offset = _local_box(input)
     key = resolve_key(seed, generator, stream)
     _check_keys_agree(key, mesh)
     mshape = tuple(noise_shape) if noise_shape is not None else gshape
@@ -335,7 +343,6 @@ def dtensor_variant(
         seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
     """
     from torch.distributed.tensor import DTensor, Partial, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     from dropkit.rng import batch_shard, current_batch_start
 
@@ -352,14 +359,7 @@ def dtensor_variant(
             f"{pl!r}. Element-wise dropout (dropkit.functional.dropout and the modules built on it) takes every "
             "Shard(d); redistribute to Shard(0) or Replicate() for this variant"
         )
-    mesh, placements, gshape = input.device_mesh, tuple(input.placements), tuple(input.shape)
-    local = input.to_local()
-    box_shape, box_offset = compute_local_shape_and_global_offset(gshape, mesh, placements)
-    if tuple(box_shape) != tuple(local.shape):
-        raise ValueError(
-            f"the DTensor's local tensor has shape {tuple(local.shape)}, but torch's sharding of the global shape "
-            f"{gshape} with {placements} gives this rank {tuple(box_shape)}: its global indices are unknown"
-        )
+    mesh, placements, gshape, local, box_shape, box_offset = _local_box(input)
     key = resolve_key(seed, generator, stream)
     _check_keys_agree(key, mesh)
     start = box_offset[0] if type(pl) is Shard else 0

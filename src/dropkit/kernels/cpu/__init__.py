@@ -586,15 +586,7 @@ def dropout_mul(
     lib = _state["lib"]
     src = x if x.is_contiguous() else x.contiguous()
     n = src.numel()
-    _check_memory(src, "x")
-    if out is None:
-        dst = torch.empty_like(src, memory_format=torch.contiguous_format)  # 2 us less than torch.empty(shape)
-    elif out.numel() != n:
-        raise ValueError(f"`out` must have {n} elements like `x`; received {out.numel()}")
-    elif not out.is_contiguous() or (out.data_ptr() != src.data_ptr() and _overlap(out, src)):
-        dst = torch.empty(x.shape, dtype=x.dtype)
-    else:
-        dst = out
+    dst = _destination(x, src, out, broadcast=False)
     if n:
         rc = lib.dk_dropout_mul(
             code,
@@ -698,15 +690,7 @@ def gaussian_mul(
     n = x.numel()
     broadcast = n > 1 and all(st == 0 or sz == 1 for st, sz in zip(x.stride(), x.shape))
     src = x if broadcast or x.is_contiguous() else x.contiguous()
-    _check_memory(src, "x")
-    if out is None:
-        dst = torch.empty(x.shape, dtype=x.dtype)
-    elif out.numel() != n:
-        raise ValueError(f"`out` must have {n} elements like `x`; received {out.numel()}")
-    elif not out.is_contiguous() or ((broadcast or out.data_ptr() != src.data_ptr()) and _overlap(out, src)):
-        dst = torch.empty(x.shape, dtype=x.dtype)
-    else:
-        dst = out
+    dst = _destination(x, src, out, broadcast=broadcast)
     if n:
         rc = lib.dk_gaussian_mul(
             code,
@@ -726,6 +710,21 @@ def gaussian_mul(
     if out is not None and dst is not out:
         return out.copy_(dst.view(out.shape))
     return dst
+
+
+def _destination(x: torch.Tensor, src: torch.Tensor, out: torch.Tensor | None, *, broadcast: bool) -> torch.Tensor:
+    """Where an element-wise kernel writes: ``out`` itself when it is contiguous and equals or does not
+    overlap ``src`` (a broadcast ``src``, one value, must not overlap it at all), else a new contiguous
+    tensor (the caller copies it into ``out``). Checks ``src`` has memory of its own and ``out``'s size."""
+    _check_memory(src, "x")
+    n = x.numel()
+    if out is None:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)  # 2 us less than torch.empty(shape)
+    if out.numel() != n:
+        raise ValueError(f"`out` must have {n} elements like `x`; received {out.numel()}")
+    if not out.is_contiguous() or ((broadcast or out.data_ptr() != src.data_ptr()) and _overlap(out, src)):
+        return torch.empty(x.shape, dtype=x.dtype)
+    return out
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
