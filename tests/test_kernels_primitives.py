@@ -7,7 +7,6 @@ normal) and of the torch reference (fused op).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -15,27 +14,13 @@ import torch
 
 from dropkit import kernels, rng
 from dropkit.kernels import cpu, reference
+from backend_helpers import ISAS, backend
 
 CPU = torch.device("cpu")
-ISAS = [name for name in ("scalar", "avx2", "avx512", "neon") if name in cpu.supported_isas()]
 SIZES = [0, 1, 3, 4, 5, 63, 65, 4095, 4097, 9001, 70001]
 OFFSETS = [0, 1, 3, 6, 4093, 2**33 + 1, 4 * 2**32 - 3]  # the last crosses the lo32 block-counter wrap
 KEYS = [(0, 0), (12345, 7), (2**64 - 1, 2**63 + 3)]
 UNIFORM_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-
-
-@contextlib.contextmanager
-def backend(name: str, isa: str | None = None):
-    kernels.set_backend(name)
-    before = cpu.isa() if isa else None
-    if isa:
-        cpu.set_isa(isa)
-    try:
-        yield
-    finally:
-        kernels.set_backend("auto")
-        if isa:
-            cpu.set_isa(before)
 
 
 def _backends():

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -20,27 +19,13 @@ import torch
 
 from dropkit import kernels, rng
 from dropkit.kernels import cpu, reference
+from backend_helpers import ISAS, backend
 
 CPU = torch.device("cpu")
-ISAS = [name for name in ("scalar", "avx2", "avx512", "neon") if name in cpu.supported_isas()]
 BACKENDS = [("reference", None)] + [("cpu", isa) for isa in ISAS]
 IDS = [f"{b}-{i}" if i else b for b, i in BACKENDS]
 INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-@contextlib.contextmanager
-def backend(name: str, isa: str | None = None):
-    kernels.set_backend(name)
-    before = cpu.isa() if isa else None
-    if isa:
-        cpu.set_isa(isa)
-    try:
-        yield
-    finally:
-        kernels.set_backend("auto")
-        if isa:
-            cpu.set_isa(before)
 
 
 def _edge_words() -> tuple[np.ndarray, np.ndarray]:
