@@ -135,7 +135,7 @@ def resolve_key(
     check_key_args(None, generator)
     if stream == 0 and plain_eager():  # the same two draws as randint, one op instead of three
         key = torch.zeros(4, dtype=torch.int64)
-        key.narrow(0, 0, 2).random_(0, 1 << 32, generator=generator)
+        key[:2].random_(0, 1 << 32, generator=generator)  # a slice: cheaper than narrow here
         return key
     words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator)
     return torch.cat([words, torch.tensor([stream & _M32, stream >> 32], dtype=torch.int64)])
