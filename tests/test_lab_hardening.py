@@ -241,3 +241,29 @@ def test_flag_of_the_validation_kind_from_the_cli_is_short_but_a_deep_value_erro
         int("x")
     except ValueError as exc:
         assert not is_user_error(exc)
+
+
+def test_ctrl_c_with_jobs_stops_every_worker_and_prints_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: workers leave it to the parent, which stops them;
+    one line, no traceback from any process, no worker left behind, and the same command resumes to the end."""
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "dropkit", "compare", "--dataset", "overfit", "--seeds", "2", "--quiet", "--jobs", "2",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen([*cmd, "--epochs", "40"], env={**os.environ, "DROPKIT_LAB_EPOCH_DELAY": "0.2"},
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not any(m.read_text().count("\n") >= 1 for m in out.glob("runs/*/*/metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].endswith("run the same command again to resume")
+    with pytest.raises(ProcessLookupError):  # the group is gone: no worker outlived the parent
+        for _ in range(100):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.1)
+    done = subprocess.run([*cmd, "--epochs", "40"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len(list(out.glob("runs/*/*/result.json"))) == 4

@@ -23,8 +23,10 @@ import multiprocessing
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -181,6 +183,35 @@ def _data_kwargs(config: dict, data_dir, cache_dir, download: bool) -> str:
     if config.get("task", "classification") != "classification":
         kwargs["task"] = config["task"]
     return json.dumps(kwargs, sort_keys=True)
+
+
+def _worker_init() -> None:
+    """A ``--jobs`` worker leaves Ctrl-C to the parent, which stops every worker and prints one line (a
+    terminal's Ctrl-C reaches the whole process group: each worker would print its own traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now: the parent's block is not needed
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Hold SIGINT back while workers start, so that none is interrupted before ``_worker_init`` runs (they inherit
+    the mask); a Ctrl-C in that window is delivered to the parent when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Ctrl-C with ``--jobs``: terminate the workers (their runs resume from their last saved epoch), drop queued runs."""
+    for proc in multiprocessing.active_children():  # the pool's workers: this process starts no other children
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _worker(spec_json: dict, run_dir: str, dataset: str, data_kwargs: str, device: str, threads: int) -> dict:
@@ -375,19 +406,28 @@ def run_experiment(
             else:
                 threads = max(1, (os.cpu_count() or 1) // jobs)
                 ctx = multiprocessing.get_context("spawn")
-                with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                    futures = {
-                        pool.submit(
-                            _worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device, threads
-                        ): (pt, spec, (run_dir / "result.json").is_file())
-                        for pt, spec, run_dir in tasks
-                    }
+                pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+                try:
+                    with _sigint_blocked():  # every worker is started by these submits
+                        futures = {
+                            pool.submit(
+                                _worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device, threads
+                            ): (pt, spec, (run_dir / "result.json").is_file())
+                            for pt, spec, run_dir in tasks
+                        }
                     bar.describe(f"{len(tasks)} runs in {jobs} processes")
                     for fut in cf.as_completed(futures):
                         res = fut.result()
                         pt, spec, skipped = futures[fut]
                         bar.advance(spec.epochs)
                         bar.run_done(pt.label, spec.seed, res, skipped)
+                except KeyboardInterrupt:
+                    _stop_workers(pool)
+                    raise
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # a failed run: let the running ones finish
+                    raise
+                pool.shutdown()
         finally:
             bar.close()
         wall = time.perf_counter() - t0
