@@ -445,6 +445,11 @@ def _direct(op, *args):
         return op(*args)
 
 
+def _linear_backward(ctx, grad):
+    """The gradient of an x-linear op is the op on ``grad`` (with its own node when double backward wants one)."""
+    return (apply_linear(ctx.op, grad, ctx.key, *ctx.args), None, None) + (None,) * len(ctx.args)
+
+
 class _Linear(torch.autograd.Function):
     """``y = op(x, key, *args)`` with ``op`` linear in ``x``: backward and the tangent are ``op`` again."""
 
@@ -462,13 +467,7 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        if torch.is_grad_enabled() and grad.requires_grad:  # double backward
-            g = _Linear.apply(grad, ctx.op, ctx.key, *ctx.args)
-        elif has_functorch_or_fwd_ad(grad):
-            g = ctx.op(grad, ctx.key, *ctx.args)
-        else:
-            g = _direct(ctx.op, grad, ctx.key, *ctx.args)
-        return (g, None, None) + (None,) * len(ctx.args)
+        return _linear_backward(ctx, grad)
 
     @staticmethod
     def jvp(ctx, tangent, *_):  # type: ignore[override]
@@ -492,11 +491,7 @@ class _LinearEager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        if torch.is_grad_enabled() and grad.requires_grad:  # double backward
-            g = apply_linear(ctx.op, grad, ctx.key, *ctx.args)
-        else:
-            g = _direct(ctx.op, grad, ctx.key, *ctx.args)
-        return (g, None, None) + (None,) * len(ctx.args)
+        return _linear_backward(ctx, grad)
 
     @staticmethod
     def jvp(ctx, tangent, *_):  # type: ignore[override]

@@ -577,9 +577,8 @@ def dropout_mul(
     made contiguous first, and an ``out`` that is not contiguous or partly overlaps
     ``x`` receives the result by a copy.
     """
-    lib = _state["lib"]
-    code = _state["dtypes"].get(x.dtype) if lib is not None or available() else None
-    if code is None or not x.is_cpu or (out is not None and (out.dtype != x.dtype or not out.is_cpu)):
+    code = _code_for(x, out)
+    if code is None:
         from dropkit.kernels import reference
 
         return reference.dropout_mul(x, p, scale, seed, stream, offset, out)
@@ -603,9 +602,7 @@ def dropout_mul(
         )
         if rc:
             raise RuntimeError(f"dk_dropout_mul failed with code {rc}")
-    if out is not None and dst is not out:
-        return out.copy_(dst.view(out.shape))
-    return dst
+    return _delivered(dst, out)
 
 
 def uniform(
@@ -680,9 +677,8 @@ def gaussian_mul(
     except that an ``x`` holding one value broadcast (every stride 0, e.g. the gradient of a sum) is
     read as that value, not copied.
     """
-    lib = _state["lib"]
-    code = _state["dtypes"].get(x.dtype) if lib is not None or available() else None
-    if code is None or not x.is_cpu or (out is not None and (out.dtype != x.dtype or not out.is_cpu)):
+    code = _code_for(x, out)
+    if code is None:
         from dropkit.kernels import reference
 
         return reference.gaussian_mul(x, sigma, seed, stream, offset, out)
@@ -707,6 +703,20 @@ def gaussian_mul(
         )
         if rc:
             raise RuntimeError(f"dk_gaussian_mul failed with code {rc}")
+    return _delivered(dst, out)
+
+
+def _code_for(x: torch.Tensor, out: torch.Tensor | None) -> int | None:
+    """The kernel's dtype code for an element-wise call on ``x`` (into ``out``), or None when the kernel does not
+    serve it (no library, another dtype or device, an ``out`` of another dtype or device): the reference does."""
+    code = _state["dtypes"].get(x.dtype) if _state["lib"] is not None or available() else None
+    if code is None or not x.is_cpu or (out is not None and (out.dtype != x.dtype or not out.is_cpu)):
+        return None
+    return code
+
+
+def _delivered(dst: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The call's result: ``dst``, copied into ``out`` when the kernel could not write there directly."""
     if out is not None and dst is not out:
         return out.copy_(dst.view(out.shape))
     return dst
@@ -723,7 +733,7 @@ def _destination(x: torch.Tensor, src: torch.Tensor, out: torch.Tensor | None, *
     if out.numel() != n:
         raise ValueError(f"`out` must have {n} elements like `x`; received {out.numel()}")
     if not out.is_contiguous() or ((broadcast or out.data_ptr() != src.data_ptr()) and _overlap(out, src)):
-        return torch.empty(x.shape, dtype=x.dtype)
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
     return out
 
 
