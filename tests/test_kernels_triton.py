@@ -297,8 +297,11 @@ def test_gaussian_mul_matches_reference(interpreter, dtype, n, offset):
 
 
 # --------------------------------------------------------------------------- compiled kernels (no GPU needed)
-def _compile_all(arch: int) -> dict[str, str]:
-    """Lower every kernel to PTX and cubin for ``sm_<arch>``; returns the PTX by case name."""
+def _compile_all(arch: int, fp_fusion: bool = False, key_in_memory: bool = False) -> dict[str, str]:
+    """Lower every kernel to PTX and cubin for ``sm_<arch>``; returns the PTX by case name.
+
+    ``fp_fusion``: Triton's ``enable_fp_fusion`` (on by default, and how Inductor compiles a graph's user
+    kernels); ``key_in_memory``: the graph launches' key tensor instead of the eager scalar key."""
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -313,15 +316,17 @@ def _compile_all(arch: int) -> dict[str, str]:
     ptx = {}
 
     def build(name, fn, sig, constexprs, n_ptrs):
-        sig = {k: v for k, v in sig.items()}
+        items = list(sig.items())
+        sig = dict(items[:n_ptrs] + [("key_ptr", "*i64")] + items[n_ptrs:])
+        constexprs = {**constexprs, "KEY_IN_MEMORY": key_in_memory}
         for k in constexprs:
             sig[k] = "constexpr"
-        attrs = {(i,): div16 for i in range(n_ptrs + 1)}  # pointers and n aligned, as at most launches
+        attrs = {(i,): div16 for i in range(n_ptrs + 2)}  # pointers and n aligned, as at most launches
         try:
             src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         except TypeError as exc:  # pragma: no cover - older ASTSource signature
             pytest.skip(f"this Triton's ASTSource differs: {exc}")
-        compiled = triton.compile(src, target=target, options={"num_warps": 4, "enable_fp_fusion": False})
+        compiled = triton.compile(src, target=target, options={"num_warps": 4, "enable_fp_fusion": fp_fusion})
         assert compiled.asm.get("cubin"), name
         ptx[name] = compiled.asm["ptx"]
 
@@ -343,17 +348,28 @@ def _compile_all(arch: int) -> dict[str, str]:
     return ptx
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_kernels_compile_for_gpu(arch, monkeypatch):
+@pytest.mark.parametrize(
+    "arch,fp_fusion,key_in_memory",
+    [(80, False, False), (90, False, False), (90, True, False), (90, True, True)],
+    ids=["sm80", "sm90", "sm90-fp-fusion", "sm90-fp-fusion-graph-key"],
+)
+def test_kernels_compile_for_gpu(arch, fp_fusion, key_in_memory, monkeypatch):
+    """The PTX of every kernel, with Triton's FP fusion off and on (Inductor compiles a graph's user
+    kernels with it on) and with the key in memory (graph launches)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    ptx = _compile_all(arch)
+    ptx = _compile_all(arch, fp_fusion, key_in_memory)
     assert "mul.hi.u32" in ptx["keep_mask"]  # Philox's 32x32 -> high 32 products
+    if key_in_memory:  # the key is read from the device: four 64-bit loads before Philox
+        assert ptx["keep_mask"].count("ld.global.b64") + ptx["keep_mask"].count("ld.global.u64") >= 1
     # normal contract v2 on the GPU: the correctly rounded division and square root, no contracted
-    # multiply-add, no approximate (fast-math) instructions
-    for name in ("normal", "gaussian_mul torch.float32", "gaussian_mul torch.bfloat16"):
+    # multiply-add (whatever the fusion option), no approximate (fast-math) instructions
+    for name in ("normal", "gaussian_mul torch.float32", "gaussian_mul torch.bfloat16", "gaussian_mul torch.float64"):
         code = ptx[name]
         assert "div.rn.f32" in code and "sqrt.rn.f32" in code, name
         assert "fma." not in code and ".approx" not in code and ".ftz" not in code, name
+    # residual + act(h) * f rounds like the unfused torch ops (erf and exp use fused operations inside)
+    for name in ("fused identity backward=False", "fused relu backward=False", "dropout_mul torch.float32"):
+        assert "fma." not in ptx[name], name
 
 
 # --------------------------------------------------------------------------- CUDA

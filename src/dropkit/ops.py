@@ -575,3 +575,109 @@ def dropout_(
         return _DropoutInplace.apply(x, key, p, scale, ns, offset)
     _direct(dropout_inplace_op, x, key, p, scale, ns, offset)
     return x
+
+
+# ---------------------------------------------------------------------------
+# Inductor: on CUDA the ops decompose into their Triton kernels inside compiled graphs
+# ---------------------------------------------------------------------------
+# AOTAutograd traces a graph under FunctionalTensorMode; there an op served by the Triton kernels becomes
+# its kernel launches (dropkit.kernels.triton.graph: ``torch.library.wrap_triton``, the key read on the
+# device), so Inductor compiles them into the graph's code. torch.export keeps the ops whole, as it keeps
+# ``torch.library.triton_op``s (decompose_custom_triton_ops is off there); so do CPU tensors (the C kernel
+# is the op's implementation) and ``DROPKIT_TRITON_GRAPH=0``.
+def _graph_launches(device: torch.device, types):
+    if not torch._functorch.config.decompose_custom_triton_ops:
+        return None
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    if any(not issubclass(t, FakeTensor) and t not in (torch.Tensor, FunctionalTensor) for t in types):
+        return None  # a tensor subclass (DTensor, ...) handles the op itself
+    return kernels.graph_kernels(device)
+
+
+def _graph_key(key: torch.Tensor) -> torch.Tensor:
+    if key.dtype != torch.int64 or tuple(key.shape) != (4,) or key.device.type != "cpu":
+        raise ValueError(f"{_KEY_CHECK}; received {key.dtype} {tuple(key.shape)} on {key.device}")
+    return key
+
+
+def _keep_mask_graph(g, key, shape, p, offset, device):
+    n = math.prod(shape)
+    return g.keep_mask(_graph_key(key), n, float(p), _check_offset(offset), torch.device(device)).view(tuple(shape))
+
+
+def _normal_graph(g, key, shape, offset, dtype, device):
+    n = math.prod(shape)
+    return g.normal(_graph_key(key), n, _check_offset(offset), torch.device(device), dtype).view(tuple(shape))
+
+
+def _dropout_graph(g, x, key, p, scale, noise_shape, offset):
+    offset = _check_offset(offset)
+    if noise_shape is not None:  # the mask of noise_shape (keep_mask: decomposed in turn), broadcast
+        cdt = rng.compute_dtype(x.dtype)
+        return _into_layout(x, x.to(cdt) * _mask_factor(_graph_key(key), p, scale, noise_shape, offset, x.device, cdt))
+    return _into_layout(x, g.dropout_mul(x.contiguous(), _graph_key(key), p, scale, offset))
+
+
+def _dropout_inplace_graph(g, x, key, p, scale, noise_shape, offset):
+    x.copy_(_dropout_graph(g, x, key, p, scale, noise_shape, offset))
+
+
+def _gaussian_graph(g, x, key, sigma, offset):
+    return _into_layout(x, g.gaussian_mul(x, _graph_key(key), sigma, _check_offset(offset)))
+
+
+def _fused_graph(g, x, bias, residual, key, p, scale, activation, offset):
+    bias = bias.contiguous() if bias is not None else None
+    args = (_graph_key(key), activation, False, p, scale, _check_offset(offset))
+    return g.fused_bias_act_dropout_add(residual.contiguous(), x.contiguous(), bias, *args)
+
+
+def _fused_bw_graph(g, grad, x, bias, key, p, scale, activation, offset):
+    bias = bias.contiguous() if bias is not None else None
+    args = (_graph_key(key), activation, True, p, scale, _check_offset(offset))
+    return g.fused_bias_act_dropout_add(grad.contiguous(), x.contiguous(), bias, *args)
+
+
+def _embedding_graph(g, x, key, indices, num_embeddings, p, scale):
+    cdt = rng.compute_dtype(x.dtype)  # whole-row mask: keep_mask decomposed in turn
+    return _into_layout(
+        x, x.to(cdt) * _embedding_factor(_graph_key(key), indices, num_embeddings, p, scale, x.device, cdt)
+    )
+
+
+def _drop_block_graph(g, x, key, gamma, block_size, seed_shape, dims, offset):
+    return _drop_block_impl(x, _graph_key(key), gamma, block_size, seed_shape, dims, offset)  # torch ops over uniform
+
+
+def _register_graph(op, decompose, device_of: Callable) -> None:
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def rule(mode, func, types, args, kwargs):
+        g = _graph_launches(torch.device(device_of(*args)), types)
+        if g is None:
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+        with mode:
+            return decompose(g, *args, **kwargs)
+
+    torch.library.register_torch_dispatch(op, FunctionalTensorMode, rule, lib=_LIB)
+
+
+def _device_arg(*args):
+    return args[-1]
+
+
+def _first_device(x, *args):
+    return x.device
+
+
+_register_graph(keep_mask_op, _keep_mask_graph, _device_arg)
+_register_graph(normal_op, _normal_graph, _device_arg)
+_register_graph(dropout_op, _dropout_graph, _first_device)
+_register_graph(dropout_inplace_op, _dropout_inplace_graph, _first_device)
+_register_graph(gaussian_dropout_op, _gaussian_graph, _first_device)
+_register_graph(fused_op, _fused_graph, _first_device)
+_register_graph(fused_backward_op, _fused_bw_graph, _first_device)
+_register_graph(embedding_dropout_op, _embedding_graph, _first_device)
+_register_graph(drop_block_op, _drop_block_graph, _first_device)

@@ -62,6 +62,7 @@ __all__ = [
     "mask_fold",
     "mask_fold_compiled",
     "capabilities",
+    "graph_kernels",
     "backend_info",
     "set_backend",
     "BACKENDS",
@@ -154,6 +155,15 @@ def _for(op: str, device: torch.device):
     """The backend that computes primitive ``op`` for ``device``: the selected one if it can, else the reference."""
     be = _select(device)
     return be if op in be.CAPABILITIES else reference
+
+
+def graph_kernels(device: torch.device):
+    """The graph launches (:mod:`dropkit.kernels.triton.graph`) when compiled Triton kernels serve ``device``
+    (CUDA, not the interpreter) and ``DROPKIT_TRITON_GRAPH`` does not turn them off; else None, and the
+    ops stay whole in a compiled graph. Called while a graph is traced, never in eager calls."""
+    from dropkit.kernels.triton import graph
+
+    return graph if graph.enabled() and graph.serves(device) else None
 
 
 def capabilities(device: torch.device | str = "cpu") -> frozenset[str]:

@@ -185,8 +185,9 @@ def _launch_args(n: int, p: float, scale: float, seed: int, stream: int, offset:
 
 
 def _launch_kw(device: torch.device) -> dict:
-    # No FMA contraction: ``residual + a * factor`` rounds like the unfused torch ops.
-    return {} if interpreter_enabled() else {"num_warps": _NUM_WARPS, "enable_fp_fusion": False}
+    # Triton's default compile options (FP fusion on), as Inductor compiles a graph's user kernels: the
+    # kernels give the same bits either way (no result depends on contraction, see _kernels._mad)
+    return {} if interpreter_enabled() else {"num_warps": _NUM_WARPS}
 
 
 def _bf16(out: torch.Tensor) -> bool:
@@ -204,21 +205,102 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _launch(kernel: str, ptrs, n, p, scale, seed, stream, offset, f64, extra=(), **constexprs) -> None:
-    """Launch ``kernel`` over ``n`` elements: pointers, the shared scalars, ``extra`` scalars, constexprs."""
+def _run(kernel: str, grid, ptrs, key, args, constexprs) -> None:
+    """Launch ``kernel``. ``key`` is ``(seed, stream)`` or the int64 key tensor ``(4,)`` of
+    :func:`dropkit.rng.key_tensor` on the kernel's device: eagerly with the key as scalars, or through ``torch.library.wrap_triton`` with the
+    key in memory, so that make_fx / AOTAutograd record the launch (a ``triton_kernel_wrapper`` node that
+    Inductor compiles into the graph's code)."""
+    device = ptrs[0].device
+    fn = getattr(_kernels(device), kernel)
+    if isinstance(key, torch.Tensor):
+        torch.library.wrap_triton(fn)[grid](*ptrs, key, *args, **constexprs, KEY_IN_MEMORY=True, **_launch_kw(device))
+        return
+    with _on(device):  # the key pointer is never read: any tensor of the launch will do
+        fn[grid](*ptrs, ptrs[-1], *args, **constexprs, KEY_IN_MEMORY=False, **_launch_kw(device))
+
+
+def _key_scalars(key) -> tuple[int, int]:
+    return (0, 0) if isinstance(key, torch.Tensor) else key
+
+
+def _launch(kernel: str, ptrs, n, p, scale, key, offset, f64, extra=(), **constexprs) -> None:
+    """Launch ``kernel`` over ``n`` elements: pointers, the key, the shared scalars, ``extra`` scalars, constexprs."""
     if n == 0:
         return
-    device = ptrs[0].device
-    grid, args, meta = _launch_args(n, p, scale, seed, stream, offset, f64)
-    with _on(device):
-        getattr(_kernels(device), kernel)[grid](*ptrs, *args, *extra, **constexprs, **meta, **_launch_kw(device))
+    grid, args, meta = _launch_args(n, p, scale, *_key_scalars(key), offset, f64)
+    _run(kernel, grid, ptrs, key, [*args, *extra], {**constexprs, **meta})
+
+
+# Each primitive is written once over a ``key`` (``(seed, stream)`` or the key tensor on the device, see
+# ``_run``): the public functions below pass ``(seed, stream)``, the graph launches of
+# ``dropkit.kernels.triton.graph`` the key tensor.
+def _keep_mask(n, p, key, offset, device):
+    out = torch.empty(n, dtype=torch.uint8, device=device)
+    _launch("keep_mask_kernel", (out,), n, p, 1.0, key, offset, False)
+    return out.view(torch.bool)
+
+
+def _dropout_mul(x, p, scale, key, offset, out=None):
+    direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
+    y = out if direct and out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
+    f64 = x.dtype == torch.float64
+    _launch("dropout_mul_kernel", (_arg(x), _arg(y)), x.numel(), p, scale, key, offset, f64, F64=f64, BF16=_bf16(y))
+    if out is not None and not direct:
+        return out.copy_(y)
+    return y
+
+
+def _fused(a, x, bias, activation, backward, p, scale, key, offset):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    f64 = x.dtype == torch.float64
+    ptrs = (_arg(a), _arg(x), _arg(bias if bias is not None else x), _arg(out))
+    meta = {"ACT": ACTIVATIONS[activation], "HAS_BIAS": bias is not None, "BACKWARD": backward}
+    _launch(
+        "fused_kernel", ptrs, x.numel(), p, scale, key, offset, f64, (x.shape[-1],), **meta, F64=f64, BF16=_bf16(out)
+    )
+    return out
+
+
+def _launch_normal(kernel: str, ptrs, n: int, sigma: float, key, offset: int, f64: bool, **constexprs):
+    """Launch a normal-contract kernel over ``n`` elements (4 per Philox block)."""
+    if n == 0:
+        return
+    if offset < 0:
+        raise ValueError(f"`offset` must be >= 0; received offset={offset}")
+    seed, stream = _key_scalars(key)
+    b_first, start = divmod(offset, 4)
+    grid = (-(-(start + n) // (4 * NORMAL_BLOCK_B)),)
+    if f64:
+        bits = struct.unpack("<Q", struct.pack("<d", sigma))[0]
+    else:
+        bits = struct.unpack("<I", struct.pack("<f", sigma))[0]  # sigma rounded to float32 once
+    args = [n, _i32(b_first), _i32(b_first >> 32), _i32(seed), _i32(seed >> 32), _i32(stream), _i32(stream >> 32)]
+    args += [_i32(bits), _i32(bits >> 32)]
+    _run(kernel, grid, ptrs, key, args, {**constexprs, "START": start, "BLOCK_B": NORMAL_BLOCK_B})
+
+
+def _normal(n, key, offset, device, dtype):
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    _launch_normal("normal_kernel", (out,), n, 0.0, key, offset, False)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def _gaussian_mul(x, sigma, key, offset, out=None):
+    src = x if x.is_contiguous() else x.contiguous()
+    direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
+    y = out if direct and out is not None else torch.empty_like(src, memory_format=torch.contiguous_format)
+    f64 = x.dtype == torch.float64
+    _launch_normal(
+        "gaussian_mul_kernel", (_arg(src), _arg(y)), src.numel(), sigma, key, offset, f64, F64=f64, BF16=_bf16(y)
+    )
+    if out is not None and not direct:
+        return out.copy_(y)
+    return y
 
 
 def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
     """1-D ``bool`` keep mask of ``n`` elements (``True`` = kept), computed on ``device``."""
-    out = torch.empty(n, dtype=torch.uint8, device=device)
-    _launch("keep_mask_kernel", (out,), n, p, 1.0, seed, stream, offset, False)
-    return out.view(torch.bool)
+    return _keep_mask(n, p, (seed, stream), offset, device)
 
 
 def dropout_mul(
@@ -227,15 +309,7 @@ def dropout_mul(
     """``x * (keep ? scale : 0)`` over contiguous ``x``, in float32 (float64), rounded once to x.dtype."""
     if not x.is_contiguous():
         raise ValueError("dropout_mul expects a contiguous `x`; call x.contiguous() first")
-    direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-    y = out if direct and out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
-    f64 = x.dtype == torch.float64
-    _launch(
-        "dropout_mul_kernel", (_arg(x), _arg(y)), x.numel(), p, scale, seed, stream, offset, f64, F64=f64, BF16=_bf16(y)
-    )
-    if out is not None and not direct:
-        return out.copy_(y)
-    return y
+    return _dropout_mul(x, p, scale, (seed, stream), offset, out)
 
 
 def fused_bias_act_dropout_add(
@@ -255,80 +329,18 @@ def fused_bias_act_dropout_add(
     Forward (``a`` = residual): ``residual + act(h) * (keep ? scale : 0)``. Backward (``a`` =
     the output's gradient): ``grad * (keep ? scale : 0) * act'(h)``, the gradient of ``x``.
     """
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    f64 = x.dtype == torch.float64
-    ptrs = (_arg(a), _arg(x), _arg(bias if bias is not None else x), _arg(out))
-    _launch(
-        "fused_kernel",
-        ptrs,
-        x.numel(),
-        p,
-        scale,
-        seed,
-        stream,
-        offset,
-        f64,
-        (x.shape[-1],),
-        ACT=ACTIVATIONS[activation],
-        HAS_BIAS=bias is not None,
-        BACKWARD=backward,
-        F64=f64,
-        BF16=_bf16(out),
-    )
-    return out
-
-
-def _launch_normal(
-    kernel: str, ptrs, n: int, sigma: float, seed: int, stream: int, offset: int, f64: bool, **constexprs
-):
-    """Launch a normal-contract kernel over ``n`` elements (4 per Philox block)."""
-    if n == 0:
-        return
-    if offset < 0:
-        raise ValueError(f"`offset` must be >= 0; received offset={offset}")
-    device = ptrs[0].device
-    b_first, start = divmod(offset, 4)
-    grid = (-(-(start + n) // (4 * NORMAL_BLOCK_B)),)
-    if f64:
-        bits = struct.unpack("<Q", struct.pack("<d", sigma))[0]
-    else:
-        bits = struct.unpack("<I", struct.pack("<f", sigma))[0]  # sigma rounded to float32 once
-    args = [n, _i32(b_first), _i32(b_first >> 32), _i32(seed), _i32(seed >> 32), _i32(stream), _i32(stream >> 32)]
-    args += [_i32(bits), _i32(bits >> 32)]
-    meta = {"START": start, "BLOCK_B": NORMAL_BLOCK_B}
-    with _on(device):
-        getattr(_kernels(device), kernel)[grid](*ptrs, *args, **constexprs, **meta, **_launch_kw(device))
+    return _fused(a, x, bias, activation, backward, p, scale, (seed, stream), offset)
 
 
 def normal(
     n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """1-D normals of elements ``offset .. offset + n - 1`` (normal contract v2: float32, then ``dtype``)."""
-    out = torch.empty(n, dtype=torch.float32, device=device)
-    _launch_normal("normal_kernel", (out,), n, 0.0, seed, stream, offset, False)
-    return out if dtype == torch.float32 else out.to(dtype)
+    return _normal(n, (seed, stream), offset, device, dtype)
 
 
 def gaussian_mul(
     x: torch.Tensor, sigma: float, seed: int, stream: int, offset: int, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x * (1 + sigma * z)`` in float32 (float64 for float64 ``x``), rounded once to ``x.dtype``."""
-    src = x if x.is_contiguous() else x.contiguous()
-    direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-    y = out if direct and out is not None else torch.empty_like(src, memory_format=torch.contiguous_format)
-    f64 = x.dtype == torch.float64
-    _launch_normal(
-        "gaussian_mul_kernel",
-        (_arg(src), _arg(y)),
-        src.numel(),
-        sigma,
-        seed,
-        stream,
-        offset,
-        f64,
-        F64=f64,
-        BF16=_bf16(y),
-    )
-    if out is not None and not direct:
-        return out.copy_(y)
-    return y
+    return _gaussian_mul(x, sigma, (seed, stream), offset, out)

@@ -16,7 +16,16 @@ constant so the common aligned case (``START == 0``) keeps vectorised loads.
 
 Use only builtins of ``triton.language`` here, not its ``@jit`` helpers (``tl.zeros``,
 ``tl.sigmoid``, ``tl.cdiv``, ...): those are decorated when Triton is imported, so they stay
-compiled-mode functions when the interpreter is switched on later in the process.
+compiled-mode functions when the interpreter is switched on later in the process. Device-only
+code (PTX inline assembly) sits behind ``if INTERPRETED`` (the interpreter cannot run it).
+
+No result may depend on FP contraction: a product that feeds an addition goes through
+:func:`_mad`, so the kernels give the same bits whether they are compiled with ``enable_fp_fusion``
+on (Triton's default, and how Inductor compiles user kernels in a graph) or off.
+
+The key arrives as four 32-bit scalar arguments (eager launches) or, with ``KEY_IN_MEMORY``, as the
+int64 key tensor ``(4,)`` on the device (graph launches: there the key is a tensor computed in the
+graph, whose values are not known when the graph is traced).
 
 64-bit integers (seed, stream, ``b_first``, float64 ``scale``) travel as two signed 32-bit
 halves and are not specialised on, so one compiled kernel serves every key.
@@ -24,6 +33,9 @@ halves and are not specialised on, so one compiled kernel serves every key.
 
 import triton
 import triton.language as tl
+
+#: This copy of the file runs under Triton's interpreter (``_module`` loads it with the knob set).
+INTERPRETED = tl.constexpr(bool(triton.knobs.runtime.interpret))
 
 # Philox4x32 constants (Random123).
 PHILOX_M0 = tl.constexpr(0xD2511F53)
@@ -44,6 +56,56 @@ def _u32(v):
 def _i64(lo, hi):
     """The int64 whose halves are the 32-bit arguments ``lo`` (low) and ``hi`` (high)."""
     return (hi.to(tl.int32).to(tl.int64) << 32) | _u32(lo).to(tl.int64)
+
+
+@triton.jit
+def _mul_rn(a, b):
+    """``a * b`` (tensors of one float dtype) by an explicitly rounded PTX multiply, ``mul.rn``: never
+    contracted into a fused multiply-add and never flushed to zero, whatever the compile options."""
+    if a.dtype == tl.float64:
+        r = tl.inline_asm_elementwise(
+            "mul.rn.f64 $0, $1, $2;", "=l,l,l", [a, b], dtype=tl.float64, is_pure=True, pack=1
+        )
+    else:
+        r = tl.inline_asm_elementwise(
+            "mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True, pack=1
+        )
+    return r
+
+
+@triton.jit
+def _mad(a, b, c):
+    """``a * b + c`` rounded twice, never contracted into one fused multiply-add (:func:`_mul_rn`), so
+    the bits do not depend on the compile options: Inductor compiles a graph's user kernels with FP
+    fusion on, as eager launches do. The interpreter computes it in NumPy, which never fuses."""
+    if INTERPRETED:
+        r = a * b + c
+    else:
+        r = _mul_rn(a, b) + c
+    return r
+
+
+@triton.jit
+def _madk(a, K: tl.constexpr, c):
+    """:func:`_mad` with a constant multiplier ``K``."""
+    if INTERPRETED:
+        r = a * K + c
+    else:
+        r = _mul_rn(a, tl.full(a.shape, K, a.dtype)) + c
+    return r
+
+
+@triton.jit
+def _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY: tl.constexpr):
+    """The key's four 32-bit words: the scalar arguments, or (``KEY_IN_MEMORY``) the int64 key tensor
+    ``(seed_lo, seed_hi, stream_lo, stream_hi)`` at ``key_ptr`` on the device (graph launches, whose key
+    is a tensor computed in the graph)."""
+    if KEY_IN_MEMORY:
+        seed_lo = tl.load(key_ptr).to(tl.int32)
+        seed_hi = tl.load(key_ptr + 1).to(tl.int32)
+        stream_lo = tl.load(key_ptr + 2).to(tl.int32)
+        stream_hi = tl.load(key_ptr + 3).to(tl.int32)
+    return seed_lo, seed_hi, stream_lo, stream_hi
 
 
 @triton.jit
@@ -162,10 +224,10 @@ def _act_grad(h, ACT: tl.constexpr, F64: tl.constexpr):
     elif ACT == 2:
         cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
         pdf = 0.3989422804014327 * tl.exp(-0.5 * h * h)
-        d = cdf + h * pdf
+        d = _mad(h, pdf, cdf)
     elif ACT == 3:
         s = 1.0 / (1.0 + tl.exp(-h))
-        d = s * (1.0 + h * (1.0 - s))
+        d = s * _mad(h, 1.0 - s, 1.0)
     else:
         d = tl.full(h.shape, 1.0, h.dtype)
     return d
@@ -174,6 +236,7 @@ def _act_grad(h, ACT: tl.constexpr, F64: tl.constexpr):
 @triton.jit(do_not_specialize=_KEY_ARGS)
 def keep_mask_kernel(
     out_ptr,
+    key_ptr,
     n,
     b_lo,
     b_hi,
@@ -184,10 +247,12 @@ def keep_mask_kernel(
     thr,
     scale_lo,
     scale_hi,
+    KEY_IN_MEMORY: tl.constexpr,
     START: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     """``out[j] = lane(offset + j) >= thr`` as uint8 (viewed as bool by the caller)."""
+    seed_lo, seed_hi, stream_lo, stream_hi = _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY)
     pid = tl.program_id(0)
     j, valid, lane = _tile(pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
     tl.store(out_ptr + j, (lane >= thr).to(tl.uint8), mask=valid)
@@ -204,6 +269,7 @@ def _factor(lane, thr, scale_lo, scale_hi, F64: tl.constexpr):
 def dropout_mul_kernel(
     x_ptr,
     out_ptr,
+    key_ptr,
     n,
     b_lo,
     b_hi,
@@ -216,10 +282,12 @@ def dropout_mul_kernel(
     scale_hi,
     F64: tl.constexpr,
     BF16: tl.constexpr,
+    KEY_IN_MEMORY: tl.constexpr,
     START: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     """``out[j] = x[j] * (keep ? scale : 0)`` in float32 (float64), rounded once to out's dtype."""
+    seed_lo, seed_hi, stream_lo, stream_hi = _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY)
     j, valid, lane = _tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
     xc = _load(x_ptr, j, valid, F64, BF16)
     y = xc * _factor(lane, thr, scale_lo, scale_hi, F64)
@@ -232,6 +300,7 @@ def fused_kernel(
     x_ptr,
     bias_ptr,
     out_ptr,
+    key_ptr,
     n,
     b_lo,
     b_hi,
@@ -248,6 +317,7 @@ def fused_kernel(
     BACKWARD: tl.constexpr,
     F64: tl.constexpr,
     BF16: tl.constexpr,
+    KEY_IN_MEMORY: tl.constexpr,
     START: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
@@ -257,6 +327,7 @@ def fused_kernel(
     Backward (``a`` = grad of out): ``out = grad * (keep ? scale : 0) * act'(h)``, the gradient
     of ``x`` (and, summed over rows, of ``bias``), with the mask regenerated.
     """
+    seed_lo, seed_hi, stream_lo, stream_hi = _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY)
     j, valid, lane = _tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
     h = _load(x_ptr, j, valid, F64, BF16)
     if HAS_BIAS:
@@ -266,7 +337,7 @@ def fused_kernel(
     if BACKWARD:
         y = (a * factor) * _act_grad(h, ACT, F64)
     else:
-        y = a + _act(h, ACT, F64) * factor
+        y = _mad(_act(h, ACT, F64), factor, a)
     tl.store(out_ptr + j, _cast_out(y, out_ptr.dtype.element_ty, BF16), mask=valid)
 
 
@@ -307,16 +378,16 @@ def _box_muller(a, b):
     s = tl.div_rn(f, f + 2.0)
     z = s * s
     t = s + s
-    p = ((LOG_P3 * z + LOG_P2) * z + LOG_P1) * z + LOG_P0
-    log_m = t + t * (z * p)
-    log_u1 = (kf * LN2_LO + log_m) + kf * LN2_HI
+    p = _mad(_mad(_madk(z, LOG_P3, LOG_P2), z, LOG_P1), z, LOG_P0)
+    log_m = _mad(t, z * p, t)
+    log_u1 = _madk(kf, LN2_HI, _madk(kf, LN2_LO, log_m))
     r = tl.sqrt_rn(log_u1 * -2.0)
     tt = ((b >> 8) + (1 << 21)) & 0xFFFFFF
     q = (tt >> 22).to(tl.int32)
     fr = ((tt & 0x3FFFFF).to(tl.int32) - (1 << 21)).to(tl.float32) * TWO_M22
     g = fr * fr
-    c = 1.0 + g * (((COS_C3 * g + COS_C2) * g + COS_C1) * g + COS_C0)
-    sn = fr * ((((SIN_S4 * g + SIN_S3) * g + SIN_S2) * g + SIN_S1) * g + SIN_S0)
+    c = _mad(g, _mad(_mad(_madk(g, COS_C3, COS_C2), g, COS_C1), g, COS_C0), 1.0)
+    sn = fr * _mad(_mad(_mad(_madk(g, SIN_S4, SIN_S3), g, SIN_S2), g, SIN_S1), g, SIN_S0)
     swap = (q & 1) != 0
     cos_t = tl.where(swap, sn, c)
     sin_t = tl.where(swap, c, sn)
@@ -354,6 +425,7 @@ def _normal_tile(
 @triton.jit(do_not_specialize=_NORMAL_KEY_ARGS)
 def normal_kernel(
     out_ptr,
+    key_ptr,
     n,
     b_lo,
     b_hi,
@@ -363,10 +435,12 @@ def normal_kernel(
     stream_hi,
     scale_lo,
     scale_hi,
+    KEY_IN_MEMORY: tl.constexpr,
     START: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     """``out[j]`` = the float32 normal of element ``offset + j`` (normal contract v2)."""
+    seed_lo, seed_hi, stream_lo, stream_hi = _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY)
     j, valid, z = _normal_tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
     tl.store(out_ptr + j, z, mask=valid)
 
@@ -375,6 +449,7 @@ def normal_kernel(
 def gaussian_mul_kernel(
     x_ptr,
     out_ptr,
+    key_ptr,
     n,
     b_lo,
     b_hi,
@@ -386,15 +461,17 @@ def gaussian_mul_kernel(
     scale_hi,
     F64: tl.constexpr,
     BF16: tl.constexpr,
+    KEY_IN_MEMORY: tl.constexpr,
     START: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     """``out[j] = x[j] * (1 + sigma * z)`` in float32 (float64 for float64 ``x``), rounded once to out's dtype."""
+    seed_lo, seed_hi, stream_lo, stream_hi = _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY)
     j, valid, z = _normal_tile(tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
     xc = _load(x_ptr, j, valid, F64, BF16)
     s = _scale(scale_lo, scale_hi, F64)
     if F64:
-        y = xc * (1.0 + s * z.to(tl.float64))
+        y = xc * _mad(z.to(tl.float64), s, 1.0)
     else:
-        y = xc * (1.0 + s * z)
+        y = xc * _mad(z, s, 1.0)
     tl.store(out_ptr + j, _cast_out(y, out_ptr.dtype.element_ty, BF16), mask=valid)
