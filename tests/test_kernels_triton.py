@@ -273,6 +273,21 @@ def test_fused_triton_no_bias_and_eval(interpreter):
     assert torch.equal(y1, r)
 
 
+# --------------------------------------------------------------------------- uniforms
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,offset", [(0, 0), (1, 0), (3, 1), (7, 3), (1025, 2), (4099, 2**33 + 1), (5, 2**64 - 5)])
+def test_uniform_matches_rng_bit_for_bit(interpreter, dtype, n, offset):
+    for seed, stream in [(SEEDS[0], 0), (SEEDS[2], 2**63 + 1)]:
+        got = tk.uniform(n, seed, stream, offset, CPU, dtype)
+        assert got.dtype == dtype and got.shape == (n,)
+        assert_same_bits(got, dropkit.rng.uniform((n,), seed, stream, offset, dtype=dtype))
+    assert_same_bits(kernels.uniform(n, 3, 4, offset, CPU, dtype), reference.uniform(n, 3, 4, offset, CPU, dtype))
+    if n:  # in the open interval (0, 1), float64: exact multiples of 2**-33, odd
+        u = tk.uniform(n, 5, 0, offset, CPU)
+        assert bool((u > 0).all() and (u < 1).all())
+        assert bool((torch.frexp(u * 2.0**33).mantissa != 0).all())
+
+
 # --------------------------------------------------------------------------- normal contract v2
 @pytest.mark.parametrize("n,offset", [(0, 0), (1, 0), (3, 1), (7, 3), (1025, 2), (4099, 2**33 + 1), (5, 2**64 - 5)])
 def test_normal_matches_rng_bit_for_bit(interpreter, n, offset):
@@ -341,6 +356,9 @@ def _compile_all(arch: int, fp_fusion: bool = False, key_in_memory: bool = False
             meta = {"ACT": code, "HAS_BIAS": True, "BACKWARD": backward, "F64": False, "BF16": True, "START": 0, "BLOCK_B": tk.BLOCK_B}
             build(f"fused {act} backward={backward}", mod.fused_kernel, sig, meta, 4)
     nkey = {k: v for k, v in key.items() if k != "thr"}
+    for ptr in ("*fp32", "*fp64"):
+        meta = {"START": 2, "BLOCK_B": tk.NORMAL_BLOCK_B}
+        build(f"uniform {ptr}", mod.uniform_kernel, {"out_ptr": ptr, "n": "i32", **nkey}, meta, 1)
     build("normal", mod.normal_kernel, {"out_ptr": "*fp32", "n": "i32", **nkey}, {"START": 1, "BLOCK_B": tk.NORMAL_BLOCK_B}, 1)
     for dt, ptr in [(torch.bfloat16, "*i16"), (torch.float32, "*fp32"), (torch.float64, "*fp64")]:
         meta = {"F64": dt == torch.float64, "BF16": dt == torch.bfloat16, "START": 0, "BLOCK_B": tk.NORMAL_BLOCK_B}

@@ -126,7 +126,12 @@ def _cases():
             (6, 5),
             {"keep_mask_kernel"},
         ),
-        "drop_block2d": (lambda x: DF.drop_block2d(x, 0.2, 3, seed=7), (2, 3, 8, 8), set()),
+        "drop_block2d": (lambda x: DF.drop_block2d(x, 0.2, 3, seed=7), (2, 3, 8, 8), {"uniform_kernel"}),
+        "concrete_dropout": (
+            lambda x: DF.concrete_dropout(x, torch.tensor(-1.0), seed=12),
+            (5, 70),
+            {"uniform_kernel"},
+        ),
     }
 
 
@@ -146,10 +151,12 @@ def test_compiled_graph_launches_the_kernels_with_the_eager_bits(graph_on_cpu, n
     ye, ge = _run(fn, x)
     assert set(be.kernels) == launched, be.kernels
     if launched:  # forward and backward each launch: backward regenerates the noise
-        backward_free = name == "gaussian_noise"  # additive noise: the gradient is the identity
+        # additive noise: the gradient is the identity; Concrete dropout is torch ops under compile, and
+        # the partitioner keeps its (differentiable) keep tensor rather than recomputing it
+        backward_free = name in ("gaussian_noise", "concrete_dropout")
         assert len(be.per_graph) == 2 and be.per_graph[0] and bool(be.per_graph[1]) != backward_free, be.per_graph
-    # the decomposed ops are gone from the graphs; only uniform (no Triton kernel) and next_key stay whole
-    assert {o for o in be.ops if o.startswith("dropkit.")} <= {"dropkit.uniform.default"}, be.ops
+    # every dropkit op is gone from the graphs: kernel launches and torch ops only
+    assert not {o for o in be.ops if o.startswith("dropkit.")}, be.ops
     assert torch.equal(y, ye) and torch.equal(g, ge)
     assert y.stride() == ye.stride()
 
@@ -225,6 +232,7 @@ def test_key_in_memory_gives_the_scalar_key_bits(offset):
         assert torch.equal(
             tk._normal(1000, key, offset, cpu, torch.float32), tk.normal(1000, seed, stream, offset, cpu)
         )
+        assert torch.equal(tk._uniform(999, key, offset, cpu, torch.float64), tk.uniform(999, seed, stream, offset, cpu))
         assert torch.equal(tk._gaussian_mul(x, 0.5, key, offset), tk.gaussian_mul(x, 0.5, seed, stream, offset))
         assert torch.equal(
             tk._fused(x, x, None, "relu", False, 0.3, 2.0, key, offset),

@@ -582,7 +582,8 @@ def dropout_(
 # ---------------------------------------------------------------------------
 # AOTAutograd traces a graph under FunctionalTensorMode; there an op served by the Triton kernels becomes
 # its kernel launches (dropkit.kernels.triton.graph: ``torch.library.wrap_triton``, the key read on the
-# device), so Inductor compiles them into the graph's code. torch.export keeps the ops whole, as it keeps
+# device), so Inductor compiles them into the graph's code; the composite ops (word dropout, DropBlock,
+# noise_shape dropout) become torch ops over those. torch.export keeps the ops whole, as it keeps
 # ``torch.library.triton_op``s (decompose_custom_triton_ops is off there); so do CPU tensors (the C kernel
 # is the op's implementation) and ``DROPKIT_TRITON_GRAPH=0``.
 def _graph_launches(device: torch.device, types):
@@ -605,6 +606,11 @@ def _graph_key(key: torch.Tensor) -> torch.Tensor:
 def _keep_mask_graph(g, key, shape, p, offset, device):
     n = math.prod(shape)
     return g.keep_mask(_graph_key(key), n, float(p), _check_offset(offset), torch.device(device)).view(tuple(shape))
+
+
+def _uniform_graph(g, key, shape, offset, dtype, device):
+    n = math.prod(shape)
+    return g.uniform(_graph_key(key), n, _check_offset(offset), torch.device(device), dtype).view(tuple(shape))
 
 
 def _normal_graph(g, key, shape, offset, dtype, device):
@@ -673,6 +679,7 @@ def _first_device(x, *args):
 
 
 _register_graph(keep_mask_op, _keep_mask_graph, _device_arg)
+_register_graph(uniform_op, _uniform_graph, _device_arg)
 _register_graph(normal_op, _normal_graph, _device_arg)
 _register_graph(dropout_op, _dropout_graph, _first_device)
 _register_graph(dropout_inplace_op, _dropout_inplace_graph, _first_device)

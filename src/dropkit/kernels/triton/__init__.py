@@ -16,9 +16,12 @@ The module imports without Triton; the kernels (``_kernels.py``) load on first u
 
 Besides the two primitives every backend provides (:func:`keep_mask`,
 :func:`dropout_mul`) it offers the fused bias + activation + dropout + residual kernels
-behind :func:`dropkit.functional.fused_bias_act_dropout_add`, and the normal samples of the
-normal contract v2 (:func:`normal`, :func:`gaussian_mul`): Box-Muller in exactly rounded float32
-operations, so a CUDA tensor gets the bits of the CPU kernel and of NumPy.
+behind :func:`dropkit.functional.fused_bias_act_dropout_add`, the uniforms (:func:`uniform`) and the
+normal samples of the normal contract v2 (:func:`normal`, :func:`gaussian_mul`): Box-Muller in exactly
+rounded float32 operations, so a CUDA tensor gets the bits of the CPU kernel and of NumPy.
+
+Inside a compiled graph the same kernels are launched through ``torch.library.wrap_triton`` with the
+key on the device (:mod:`dropkit.kernels.triton.graph`), so Inductor compiles them into the graph.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "keep_mask",
     "dropout_mul",
     "fused_bias_act_dropout_add",
+    "uniform",
     "normal",
     "gaussian_mul",
     "interpreter_enabled",
@@ -50,7 +54,7 @@ __all__ = [
 ]
 
 #: The primitives of :mod:`dropkit.kernels` this backend computes itself.
-CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused", "normal", "gaussian_mul"})
+CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused", "uniform", "normal", "gaussian_mul"})
 
 #: Activation names of the fused kernels and their kernel codes.
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}
@@ -261,8 +265,8 @@ def _fused(a, x, bias, activation, backward, p, scale, key, offset):
     return out
 
 
-def _launch_normal(kernel: str, ptrs, n: int, sigma: float, key, offset: int, f64: bool, **constexprs):
-    """Launch a normal-contract kernel over ``n`` elements (4 per Philox block)."""
+def _launch4(kernel: str, ptrs, n: int, sigma: float, key, offset: int, f64: bool, **constexprs):
+    """Launch a kernel of the 32-bit lane layout (4 elements per Philox block: uniform, normal) over ``n`` elements."""
     if n == 0:
         return
     if offset < 0:
@@ -279,9 +283,15 @@ def _launch_normal(kernel: str, ptrs, n: int, sigma: float, key, offset: int, f6
     _run(kernel, grid, ptrs, key, args, {**constexprs, "START": start, "BLOCK_B": NORMAL_BLOCK_B})
 
 
+def _uniform(n, key, offset, device, dtype):
+    out = torch.empty(n, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float64, device=device)
+    _launch4("uniform_kernel", (out,), n, 0.0, key, offset, False)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 def _normal(n, key, offset, device, dtype):
     out = torch.empty(n, dtype=torch.float32, device=device)
-    _launch_normal("normal_kernel", (out,), n, 0.0, key, offset, False)
+    _launch4("normal_kernel", (out,), n, 0.0, key, offset, False)
     return out if dtype == torch.float32 else out.to(dtype)
 
 
@@ -290,9 +300,7 @@ def _gaussian_mul(x, sigma, key, offset, out=None):
     direct = out is not None and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
     y = out if direct and out is not None else torch.empty_like(src, memory_format=torch.contiguous_format)
     f64 = x.dtype == torch.float64
-    _launch_normal(
-        "gaussian_mul_kernel", (_arg(src), _arg(y)), src.numel(), sigma, key, offset, f64, F64=f64, BF16=_bf16(y)
-    )
+    _launch4("gaussian_mul_kernel", (_arg(src), _arg(y)), src.numel(), sigma, key, offset, f64, F64=f64, BF16=_bf16(y))
     if out is not None and not direct:
         return out.copy_(y)
     return y
@@ -330,6 +338,13 @@ def fused_bias_act_dropout_add(
     the output's gradient): ``grad * (keep ? scale : 0) * act'(h)``, the gradient of ``x``.
     """
     return _fused(a, x, bias, activation, backward, p, scale, (seed, stream), offset)
+
+
+def uniform(
+    n: int, seed: int, stream: int, offset: int, device: torch.device, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """1-D uniforms ``(w + 0.5) * 2**-32`` of elements ``offset .. offset + n - 1`` (float64, then ``dtype``)."""
+    return _uniform(n, (seed, stream), offset, device, dtype)
 
 
 def normal(

@@ -363,6 +363,7 @@ LN2_HI = tl.constexpr(float.fromhex("0x1.62e3p-1"))
 LN2_LO = tl.constexpr(float.fromhex("0x1.2fefa4p-17"))
 TWO_M31 = tl.constexpr(2.0**-31)
 TWO_M22 = tl.constexpr(2.0**-22)
+TWO_M32 = tl.constexpr(2.0**-32)
 
 _NORMAL_KEY_ARGS = ["b_lo", "b_hi", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "scale_lo", "scale_hi"]
 
@@ -397,14 +398,12 @@ def _box_muller(a, b):
 
 
 @triton.jit
-def _normal_tile(
-    pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START: tl.constexpr, BLOCK_B: tl.constexpr
-):
-    """Local indices ``j``, validity and the float32 normals of one program (``4 * BLOCK_B`` elements).
+def _words(pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Local indices ``j``, validity and the Philox words of one program of the 32-bit lane layout.
 
     Program ``pid`` owns Philox blocks ``b_first + pid * BLOCK_B + i``; block ``b`` feeds elements
-    ``4b .. 4b + 3``: lanes 0, 1 the cosine and sine halves of words (w0, w1), lanes 2, 3 of (w2, w3).
-    ``START = offset - 4 * b_first`` (0..3).
+    ``4b .. 4b + 3``. Returns ``j`` and ``valid`` over the program's ``4 * BLOCK_B`` elements in element
+    order and the four words ``w0 .. w3`` (uint32, one per block). ``START = offset - 4 * b_first`` (0..3).
     """
     rel = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     b = _i64(b_lo, b_hi) + rel
@@ -414,12 +413,55 @@ def _normal_tile(
     w0, w1, w2, w3 = _philox4x32_10(
         c0, c1, zero + _u32(stream_lo), zero + _u32(stream_hi), _u32(seed_lo), _u32(seed_hi)
     )
-    z0, z1 = _box_muller(w0, w1)
-    z2, z3 = _box_muller(w2, w3)
-    z = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), (4 * BLOCK_B,))  # [i, y, x] = lane 2y + x
     j = pid.to(tl.int64) * (4 * BLOCK_B) + tl.arange(0, 4 * BLOCK_B) - START
     valid = (j >= 0) & (j < n)
-    return j, valid, z
+    return j, valid, w0, w1, w2, w3
+
+
+@triton.jit
+def _in_element_order(v0, v1, v2, v3, BLOCK_B: tl.constexpr):
+    """Four per-block values (lanes 0..3) interleaved into element order: ``[i, y, x]`` = lane ``2y + x``."""
+    return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), (4 * BLOCK_B,))
+
+
+@triton.jit
+def _normal_tile(
+    pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START: tl.constexpr, BLOCK_B: tl.constexpr
+):
+    """Local indices ``j``, validity and the float32 normals of one program (``4 * BLOCK_B`` elements):
+    lanes 0, 1 of a block are the cosine and sine halves of words (w0, w1), lanes 2, 3 of (w2, w3)."""
+    j, valid, w0, w1, w2, w3 = _words(pid, n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B)
+    z0, z1 = _box_muller(w0, w1)
+    z2, z3 = _box_muller(w2, w3)
+    return j, valid, _in_element_order(z0, z1, z2, z3, BLOCK_B)
+
+
+@triton.jit(do_not_specialize=_NORMAL_KEY_ARGS)
+def uniform_kernel(
+    out_ptr,
+    key_ptr,
+    n,
+    b_lo,
+    b_hi,
+    seed_lo,
+    seed_hi,
+    stream_lo,
+    stream_hi,
+    scale_lo,
+    scale_hi,
+    KEY_IN_MEMORY: tl.constexpr,
+    START: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """``out[j] = (w + 0.5) * 2**-32`` in float64 (exact), rounded to out's dtype (float32 or float64),
+    ``w`` the 32-bit word of element ``offset + j`` (word ``e % 4`` of block ``e // 4``)."""
+    seed_lo, seed_hi, stream_lo, stream_hi = _key_words(key_ptr, seed_lo, seed_hi, stream_lo, stream_hi, KEY_IN_MEMORY)
+    j, valid, w0, w1, w2, w3 = _words(
+        tl.program_id(0), n, b_lo, b_hi, seed_lo, seed_hi, stream_lo, stream_hi, START, BLOCK_B
+    )
+    w = _in_element_order(w0, w1, w2, w3, BLOCK_B)
+    u = (w.to(tl.float64) + 0.5) * TWO_M32
+    tl.store(out_ptr + j, u.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit(do_not_specialize=_NORMAL_KEY_ARGS)

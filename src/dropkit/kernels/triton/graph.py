@@ -25,7 +25,16 @@ import torch
 
 from dropkit.kernels import triton as tk
 
-__all__ = ["enabled", "serves", "keep_mask", "dropout_mul", "fused_bias_act_dropout_add", "normal", "gaussian_mul"]
+__all__ = [
+    "enabled",
+    "serves",
+    "keep_mask",
+    "dropout_mul",
+    "fused_bias_act_dropout_add",
+    "uniform",
+    "normal",
+    "gaussian_mul",
+]
 
 
 def enabled() -> bool:
@@ -68,6 +77,11 @@ def fused_bias_act_dropout_add(
 ) -> torch.Tensor:
     """One pass of the fused op over contiguous tensors (:func:`dropkit.kernels.fused_bias_act_dropout_add`)."""
     return tk._fused(a, x, bias, activation, backward, p, scale, _on_device(key, x.device), offset)
+
+
+def uniform(key: torch.Tensor, n, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """1-D uniforms (:func:`dropkit.kernels.uniform`), key a tensor."""
+    return tk._uniform(n, _on_device(key, device), offset, device, dtype)
 
 
 def normal(key: torch.Tensor, n, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
