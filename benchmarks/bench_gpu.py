@@ -12,6 +12,11 @@ with the device name and the torch / Triton versions:
    (``residual + F.dropout(F.gelu(x + bias))``), forward + backward.
 3. **Peak memory of a transformer block** (``torch.nn.TransformerEncoderLayer``) trained one
    step with torch's dropout vs. dropkit's (``dropkit.nn.replace_dropout``), and its step time.
+4. **Compiled step** (issue #12). An MLP training step under ``torch.compile`` (Inductor) with
+   ``torch.nn.Dropout``, with ``dropkit.nn.Dropout`` (the ops decompose into their Triton kernels in
+   the graph), and with ``dropkit.nn.Dropout`` kept whole (``DROPKIT_TRITON_GRAPH=0``: an opaque call
+   per op), plus whether Inductor's generated code names dropkit's kernel. ``--skip-compiled`` leaves
+   it out (three compiles).
 
 Usage::
 
@@ -237,6 +242,67 @@ def bench_block(args, device, dtype) -> list[dict]:
     return rows
 
 
+def bench_compiled(args, device, dtype) -> list[dict]:
+    """One optimizer step of an MLP under torch.compile: torch's dropout vs dropkit's, in and out of the graph."""
+    import os
+
+    from torch._inductor.utils import run_and_get_code
+
+    d, batch, layers = args.d_model, args.batch * args.seq, 3
+
+    def mlp(drop):
+        mods = []
+        for _ in range(layers):
+            mods += [torch.nn.Linear(d, d, device=device, dtype=dtype), torch.nn.ReLU(), drop()]
+        return torch.nn.Sequential(*mods)
+
+    variants = {
+        "torch": (lambda: torch.nn.Dropout(args.p), "1"),
+        "dropkit (kernels in the graph)": (lambda: dropkit.nn.Dropout(args.p), "1"),
+        "dropkit (op kept whole)": (lambda: dropkit.nn.Dropout(args.p), "0"),
+    }
+    rows, steps = [], {}
+    saved = os.environ.get("DROPKIT_TRITON_GRAPH")
+    x = torch.randn(batch, d, device=device, dtype=dtype)
+    try:
+        for name, (drop, graph_env) in variants.items():
+            os.environ["DROPKIT_TRITON_GRAPH"] = graph_env
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            model = mlp(drop)
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+            fwd = torch.compile(model, fullgraph=True)
+
+            def step(fwd=fwd, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                fwd(x).float().square().mean().backward()
+                opt.step()
+
+            t0 = time.perf_counter()
+            _, code = run_and_get_code(step)  # compiles forward and backward
+            compile_s = time.perf_counter() - t0
+            steps[name] = step
+            rows.append({"impl": name, "compile_s": compile_s, "kernel_in_code": "dropout_mul_kernel" in "\n".join(code)})
+        t = interleaved(steps, device, args.rounds, args.repeats)
+    finally:
+        if saved is None:
+            os.environ.pop("DROPKIT_TRITON_GRAPH", None)
+        else:
+            os.environ["DROPKIT_TRITON_GRAPH"] = saved
+        torch._dynamo.reset()
+    base = t["torch"]["median_s"]
+    for r in rows:
+        r.update(step_ms=t[r["impl"]]["median_s"] * 1e3, vs_torch=base / t[r["impl"]]["median_s"], timings=t[r["impl"]])
+    print_table(
+        ["dropout", "step ms", "speed vs torch", "dropkit kernel in Inductor's code", "compile s"],
+        [[r["impl"], f"{r['step_ms']:.3f}", f"{r['vs_torch']:.2f}x", str(r["kernel_in_code"]), f"{r['compile_s']:.1f}"]
+         for r in rows],
+        title=f"torch.compile MLP step: {layers} x (Linear({d}, {d}), ReLU, Dropout(p={args.p})), batch {batch}, "
+        f"{str(dtype).replace('torch.', '')}",
+    )
+    return rows
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test only)"
 
@@ -254,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per round")
     ap.add_argument("--out", default="bench_gpu", help="name of the JSON file in benchmarks/out/")
+    ap.add_argument("--skip-compiled", action="store_true", help="leave out the torch.compile MLP step (three compiles)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -282,10 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     fused = bench_fused(args, device, dtype)
     print()
     block = bench_block(args, device, dtype)
+    compiled = []
+    if not args.skip_compiled:
+        print()
+        compiled = bench_compiled(args, device, dtype)
     write_json(
         args.out,
         [{"bench": "bandwidth", **r} for r in bandwidth] + [{"bench": "fused", **r} for r in fused]
-        + [{"bench": "block", **r} for r in block],
+        + [{"bench": "block", **r} for r in block] + [{"bench": "compiled", **r} for r in compiled],
         device=device_name(device),
         capability=list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
         torch=torch.__version__,
