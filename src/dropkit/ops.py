@@ -587,7 +587,7 @@ def dropout_(
 # ``torch.library.triton_op``s (decompose_custom_triton_ops is off there); so do CPU tensors (the C kernel
 # is the op's implementation) and ``DROPKIT_TRITON_GRAPH=0``.
 def _graph_launches(device: torch.device, types):
-    if not torch._functorch.config.decompose_custom_triton_ops:
+    if not getattr(torch._functorch.config, "decompose_custom_triton_ops", False):  # off under torch.export
         return None
     from torch._subclasses.fake_tensor import FakeTensor
     from torch._subclasses.functional_tensor import FunctionalTensor

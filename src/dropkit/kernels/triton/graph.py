@@ -38,7 +38,10 @@ __all__ = [
 
 
 def enabled() -> bool:
-    """Graph launches are on unless ``DROPKIT_TRITON_GRAPH`` is ``0`` / ``false`` / ``off`` / ``no``."""
+    """Graph launches are on unless ``DROPKIT_TRITON_GRAPH`` is ``0`` / ``false`` / ``off`` / ``no``, or this
+    torch predates them (``torch.library.wrap_triton`` and export's switch for triton ops: torch 2.6)."""
+    if not hasattr(torch.library, "wrap_triton") or not hasattr(torch._functorch.config, "decompose_custom_triton_ops"):
+        return False
     return os.environ.get("DROPKIT_TRITON_GRAPH", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
