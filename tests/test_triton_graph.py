@@ -32,7 +32,7 @@ HOP = "triton_kernel_wrapper"
 @pytest.fixture
 def graph_on_cpu(monkeypatch):
     """Graph launches for CPU tensors: traced with the compiled-mode kernels, as on CUDA."""
-    monkeypatch.setattr(graph, "serves", lambda device: True)
+    monkeypatch.setattr(kernels, "graph_kernels", lambda device: graph)
     monkeypatch.setattr(tk, "_kernels", lambda device: tk._module(False))
     monkeypatch.delenv("DROPKIT_TRITON_GRAPH", raising=False)
     # without a driver torch cannot analyse a kernel's writes and says so (then assumes every input is written)
@@ -193,7 +193,7 @@ def test_export_keeps_the_ops_whole(graph_on_cpu):
 
 def test_switch_off_keeps_the_ops_whole(graph_on_cpu, monkeypatch):
     monkeypatch.setenv("DROPKIT_TRITON_GRAPH", "0")
-    assert kernels.graph_kernels(torch.device("cuda")) is None
+    monkeypatch.setattr(kernels, "graph_kernels", lambda device: graph if graph.enabled() else None)
     be = Interpreting()
     x = torch.randn(4, 16)
     y = torch.compile(lambda t: DF.dropout(t, 0.5, seed=3), backend=be.backend(), fullgraph=True)(x)
@@ -211,6 +211,9 @@ def test_graph_launches_serve_compiled_cuda_kernels_only(monkeypatch):
     monkeypatch.setattr(kernels, "_forced", "reference")
     assert kernels.graph_kernels(torch.device("cuda")) is None
     monkeypatch.setattr(kernels, "_forced", None)
+    monkeypatch.setenv("DROPKIT_TRITON_GRAPH", "0")
+    assert kernels.graph_kernels(torch.device("cuda")) is None
+    monkeypatch.delenv("DROPKIT_TRITON_GRAPH")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert kernels.graph_kernels(torch.device("cuda")) is None
 

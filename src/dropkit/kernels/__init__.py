@@ -161,9 +161,12 @@ def graph_kernels(device: torch.device):
     """The graph launches (:mod:`dropkit.kernels.triton.graph`) when compiled Triton kernels serve ``device``
     (CUDA, not the interpreter) and ``DROPKIT_TRITON_GRAPH`` does not turn them off; else None, and the
     ops stay whole in a compiled graph. Called while a graph is traced, never in eager calls."""
-    from dropkit.kernels.triton import graph
+    if device.type != "cuda" or _select(device) is reference:
+        return None
+    from dropkit.kernels.triton import graph, interpreter_enabled
 
-    return graph if graph.enabled() and graph.serves(device) else None
+    # an interpreted kernel cannot be traced; another forced backend keeps the op
+    return graph if graph.enabled() and not interpreter_enabled() and _select(device) is _triton_backend() else None
 
 
 def capabilities(device: torch.device | str = "cpu") -> frozenset[str]:

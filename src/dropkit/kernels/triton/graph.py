@@ -27,7 +27,6 @@ from dropkit.kernels import triton as tk
 
 __all__ = [
     "enabled",
-    "serves",
     "keep_mask",
     "dropout_mul",
     "fused_bias_act_dropout_add",
@@ -43,14 +42,6 @@ def enabled() -> bool:
     if not hasattr(torch.library, "wrap_triton") or not hasattr(torch._functorch.config, "decompose_custom_triton_ops"):
         return False
     return os.environ.get("DROPKIT_TRITON_GRAPH", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def serves(device: torch.device) -> bool:
-    """The compiled Triton kernels serve ``device``: CUDA, Triton usable, not the interpreter (an interpreted
-    kernel cannot be traced), no other backend forced (:func:`dropkit.kernels.set_backend`)."""
-    from dropkit import kernels
-
-    return device.type == "cuda" and not tk.interpreter_enabled() and kernels._select(device) is tk
 
 
 def _on_device(key: torch.Tensor, device: torch.device) -> torch.Tensor:
