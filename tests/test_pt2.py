@@ -250,6 +250,43 @@ def test_jit_trace_in_training_mode_does_not_replay_one_mask():
     assert not torch.equal(traced(x) != 0, traced(x) != 0)
 
 
+class _Wrap(torch.nn.Module):
+    """A Linear in front of a module of ``_modules`` (its first output for RNNs)."""
+
+    def __init__(self, drop, features):
+        super().__init__()
+        self.fc, self.drop = torch.nn.Linear(features, features), drop
+
+    def forward(self, x):
+        return _out(self.drop(self.fc(x)))
+
+
+#: Variants whose noise takes its shape from x inside the op: a training-mode trace draws fresh noise at any shape.
+_TRACEABLE_IN_TRAINING = {"Dropout", "GaussianDropout", "DropConnect"}
+
+
+@pytest.mark.parametrize("name", sorted(_modules(None)))
+def test_jit_trace_every_module_eval_works_training_fresh_or_refused(name):
+    """Eval mode traces every module (values equal, another batch size works). In training mode a trace either
+    draws fresh noise per call at any batch size, or is refused: the noise of the other variants is shaped by
+    the input, which a trace bakes in (DropBlock's traced block grid broadcast silently at another batch size)."""
+    make, shape = _modules(None)[name]
+    x, other = torch.randn(shape), torch.randn((1,) + tuple(shape[1:]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = _Wrap(make(), shape[-1]).eval()
+        traced = torch.jit.trace(m, (x,), check_trace=False)
+        assert torch.equal(traced(x), m(x)) and torch.equal(traced(other), m(other))
+        m.train()
+        if name in _TRACEABLE_IN_TRAINING:
+            traced = torch.jit.trace(m, (x,), check_trace=False)
+            assert not torch.equal(traced(x), traced(x))
+            assert traced(other).shape == m(other).shape
+        else:
+            with pytest.raises(RuntimeError, match="cannot record .* in training mode.*dropkit.guard.freeze"):
+                torch.jit.trace(m, (x,), check_trace=False)
+
+
 def test_onnx_export_in_training_mode_is_refused_not_constant(tmp_path):
     pytest.importorskip("onnx")
     net = _Net(dnn.Dropout(0.5)).train()

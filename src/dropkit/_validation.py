@@ -81,6 +81,9 @@ def check_noise_shape(noise_shape: object, shape: torch.Size) -> tuple[int, ...]
         raise TypeError(
             f"`noise_shape` must be a sequence with one entry per input dimension (int or None); received {noise_shape!r}"
         )
+    if torch.jit.is_tracing():  # a trace gives sizes as 0-d tensors: validate their values
+        shape = torch.Size(int(d) for d in shape)
+        noise_shape = tuple(int(n) if isinstance(n, torch.Tensor) and n.dim() == 0 else n for n in noise_shape)
     if len(noise_shape) != len(shape):
         raise ValueError(
             f"`noise_shape` must have one entry per input dimension ({len(shape)} for input shape {tuple(shape)}); "

@@ -42,7 +42,7 @@ import torch.nn.functional as tnf
 from dropkit import kernels, rng
 from dropkit.seed import next_key_impl, plain_eager
 
-__all__ = ["OPS", "dropout", "dropout_", "apply_linear", "has_functorch_or_fwd_ad"]
+__all__ = ["OPS", "dropout", "dropout_", "apply_linear", "has_functorch_or_fwd_ad", "refuse_shape_trace"]
 
 _LIB = torch.library.Library("dropkit", "DEF")  # noqa: TOR901 - the namespace is ours
 
@@ -540,6 +540,23 @@ def dropout(
     """``x * (keep ? scale : 0)`` through ``dropkit::dropout`` (validated arguments expected)."""
     ns = None if noise_shape is None else list(noise_shape)
     return apply_linear(dropout_op, x, key, p, scale, ns, offset)
+
+
+def refuse_shape_trace(what: str) -> None:
+    """Refuse a training-mode ``torch.jit.trace`` of a variant whose noise is shaped by the input.
+
+    A trace records an input's sizes as constants, so the traced noise would keep the traced shape and, at
+    another batch size, broadcast against the input (a wrong result, or a wrong output shape) instead of
+    failing. Element-wise dropout and Gaussian dropout take their shape from ``x`` inside the op and trace
+    correctly; eval mode traces every variant (nothing is drawn)."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"torch.jit.trace (and the TorchScript-based torch.onnx.export) cannot record {what} in training mode: "
+            "its noise is shaped by the input, which a "
+            "trace records as constants (another batch size would reuse the traced shape). Use torch.compile or "
+            "torch.export (a fresh mask per call, at any shape), or trace in eval mode / after "
+            "dropkit.guard.freeze(model)"
+        )
 
 
 def check_inplace(x: torch.Tensor) -> None:

@@ -54,6 +54,7 @@ def _alpha(input, p, training, inplace, feature, seed, generator, stream):
             input, lambda t, k: fn(t, p, seed=k), what=op, linear=False, seed=seed, generator=generator, stream=stream
         )
         return write_inplace(input, y) if inplace else y
+    ops.refuse_shape_trace(op)
     a, b = alpha_coefficients(p)
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)

@@ -75,6 +75,7 @@ def concrete_dropout(
             what="concrete_dropout", linear=False, seed=seed, generator=generator, stream=stream,
         )  # fmt: skip
     noise_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if spatial else tuple(input.shape)
+    ops.refuse_shape_trace("concrete_dropout")
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(noise_shape, input.shape)
     logit = clamp_logit(p_logit.reshape(()))

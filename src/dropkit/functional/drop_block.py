@@ -91,6 +91,7 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
     if share_channels:
         lead[-1] = 1
     seed_shape = tuple(lead) + tuple(s - block_size + 1 for s in spatial)
+    ops.refuse_shape_trace(op)
     key = resolve_key(seed, generator, stream)
     offset = _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0  # batch_shard: offset by sample
     y = ops.apply_linear(

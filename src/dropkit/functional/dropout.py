@@ -192,6 +192,8 @@ def dropout(
     offset = _shard_offset(shape, input.shape, batch_dim) if current_batch_start() else 0
     if is_dtensor(input):  # tensor parallel: each local element's mask at its global index (dropkit.distributed)
         return dtensor_dropout(input, p, scale, shape, offset, inplace, seed=seed, generator=generator, stream=stream)
+    if shape is not None:
+        ops.refuse_shape_trace("dropout with a noise_shape (spatial, DropPath, locked and RNN dropout)")
     key = resolve_key(seed, generator, stream)
     if inplace:
         return ops.dropout_(input, key, p, scale, shape, offset)

@@ -123,6 +123,7 @@ def gaussian_noise(
             input, lambda t, k: gaussian_noise(t, std, seed=k), what="gaussian_noise", linear=False, seed=seed,
             generator=generator, stream=stream,
         )  # fmt: skip
+    ops.refuse_shape_trace("gaussian_noise")
     key = resolve_key(seed, generator, stream)
     z = ops.normal_op(key, list(input.shape), _shard_offset(None, input.shape), input.dtype, input.device)
     return input + z * std
