@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as tnf
 
 import dropkit
@@ -139,3 +141,24 @@ def test_modules():
     y = m3(x)
     assert ((y == 0) == (y == 0)[:, :1]).all()
     assert m3.eval()(x) is x
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    b=st.integers(1, 9),
+    dims=st.sampled_from([2, 3]),
+    sizes=st.lists(st.integers(1, 12), min_size=3, max_size=3),
+    rate=st.sampled_from([0.02, 0.2, 0.7]),
+    seed=st.integers(0, 2**31),
+)
+def test_window_max_is_a_stride_one_max_pool(b, dims, sizes, rate, seed):
+    """The block grower (ops._window_max per spatial dim) equals torch's max_pool of kernel b, stride 1."""
+    from dropkit.ops import _window_max
+
+    spatial = [s + b - 1 for s in sizes[:dims]]  # at least b wide: the padded start grid always is
+    x = (torch.rand([2, 3, *spatial], generator=torch.Generator().manual_seed(seed)) < rate).float()
+    got = x
+    for d in range(-dims, 0):
+        got = _window_max(got, b, d)
+    pool = tnf.max_pool2d if dims == 2 else tnf.max_pool3d
+    assert torch.equal(got, pool(x, kernel_size=b, stride=1))
