@@ -191,6 +191,34 @@ def _compile_matches_eager(name):
                        compiled.state_dict()["rng_state"] if "rng_state" in compiled.state_dict() else torch.zeros(1))
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["AlphaDropout", "FeatureAlphaDropout", "GaussianNoise", "ConcreteDropout", "Dropout2d", "LockedDropout", "DropBlock2d"],
+)
+def test_compile_dynamic_shapes_matches_eager_at_every_batch_size(name):
+    """torch.compile(dynamic=True): the float hyperparameters arrive as SymFloats (alpha, Gaussian noise and
+    Concrete dropout used to fail in math.isfinite / math.sqrt) and the batch size is symbolic; values and
+    gradients equal eager's at several batch sizes (noise shaped by the input follows it)."""
+    make, shape = _modules(11)[name]
+    torch.manual_seed(0)
+    eager, compiled = make().train(), make().train()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    cm = torch.compile(compiled, dynamic=True, fullgraph=True)
+    bdim = 1 if name == "LockedDropout" else 0
+    for b in (shape[bdim], 1, 5):
+        s = list(shape)
+        s[bdim] = b
+        x = torch.randn(s)
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = _out(eager(xe)), _out(cm(xc))
+        assert ye.shape == yc.shape
+        torch.testing.assert_close(yc, ye, rtol=1e-5, atol=1e-6)
+        ye.square().sum().backward()
+        yc.square().sum().backward()
+        torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_compile_without_a_seed_draws_fresh_masks_and_backward_uses_the_forward_mask():
     m = torch.compile(dnn.Dropout(0.5), fullgraph=True)
     x = torch.rand(64, 64) + 0.5

@@ -130,7 +130,9 @@ def check_real(
             f"Invalid type for `{name}`: expected {desc}. Received: {name}={value!r} ({type(value).__name__})"
         )
     v = float(value)
-    bad = not math.isfinite(v)
+    bad = (
+        v != v or abs(v) == math.inf
+    )  # not math.isfinite: comparisons also hold a SymFloat (torch.compile(dynamic=True))
     if low is not None:
         bad = bad or v < low or (low_open and v == low)
     if high is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
@@ -18,6 +17,7 @@ __all__ = ["alpha_dropout", "feature_alpha_dropout", "alpha_coefficients", "SELU
 
 #: SELU's negative saturation value :math:`\alpha' = -\lambda\alpha` (Klambauer et al. 2017).
 SELU_ALPHA_PRIME = -1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
+_ALPHA_PRIME_SQ = SELU_ALPHA_PRIME * SELU_ALPHA_PRIME
 
 
 def alpha_coefficients(p: float) -> tuple[float, float]:
@@ -27,7 +27,9 @@ def alpha_coefficients(p: float) -> tuple[float, float]:
     :math:`b = -a \alpha' (1-q)`, so that inputs of mean 0 and variance 1 keep them.
     """
     q = 1.0 - p
-    a = 1.0 / math.sqrt(q + SELU_ALPHA_PRIME**2 * q * (1.0 - q))
+    a = (
+        q + _ALPHA_PRIME_SQ * q * (1.0 - q)
+    ) ** -0.5  # no math.sqrt: p may be a SymFloat under torch.compile(dynamic=True)
     return a, -a * SELU_ALPHA_PRIME * (1.0 - q)
 
 
