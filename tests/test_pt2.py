@@ -110,13 +110,77 @@ def test_forward_ad_inplace():
 # ---------------------------------------------------------------------------
 # torch.func
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["dropout", "gaussian_dropout", "alpha_dropout", "gaussian_noise"])
+@pytest.mark.parametrize("name", sorted(FUNCS))
 def test_vmap_equals_a_loop_over_rows(name):
     fn = FUNCS[name]
     xs = torch.randn(5, 3, 4, 4)
     batched = torch.func.vmap(fn)(xs)
     looped = torch.stack([fn(r) for r in xs])
     torch.testing.assert_close(batched, looped, rtol=0, atol=0)
+
+
+UNSEEDED = {
+    "dropout": lambda t: F.dropout(t, 0.5),
+    "dropout2d": lambda t: F.dropout2d(t, 0.5),
+    "dropout_inplace": lambda t: F.dropout(t * 1.0, 0.5, inplace=True),
+    "alpha_dropout": lambda t: F.alpha_dropout(t, 0.3),
+    "gaussian_dropout": lambda t: F.gaussian_dropout(t, 0.3),
+    "gaussian_noise": lambda t: F.gaussian_noise(t, 0.3),
+    "drop_block2d": lambda t: F.drop_block2d(t, 0.3, 2),
+    "fused": lambda t: F.fused_bias_act_dropout_add(t, None, t, 0.5, "relu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSEEDED))
+def test_vmap_randomness_different_gives_each_row_its_own_noise(name):
+    """torch's vmap(randomness="different") semantics: an unseeded call draws one key per row; each row is
+    what that row's own call returns, and backward (vjp) uses each row's forward noise."""
+    fn = UNSEEDED[name]
+    xs = torch.rand(6, 3, 4, 4) + 0.5
+    torch.manual_seed(0)
+    ys = torch.func.vmap(fn, randomness="different")(xs)
+    assert all(not torch.equal(ys[0], ys[i]) for i in range(1, 6))
+    torch.manual_seed(0)
+    same = torch.func.vmap(fn, randomness="same")(xs[:1].expand(6, -1, -1, -1))
+    assert all(torch.equal(same[0], same[i]) for i in range(1, 6))
+
+    def value_and_grad(t):
+        y, vjp = torch.func.vjp(fn, t)
+        return y, vjp(torch.ones_like(y))[0]
+
+    ys, gs = torch.func.vmap(value_and_grad, randomness="different")(xs)
+    assert all(not torch.equal(ys[0], ys[i]) for i in range(1, 6))
+    # d y / d x from each row's own forward noise (x > 0 here)
+    if name == "gaussian_noise":  # y = x + s z
+        assert torch.equal(gs, torch.ones_like(gs))
+    elif name == "alpha_dropout":  # kept: y = a x + b (slope a); dropped: the constant a alpha' + b (slope 0)
+        from dropkit.functional.alpha import SELU_ALPHA_PRIME, alpha_coefficients
+
+        a, b = alpha_coefficients(0.3)
+        kept = (ys - (a * SELU_ALPHA_PRIME + b)).abs() > 1e-5
+        torch.testing.assert_close(gs, kept.float() * a)
+    else:  # y = x * f (fused relu with residual x: y = x + x f, slope 1 + f): the slope is y / x
+        torch.testing.assert_close(gs, ys / xs, rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_over_an_ensemble_of_seeded_modules_equals_a_loop():
+    """torch.func model ensembling (stack_module_state + functional_call): each member draws from its own
+    stream and advances it, exactly as calling the members one by one."""
+    import copy
+
+    models = [torch.nn.Sequential(torch.nn.Linear(4, 16), dnn.Dropout(0.5, seed=i), dnn.GaussianDropout(0.2, seed=9 + i))
+              for i in range(3)]
+    loop = [copy.deepcopy(m) for m in models]
+    params, buffers = torch.func.stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.randn(5, 4)
+    for _ in range(2):
+        out = torch.func.vmap(lambda p, b: torch.func.functional_call(base, (p, b), (x,)))(params, buffers)
+        ref = torch.stack([m(x) for m in loop])
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+        assert torch.equal(out != 0, ref != 0)
+    for i, m in enumerate(loop):
+        assert torch.equal(buffers["1.rng_state"][i], m[1].rng_state)
 
 
 def test_func_grad_jvp_and_is_grads_batched():

@@ -84,6 +84,31 @@ next_key_op = _define(
 )
 
 
+def _next_key_vmap(info, in_dims, state):
+    """A batch of streams (an ensemble's stacked ``rng_state`` buffers): each row draws its own key and advances."""
+    states = state.movedim(in_dims[0], 0)
+    return torch.stack([next_key_op(states[i]) for i in range(info.batch_size)]), 0
+
+
+torch.library.register_vmap("dropkit::next_key", _next_key_vmap, lib=_LIB)
+
+
+def _per_key(info, key: torch.Tensor, key_dim: int, call: Callable) -> tuple[torch.Tensor, int]:
+    """A vmap with one key per row (``vmap(randomness="different")`` drawing unseeded keys, or an ensemble's
+    seeded streams): ``call(i, key_i)`` stacked, which is what a loop over the rows with their keys returns."""
+    keys = key.movedim(key_dim, 0)
+    return torch.stack([call(i, keys[i]) for i in range(info.batch_size)]), 0
+
+
+def _mapped(dims) -> bool:
+    """Whether any of vmap's ``in_dims`` entries is batched (a list argument's entry is a list of them)."""
+    return any(_mapped(d) if isinstance(d, (list, tuple)) else d is not None for d in dims)
+
+
+def _row(t: torch.Tensor, dim: int | None, i: int) -> torch.Tensor:
+    return t if dim is None else t.select(dim, i)
+
+
 # ---------------------------------------------------------------------------
 # Random tensors: keep mask, uniform, normal
 # ---------------------------------------------------------------------------
@@ -123,6 +148,20 @@ def _random_fake(key, shape, offset, dtype, device):
 _RANDOM_SCHEMA = "(Tensor key, SymInt[] shape, int offset, ScalarType dtype, Device device) -> Tensor"
 uniform_op = _define("uniform" + _RANDOM_SCHEMA, _uniform_impl, _random_fake)
 normal_op = _define("normal" + _RANDOM_SCHEMA, _normal_impl, _random_fake)
+
+
+def _register_random_vmap(op) -> None:
+    """keep_mask / uniform / normal under vmap: the key is their only tensor, so it is batched (one key per row)."""
+    name = f"dropkit::{op._schema.name.split('::')[1]}"
+
+    def rule(info, in_dims, key, *args):
+        return _per_key(info, key, in_dims[0], lambda i, k: op(k, *args))
+
+    torch.library.register_vmap(name, rule, lib=_LIB)
+
+
+for _op in (keep_mask_op, uniform_op, normal_op):
+    _register_random_vmap(_op)
 
 
 # ---------------------------------------------------------------------------
@@ -282,8 +321,10 @@ def _register_linear(op, n_args: int) -> None:
     torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=_LIB)
 
     def vmap_rule(info, in_dims, x, key, *args):
-        if any(d is not None for d in in_dims[1:]):
-            raise ValueError(f"vmap of {qualname} maps over its input `x` only (one key, unbatched arguments)")
+        if _mapped(in_dims[2:]):
+            raise ValueError(f"vmap of {qualname} maps over its input `x` and the key only (unbatched arguments)")
+        if in_dims[1] is not None:  # one key per row: each row its own noise
+            return _per_key(info, key, in_dims[1], lambda i, k: op(_row(x, in_dims[0], i), k, *args))
         if in_dims[0] is None:
             return op(x, key, *args), None
         x = x.movedim(in_dims[0], 0)
@@ -301,8 +342,15 @@ _register_linear(embedding_dropout_op, 4)
 
 
 def _dropout_inplace_vmap(info, in_dims, x, key, p, scale, noise_shape, offset):
-    if in_dims[1] is not None:
-        raise ValueError("vmap over the key of dropkit::dropout_ is not supported: map over the input with one key")
+    if in_dims[1] is not None:  # one key per row: each row of x in place with its own mask
+        if in_dims[0] is None:
+            raise ValueError(
+                "vmap of dropkit::dropout_ with one key per row needs a batched `x` to write each row into"
+            )
+        xb, keys = x.movedim(in_dims[0], 0), key.movedim(in_dims[1], 0)
+        for i in range(info.batch_size):
+            dropout_inplace_op(xb[i], keys[i], p, scale, noise_shape, offset)
+        return None
     if in_dims[0] is None:
         dropout_inplace_op(x, key, p, scale, noise_shape, offset)
         return None
@@ -382,8 +430,15 @@ torch.library.register_autograd(
 
 def _fused_vmap(info, in_dims, x, bias, residual, key, p, scale, activation, offset):
     """What a loop over the rows returns (every row gets the mask of one row)."""
-    if in_dims[1] is not None or in_dims[3] is not None:
-        raise ValueError("vmap of dropkit::fused_bias_act_dropout_add maps over `x` and `residual` only")
+    if in_dims[1] is not None:
+        raise ValueError(
+            "vmap of dropkit::fused_bias_act_dropout_add maps over `x`, `residual` and the key, not `bias`"
+        )
+    if in_dims[3] is not None:  # one key per row
+        return _per_key(
+            info, key, in_dims[3], lambda i, k: fused_op(_row(x, in_dims[0], i), bias, _row(residual, in_dims[2], i), k, p,
+                                                         scale, activation, offset)
+        )  # fmt: skip
     b = info.batch_size
     xs = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(b, *x.shape)
     rs = residual.movedim(in_dims[2], 0) if in_dims[2] is not None else residual.expand(b, *residual.shape)
@@ -601,6 +656,8 @@ def dropout_(
             return x.copy_(dropout_op(x, key, p, scale, ns, offset))
         dropout_inplace_op(x, key, p, scale, ns, offset)
         return x
+    if _functorch_active() or _functorch_wrapped(x):  # torch.func: the out-of-place op (its transforms), copied in
+        return x.copy_(apply_linear(dropout_op, x, key, p, scale, ns, offset))
     if (torch.is_grad_enabled() and x.requires_grad) or has_functorch_or_fwd_ad(x):
         return _DropoutInplace.apply(x, key, p, scale, ns, offset)
     _direct(dropout_inplace_op, x, key, p, scale, ns, offset)
