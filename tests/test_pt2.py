@@ -321,6 +321,33 @@ def test_export_training_mode_draws_fresh_masks(seed):
     assert not torch.equal(a != 0, b != 0)
 
 
+@pytest.mark.parametrize("name", sorted(_modules(None)))
+def test_export_with_a_dynamic_batch_dimension(name):
+    """torch.export with the batch size a Dim: the program runs at other batch sizes, its noise shaped by the
+    input (noise_shape variants used to reject the symbolic size; DropBlock's op specialised it), and with a
+    seed it equals the eager module at that size."""
+    import copy
+
+    from torch.export import Dim
+
+    make, shape = _modules(11)[name]
+    bdim = 1 if name in ("LSTM", "GRU", "LockedDropout") else 0
+    torch.manual_seed(0)
+    model = _Wrap(make(), shape[-1]).train()
+    eager = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(model, (torch.randn(shape),), dynamic_shapes=({bdim: Dim("batch", min=1, max=64)},))
+    run = ep.module()
+    for b in (7, 1):
+        s = list(shape)
+        s[bdim] = b
+        x = torch.randn(s)
+        y, ye = run(x), eager(x)
+        assert y.shape == ye.shape
+        torch.testing.assert_close(y, ye, rtol=1e-5, atol=1e-6)
+
+
 def test_export_eval_mode_has_no_random_op():
     net = _Net(dnn.Dropout(0.5, seed=3)).eval()
     ep = torch.export.export(net, (torch.randn(4, 8),))

@@ -93,13 +93,13 @@ def check_noise_shape(noise_shape: object, shape: torch.Size) -> tuple[int, ...]
     for i, (n, d) in enumerate(zip(noise_shape, shape, strict=True)):
         if n is None:
             resolved.append(d)
-        elif isinstance(n, bool) or not isinstance(n, numbers.Integral) or n not in (1, d):
+        elif isinstance(n, bool) or not isinstance(n, (numbers.Integral, torch.SymInt)) or n not in (1, d):
             raise ValueError(
                 f"`noise_shape[{i}]` must be 1 (shared mask), None or {d} (the input's size); "
                 f"received noise_shape={tuple(noise_shape)!r} for input shape {tuple(shape)}"
             )
         else:
-            resolved.append(int(n))
+            resolved.append(n if isinstance(n, torch.SymInt) else int(n))  # a symbolic size (export's Dim) stays one
     resolved_t = tuple(resolved)
     return None if resolved_t == tuple(shape) else resolved_t
 

@@ -270,7 +270,7 @@ def _drop_block_impl(x, key, gamma, block_size, seed_shape, dims, offset):
 
 
 drop_block_op = _define(
-    "drop_block(Tensor x, Tensor key, float gamma, int block_size, int[] seed_shape, int dims, int offset) -> Tensor",
+    "drop_block(Tensor x, Tensor key, float gamma, int block_size, SymInt[] seed_shape, int dims, int offset) -> Tensor",
     _drop_block_impl,
     _like_fake,
 )
