@@ -285,4 +285,9 @@ def test_cuda_inductor_compiles_the_kernels_into_the_graph(name):
     source = "\n".join(code)
     for kernel in launched:
         assert kernel in source  # Inductor emitted the user kernel, not a call into dropkit::
-    assert torch.equal(y, ye) and torch.equal(g, ge)
+    if name in ("alpha_dropout", "gaussian_noise", "concrete_dropout", "drop_block2d"):
+        # torch ops around the kernels: Inductor's own kernels contract a * b + c and may divide differently
+        torch.testing.assert_close(y, ye, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g, ge, rtol=1e-5, atol=1e-6)
+    else:  # the kernels alone (and exact multiplies): the eager launches' bits
+        assert torch.equal(y, ye) and torch.equal(g, ge)
