@@ -418,20 +418,31 @@ DK_API int dk_cpu_features(void) {
 
 static int dk_isa_ok(int isa) { return isa >= 0 && isa < DK_ISA_COUNT && (dk_cpu_features() & (1 << isa)); }
 
+/* Element sizes of the float kinds DK_F32, DK_F64, DK_F16, DK_BF16. */
+static const size_t dk_esz[4] = {4, 8, 2, 2};
+
+/* A job of every entry point: op and kind on isa, esz-byte elements written to out from element offset
+ * on, Philox keyed by (seed, stream) with mask threshold thr (0 where nothing is masked); no input. */
+static dk_job dk_job_init(int op, int kind, int isa, void *out, size_t esz, uint64_t offset, uint32_t thr, uint64_t seed,
+                          uint64_t stream) {
+    dk_job J;
+    memset(&J, 0, sizeof J);
+    J.op = op;
+    J.kind = kind;
+    J.isa = isa;
+    J.out = (char *)out;
+    J.esz = esz;
+    J.offset = offset;
+    dk_rng_init(&J.r, thr, seed, stream);
+    return J;
+}
+
 /* out[j] = 1 if element offset + j is kept, else 0, for j < n. */
 DK_API int dk_keep_mask(uint8_t *out, int64_t n, uint32_t thr, uint64_t seed, uint64_t stream, uint64_t offset,
                         int isa, int nthreads) {
     if (n < 0 || thr > 65536) return -1;
     if (!dk_isa_ok(isa)) return -4;
-    dk_job J;
-    memset(&J, 0, sizeof J);
-    J.op = DK_OP_MASKED;
-    J.kind = DK_MASK;
-    J.isa = isa;
-    J.out = (char *)out;
-    J.esz = 1;
-    J.offset = offset;
-    dk_rng_init(&J.r, thr, seed, stream);
+    dk_job J = dk_job_init(DK_OP_MASKED, DK_MASK, isa, out, 1, offset, thr, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
 }
 
@@ -439,19 +450,10 @@ DK_API int dk_dropout_mul(int dtype, const void *x, void *out, int64_t n, uint32
                           uint64_t stream, uint64_t offset, int isa, int nthreads) {
     if (n < 0 || dtype < 0 || dtype > 3 || thr > 65536) return -1;
     if (!dk_isa_ok(isa)) return -4;
-    static const size_t esz[4] = {4, 8, 2, 2};
-    dk_job J;
-    memset(&J, 0, sizeof J);
-    J.op = DK_OP_MASKED;
-    J.kind = dtype;
-    J.isa = isa;
+    dk_job J = dk_job_init(DK_OP_MASKED, dtype, isa, out, dk_esz[dtype], offset, thr, seed, stream);
     J.x = (const char *)x;
-    J.out = (char *)out;
-    J.esz = esz[dtype];
-    J.offset = offset;
     J.sf = (float)scale;
     J.sd = scale;
-    dk_rng_init(&J.r, thr, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
 }
 
@@ -459,30 +461,14 @@ DK_API int dk_uniform(int dtype, void *out, int64_t n, uint64_t seed, uint64_t s
                       int nthreads) {
     if (n < 0 || (dtype != DK_F32 && dtype != DK_F64)) return -1;
     if (!dk_isa_ok(isa)) return -4;
-    dk_job J;
-    memset(&J, 0, sizeof J);
-    J.op = DK_OP_UNIFORM;
-    J.kind = dtype;
-    J.isa = isa;
-    J.out = (char *)out;
-    J.esz = dtype == DK_F64 ? 8 : 4;
-    J.offset = offset;
-    dk_rng_init(&J.r, 0, seed, stream);
+    dk_job J = dk_job_init(DK_OP_UNIFORM, dtype, isa, out, dk_esz[dtype], offset, 0, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
 }
 
 DK_API int dk_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, int isa, int nthreads) {
     if (n < 0) return -1;
     if (!dk_isa_ok(isa)) return -4;
-    dk_job J;
-    memset(&J, 0, sizeof J);
-    J.op = DK_OP_GAUSS;
-    J.kind = DK_KIND_NORMAL;
-    J.isa = isa;
-    J.out = (char *)out;
-    J.esz = 4;
-    J.offset = offset;
-    dk_rng_init(&J.r, 0, seed, stream);
+    dk_job J = dk_job_init(DK_OP_GAUSS, DK_KIND_NORMAL, isa, out, 4, offset, 0, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
 }
 
@@ -490,20 +476,11 @@ DK_API int dk_gaussian_mul(int dtype, const void *x, int64_t x_stride, void *out
                            uint64_t stream, uint64_t offset, int isa, int nthreads) {
     if (n < 0 || dtype < 0 || dtype > 3 || (x_stride != 0 && x_stride != 1)) return -1;
     if (!dk_isa_ok(isa)) return -4;
-    static const size_t esz[4] = {4, 8, 2, 2};
-    dk_job J;
-    memset(&J, 0, sizeof J);
-    J.op = DK_OP_GAUSS;
-    J.kind = dtype;
-    J.isa = isa;
+    dk_job J = dk_job_init(DK_OP_GAUSS, dtype, isa, out, dk_esz[dtype], offset, 0, seed, stream);
     J.x = (const char *)x;
     J.xs = (int)x_stride;
-    J.out = (char *)out;
-    J.esz = esz[dtype];
-    J.offset = offset;
     J.sf = (float)sigma;
     J.sd = sigma;
-    dk_rng_init(&J.r, 0, seed, stream);
     return dk_run(&J, (size_t)n, nthreads);
 }
 
