@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -99,7 +100,9 @@ def check_noise_shape(noise_shape: object, shape: torch.Size) -> tuple[int, ...]
                 f"received noise_shape={tuple(noise_shape)!r} for input shape {tuple(shape)}"
             )
         else:
-            resolved.append(n if isinstance(n, torch.SymInt) else int(n))  # a symbolic size (export's Dim) stays one
+            resolved.append(
+                cast(int, n) if isinstance(n, torch.SymInt) else int(n)
+            )  # a symbolic size (export's Dim) stays one
     resolved_t = tuple(resolved)
     return None if resolved_t == tuple(shape) else resolved_t
 
