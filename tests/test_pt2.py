@@ -348,6 +348,39 @@ def test_export_with_a_dynamic_batch_dimension(name):
         torch.testing.assert_close(y, ye, rtol=1e-5, atol=1e-6)
 
 
+class _TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.seeded, self.unseeded = dnn.Dropout(0.5, seed=3), dnn.GaussianDropout(0.3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.seeded(h), self.unseeded(h)
+
+
+@pytest.mark.slow
+def test_aot_inductor_package_advances_the_stream_and_draws_fresh_noise(tmp_path):
+    """AOTInductor (export -> aoti_compile_and_package -> aoti_load_package): a seeded module's stream advances
+    per call exactly as in eager (no frozen mask), and unseeded noise is fresh per call."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _TwoHeads().train()
+    eager = copy.deepcopy(model)
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(model, (x,))
+        run = torch._inductor.aoti_load_package(
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "model.pt2"))
+        )
+    (a, ga), (b, gb) = run(x), run(x)
+    assert not torch.equal(a, b) and not torch.equal(ga, gb)
+    torch.testing.assert_close(a, eager(x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b, eager(x)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_export_eval_mode_has_no_random_op():
     net = _Net(dnn.Dropout(0.5, seed=3)).eval()
     ep = torch.export.export(net, (torch.randn(4, 8),))
