@@ -26,16 +26,11 @@ from dropkit import kernels  # noqa: E402
 from dropkit.kernels import reference  # noqa: E402
 from dropkit.kernels import triton as tk  # noqa: E402
 from dropkit.rng import keep_probability, threshold  # noqa: E402
+from backend_helpers import assert_same_bits, requires_cuda, special_input  # noqa: E402
 
 CPU = torch.device("cpu")
-INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SEEDS = [0, 0x0123456789ABCDEF, 2**64 - 1]
-
-
-def requires_cuda(fn):
-    """Mark ``fn`` as a CUDA test and skip it without a device."""
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(fn))
 
 
 @pytest.fixture
@@ -52,28 +47,6 @@ def interpreter():
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = saved_env
-
-
-def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Bit-identical. 16-bit dtypes: NaN included (the 16-bit NaN rule of docs/rng.md: 0x7E00 / 0x7FC0);
-    32/64-bit dtypes: any NaN equals any NaN (their payloads are the hardware's, not part of the contract)."""
-    assert a.dtype == b.dtype and a.shape == b.shape
-    both_nan = torch.isnan(a) & torch.isnan(b)
-    if a.dtype in (torch.float16, torch.bfloat16):
-        both_nan = torch.zeros_like(both_nan)
-    ia, ib = a.view(INT_VIEW[a.dtype]), b.view(INT_VIEW[b.dtype])
-    bad = (ia != ib) & ~both_nan
-    assert not bad.any(), f"{int(bad.sum())} of {a.numel()} elements differ, first at {bad.nonzero()[0].tolist()}"
-
-
-def special_input(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    """Random values plus inf, -inf, NaN, -0.0, tiny and huge values."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(n, generator=g, dtype=torch.float64) * 3).to(dtype)
-    specials = [math.inf, -math.inf, math.nan, -0.0, 0.0, torch.finfo(dtype).tiny / 4, torch.finfo(dtype).max, -1.0]
-    k = min(n, len(specials))
-    x[:k] = torch.tensor(specials[:k], dtype=torch.float64).to(dtype)
-    return x
 
 
 # --------------------------------------------------------------------------- availability

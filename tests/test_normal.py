@@ -19,12 +19,11 @@ import torch
 
 from dropkit import kernels, rng
 from dropkit.kernels import cpu, reference
-from backend_helpers import ISAS, backend
+from backend_helpers import ISAS, assert_same_bits, backend, special_input
 
 CPU = torch.device("cpu")
 BACKENDS = [("reference", None)] + [("cpu", isa) for isa in ISAS]
 IDS = [f"{b}-{i}" if i else b for b, i in BACKENDS]
-INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -185,30 +184,11 @@ def test_normal_thread_count_invariance():
 # ---------------------------------------------------------------------------
 # gaussian_mul
 # ---------------------------------------------------------------------------
-def _special(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(n, generator=g, dtype=torch.float64) * 3).to(dtype)
-    specials = [math.inf, -math.inf, math.nan, -0.0, 0.0, torch.finfo(dtype).tiny / 4, torch.finfo(dtype).max, -1.0]
-    k = min(n, len(specials))
-    x[:k] = torch.tensor(specials[:k], dtype=torch.float64).to(dtype)
-    return x
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-identical; 32/64-bit NaNs equal any NaN (their payloads are the hardware's), 16-bit NaNs compared by bits."""
-    assert a.dtype == b.dtype and a.shape == b.shape
-    ia, ib = a.reshape(-1).view(INT_VIEW[a.dtype]), b.reshape(-1).view(INT_VIEW[b.dtype])
-    same = ia == ib
-    if a.dtype in (torch.float32, torch.float64):
-        same |= torch.isnan(a.reshape(-1)) & torch.isnan(b.reshape(-1))
-    return bool(same.all())
-
-
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_gaussian_mul_reference_is_the_written_out_rule(dtype):
     """x_f32 * (1 + sigma_f32 * z) in float32 (float64 for float64 x), rounded once, z = rng.normal."""
     n, sigma, seed, stream, offset = 1001, 0.6546536707079771, 2**64 - 3, 9, 2**40 + 3
-    x = _special(n, dtype, seed=4)
+    x = special_input(n, dtype, seed=4)
     z = rng.normal((n,), seed, stream, offset).numpy()
     if dtype == torch.float64:
         want = torch.from_numpy(x.numpy() * (1.0 + sigma * z.astype(np.float64)))
@@ -216,7 +196,7 @@ def test_gaussian_mul_reference_is_the_written_out_rule(dtype):
         xf = x.to(torch.float32).numpy()
         with np.errstate(all="ignore"):
             want = kernels.round_to(torch.from_numpy(xf * (np.float32(1.0) + np.float32(sigma) * z)), dtype)
-    assert _same_bits(reference.gaussian_mul(x, sigma, seed, stream, offset), want)
+    assert_same_bits(reference.gaussian_mul(x, sigma, seed, stream, offset), want)
 
 
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
@@ -224,32 +204,34 @@ def test_gaussian_mul_reference_is_the_written_out_rule(dtype):
 def test_gaussian_mul_matches_the_reference_bit_for_bit(be, isa, dtype):
     with backend(be, isa):
         for k, (n, offset) in enumerate([(0, 0), (1, 0), (3, 1), (7, 3), (64, 2), (4097, 1), (70001, 6), (9, 2**64 - 9)]):
-            x = _special(n, dtype, seed=k)
+            x = special_input(n, dtype, seed=k)
             for sigma in (0.1, 1.0, 3.0000001):
                 got = kernels.gaussian_mul(x, sigma, 2**63 + k, k, offset)
                 assert got.dtype == dtype and got.shape == x.shape
-                assert _same_bits(got, reference.gaussian_mul(x, sigma, 2**63 + k, k, offset)), (n, offset, sigma)
+                assert_same_bits(got, reference.gaussian_mul(x, sigma, 2**63 + k, k, offset), (n, offset, sigma))
 
 
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
 def test_gaussian_mul_layouts_out_and_inplace(be, isa, dtype):
-    base = _special(3 * 4111, dtype, seed=7).view(3, 4111)
+    base = special_input(3 * 4111, dtype, seed=7).view(3, 4111)
     with backend(be, isa):
         want = reference.gaussian_mul(base.t().contiguous(), 0.5, 1, 2, 3)
-        assert _same_bits(kernels.gaussian_mul(base.t(), 0.5, 1, 2, 3), want)  # strided: row-major logical order
+        assert_same_bits(kernels.gaussian_mul(base.t(), 0.5, 1, 2, 3), want)  # strided: row-major logical order
         one = torch.tensor(-1.5, dtype=dtype)
         bc = one.expand(70001)  # one value broadcast (the gradient of a sum)
         want_bc = reference.gaussian_mul(bc.contiguous(), 0.5, 1, 2, 3)
-        assert _same_bits(kernels.gaussian_mul(bc, 0.5, 1, 2, 3), want_bc)
+        assert_same_bits(kernels.gaussian_mul(bc, 0.5, 1, 2, 3), want_bc)
         out = torch.empty(70001, dtype=dtype)
-        assert kernels.gaussian_mul(bc, 0.5, 1, 2, 3, out=out) is out and _same_bits(out, want_bc)
+        assert kernels.gaussian_mul(bc, 0.5, 1, 2, 3, out=out) is out
+        assert_same_bits(out, want_bc)
         x = base.reshape(-1).clone()
         want_x = reference.gaussian_mul(x, 0.5, 1, 2, 3)
-        assert kernels.gaussian_mul(x, 0.5, 1, 2, 3, out=x) is x and _same_bits(x, want_x)  # in place
+        assert kernels.gaussian_mul(x, 0.5, 1, 2, 3, out=x) is x  # in place
+        assert_same_bits(x, want_x)
         strided = torch.empty(x.numel(), 2, dtype=dtype)[:, 0]
         assert kernels.gaussian_mul(want_x, 0.5, 1, 2, 3, out=strided) is strided
-        assert _same_bits(strided.contiguous(), reference.gaussian_mul(want_x, 0.5, 1, 2, 3))
+        assert_same_bits(strided.contiguous(), reference.gaussian_mul(want_x, 0.5, 1, 2, 3))
 
 
 @pytest.mark.skipif(not ISAS, reason=f"no compiled kernel: {cpu.status()[1]}")
@@ -261,9 +243,9 @@ def test_gaussian_mul_thread_count_invariance():
         with backend("cpu", isa):
             for threads in (1, 2, 3):
                 torch.set_num_threads(threads)  # restored by conftest
-                assert _same_bits(kernels.gaussian_mul(x, 0.8, 5, 6, 13), want), (isa, threads)
-                assert _same_bits(kernels.gaussian_mul(torch.tensor(2.0).expand(n), 0.8, 5, 6, 13),
-                                  reference.gaussian_mul(torch.full((n,), 2.0), 0.8, 5, 6, 13)), (isa, threads)
+                assert_same_bits(kernels.gaussian_mul(x, 0.8, 5, 6, 13), want, (isa, threads))
+                assert_same_bits(kernels.gaussian_mul(torch.tensor(2.0).expand(n), 0.8, 5, 6, 13),
+                                 reference.gaussian_mul(torch.full((n,), 2.0), 0.8, 5, 6, 13), (isa, threads))
 
 
 def test_gaussian_mul_rejects_bad_counters():
@@ -279,11 +261,11 @@ def test_gaussian_dropout_op_is_one_gaussian_mul():
     from dropkit import ops
 
     for dtype in FLOAT_DTYPES:
-        x = _special(1037, dtype, seed=11).view(17, 61)
+        x = special_input(1037, dtype, seed=11).view(17, 61)
         sigma = math.sqrt(0.3 / 0.7)
         y = F.gaussian_dropout(x, 0.3, seed=5)
-        assert _same_bits(y, reference.gaussian_mul(x, sigma, 5, 0, 0))
+        assert_same_bits(y, reference.gaussian_mul(x, sigma, 5, 0, 0))
         key = rng.key_tensor(5, 0)
         cdt = rng.compute_dtype(dtype)
         via_factor = kernels.round_to(x.to(cdt) * ops._gaussian_factor(key, sigma, x.shape, 0, CPU, cdt), dtype)
-        assert _same_bits(via_factor, y)
+        assert_same_bits(via_factor, y)

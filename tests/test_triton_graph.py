@@ -25,6 +25,7 @@ import dropkit.nn as dnn  # noqa: E402
 from dropkit import kernels  # noqa: E402
 from dropkit.kernels import triton as tk  # noqa: E402
 from dropkit.kernels.triton import graph  # noqa: E402
+from backend_helpers import requires_cuda  # noqa: E402
 
 HOP = "triton_kernel_wrapper"
 
@@ -219,59 +220,37 @@ def test_graph_launches_serve_compiled_cuda_kernels_only(monkeypatch):
 
 
 @pytest.mark.parametrize("offset", [0, 5, 2**33 + 7])
-def test_key_in_memory_gives_the_scalar_key_bits(offset):
+def test_key_in_memory_gives_the_scalar_key_bits(offset, monkeypatch):
     """The graph launches' key tensor and the eager launches' scalar key select the same stream."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs the kernels on CPU tensors
     key = torch.tensor([0x89ABCDEF, 0x01234567, 5, 1], dtype=torch.int64)
     seed, stream = 0x0123456789ABCDEF, (1 << 32) | 5
     cpu = torch.device("cpu")
-    with _interpreted():
-        x = torch.randn(1000, dtype=torch.float32)
-        assert torch.equal(
-            tk._keep_mask(1000, 0.3, key, offset, cpu), tk.keep_mask(1000, 0.3, seed, stream, offset, cpu)
-        )
-        assert torch.equal(
-            tk._dropout_mul(x, 0.3, 1 / 0.7, key, offset), tk.dropout_mul(x, 0.3, 1 / 0.7, seed, stream, offset)
-        )
-        assert torch.equal(
-            tk._normal(1000, key, offset, cpu, torch.float32), tk.normal(1000, seed, stream, offset, cpu)
-        )
-        assert torch.equal(tk._uniform(999, key, offset, cpu, torch.float64), tk.uniform(999, seed, stream, offset, cpu))
-        assert torch.equal(tk._gaussian_mul(x, 0.5, key, offset), tk.gaussian_mul(x, 0.5, seed, stream, offset))
-        assert torch.equal(
-            tk._fused(x, x, None, "relu", False, 0.3, 2.0, key, offset),
-            tk.fused_bias_act_dropout_add(x, x, None, "relu", False, 0.3, 2.0, seed, stream, offset),
-        )
-        # and the stream is the key's: another key, other bits
-        other = key.clone()
-        other[2] += 1
-        assert not torch.equal(
-            tk._keep_mask(1000, 0.3, other, offset, cpu), tk.keep_mask(1000, 0.3, seed, stream, offset, cpu)
-        )
-
-
-class _interpreted:
-    """Triton's interpreter for CPU tensors (the kernels' ``_kernels(device)`` choice), for a block."""
-
-    def __enter__(self):
-        import os
-
-        self.saved = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1"
-
-    def __exit__(self, *exc):
-        import os
-
-        if self.saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = self.saved
+    x = torch.randn(1000, dtype=torch.float32)
+    assert torch.equal(
+        tk._keep_mask(1000, 0.3, key, offset, cpu), tk.keep_mask(1000, 0.3, seed, stream, offset, cpu)
+    )
+    assert torch.equal(
+        tk._dropout_mul(x, 0.3, 1 / 0.7, key, offset), tk.dropout_mul(x, 0.3, 1 / 0.7, seed, stream, offset)
+    )
+    assert torch.equal(
+        tk._normal(1000, key, offset, cpu, torch.float32), tk.normal(1000, seed, stream, offset, cpu)
+    )
+    assert torch.equal(tk._uniform(999, key, offset, cpu, torch.float64), tk.uniform(999, seed, stream, offset, cpu))
+    assert torch.equal(tk._gaussian_mul(x, 0.5, key, offset), tk.gaussian_mul(x, 0.5, seed, stream, offset))
+    assert torch.equal(
+        tk._fused(x, x, None, "relu", False, 0.3, 2.0, key, offset),
+        tk.fused_bias_act_dropout_add(x, x, None, "relu", False, 0.3, 2.0, seed, stream, offset),
+    )
+    # and the stream is the key's: another key, other bits
+    other = key.clone()
+    other[2] += 1
+    assert not torch.equal(
+        tk._keep_mask(1000, 0.3, other, offset, cpu), tk.keep_mask(1000, 0.3, seed, stream, offset, cpu)
+    )
 
 
 # --------------------------------------------------------------------------- CUDA: Inductor's code generation
-def requires_cuda(fn):
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(fn))
-
-
 @requires_cuda
 @pytest.mark.parametrize("name", sorted(_cases()))
 def test_cuda_inductor_compiles_the_kernels_into_the_graph(name):
