@@ -161,12 +161,13 @@ def graph_kernels(device: torch.device):
     """The graph launches (:mod:`dropkit.kernels.triton.graph`) when compiled Triton kernels serve ``device``
     (CUDA, not the interpreter) and ``DROPKIT_TRITON_GRAPH`` does not turn them off; else None, and the
     ops stay whole in a compiled graph. Called while a graph is traced, never in eager calls."""
-    if device.type != "cuda" or _select(device) is reference:
+    if device.type != "cuda":
         return None
-    from dropkit.kernels.triton import graph, interpreter_enabled
+    from dropkit.kernels import triton as tk
+    from dropkit.kernels.triton import graph
 
-    # an interpreted kernel cannot be traced; another forced backend keeps the op
-    return graph if graph.enabled() and not interpreter_enabled() and _select(device) is _triton_backend() else None
+    # another backend (forced, or no usable Triton) keeps the op; an interpreted kernel cannot be traced
+    return graph if _select(device) is tk and not tk.interpreter_enabled() and graph.enabled() else None
 
 
 def capabilities(device: torch.device | str = "cpu") -> frozenset[str]:

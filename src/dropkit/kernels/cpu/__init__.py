@@ -528,12 +528,29 @@ def set_isa(name: str | None = None) -> str:
     """
     if name is not None and name not in ISAS:
         raise ValueError(f"ISA must be one of {ISAS} or None; received {name!r}")
-    if not available():
-        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    _require()
     if name is not None and name not in _state["supported"]:
         raise ValueError(f"ISA {name!r} is not supported by this CPU; it supports {_state['supported']}")
     _apply_isa(name)
     return _state["isa_name"]
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+
+
+def _run(fn, n: int, args: tuple, seed: int, stream: int, offset: int) -> None:
+    """``fn(*args, seed, stream, offset, isa, threads)``: the key and run arguments every element-wise entry
+    point ends with (``dk_job_init`` on the C side); a non-zero return is an error naming the entry point."""
+    rc = fn(*args, seed & _M64, stream & _M64, offset & _M64, _state["isa"], _threads(n))
+    if rc:
+        raise RuntimeError(f"{fn.__name__} failed with code {rc}")
+
+
+def _to_device(out: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A result computed on the CPU, moved to ``device``."""
+    return out if torch.device(device).type == "cpu" else out.to(device)
 
 
 def _threads(n: int) -> int:
@@ -555,15 +572,10 @@ def _thr(p: float) -> int:
 
 def keep_mask(n: int, p: float, seed: int, stream: int, offset: int, device: torch.device) -> torch.Tensor:
     """1-D ``bool`` keep mask of ``n`` elements, ``True`` = kept (computed on the CPU, moved to ``device``)."""
-    if not available():
-        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    _require()
     out = torch.empty(int(n), dtype=torch.bool)
-    rc = _state["lib"].dk_keep_mask(
-        out.data_ptr(), n, _thr(p), seed & _M64, stream & _M64, offset & _M64, _state["isa"], _threads(n)
-    )
-    if rc:
-        raise RuntimeError(f"dk_keep_mask failed with code {rc}")
-    return out if torch.device(device).type == "cpu" else out.to(device)
+    _run(_state["lib"].dk_keep_mask, n, (out.data_ptr(), n, _thr(p)), seed, stream, offset)
+    return _to_device(out, device)
 
 
 def dropout_mul(
@@ -587,21 +599,7 @@ def dropout_mul(
     n = src.numel()
     dst = _destination(x, src, out, broadcast=False)
     if n:
-        rc = lib.dk_dropout_mul(
-            code,
-            src.data_ptr(),
-            dst.data_ptr(),
-            n,
-            _thr(p),
-            scale,
-            seed & _M64,
-            stream & _M64,
-            offset & _M64,
-            _state["isa"],
-            _threads(n),
-        )
-        if rc:
-            raise RuntimeError(f"dk_dropout_mul failed with code {rc}")
+        _run(lib.dk_dropout_mul, n, (code, src.data_ptr(), dst.data_ptr(), n, _thr(p), scale), seed, stream, offset)
     return _delivered(dst, out)
 
 
@@ -613,27 +611,13 @@ def uniform(
     :func:`dropkit.rng.uniform`. float32 and float64 come from the kernel directly, other
     dtypes are rounded from its float64 values by torch (as the reference does).
     """
-    if not available():
-        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    _require()
     n = int(n)
     direct = dtype in (torch.float32, torch.float64)
     out = torch.empty(n, dtype=dtype if direct else torch.float64)
     if n:
-        rc = _state["lib"].dk_uniform(
-            _state["dtypes"][out.dtype],
-            out.data_ptr(),
-            n,
-            seed & _M64,
-            stream & _M64,
-            offset & _M64,
-            _state["isa"],
-            _threads(n),
-        )
-        if rc:
-            raise RuntimeError(f"dk_uniform failed with code {rc}")
-    if not direct:
-        out = out.to(dtype)
-    return out if torch.device(device).type == "cpu" else out.to(device)
+        _run(_state["lib"].dk_uniform, n, (_state["dtypes"][out.dtype], out.data_ptr(), n), seed, stream, offset)
+    return _to_device(out if direct else out.to(dtype), device)
 
 
 def _check_memory(t: torch.Tensor, name: str) -> None:
@@ -654,19 +638,12 @@ def normal(
     converted to ``dtype``), computed on the CPU and moved to ``device``; bit-identical to
     :func:`dropkit.rng.normal`.
     """
-    if not available():
-        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    _require()
     n = int(n)
     out = torch.empty(n, dtype=torch.float32)
     if n:
-        rc = _state["lib"].dk_normal(
-            out.data_ptr(), n, seed & _M64, stream & _M64, offset & _M64, _state["isa"], _threads(n)
-        )
-        if rc:
-            raise RuntimeError(f"dk_normal failed with code {rc}")
-    if dtype != torch.float32:
-        out = out.to(dtype)
-    return out if torch.device(device).type == "cpu" else out.to(device)
+        _run(_state["lib"].dk_normal, n, (out.data_ptr(), n), seed, stream, offset)
+    return _to_device(out if dtype == torch.float32 else out.to(dtype), device)
 
 
 def gaussian_mul(
@@ -688,21 +665,8 @@ def gaussian_mul(
     src = x if broadcast or x.is_contiguous() else x.contiguous()
     dst = _destination(x, src, out, broadcast=broadcast)
     if n:
-        rc = lib.dk_gaussian_mul(
-            code,
-            src.data_ptr(),
-            0 if broadcast else 1,
-            dst.data_ptr(),
-            n,
-            float(sigma),
-            seed & _M64,
-            stream & _M64,
-            offset & _M64,
-            _state["isa"],
-            _threads(n),
-        )
-        if rc:
-            raise RuntimeError(f"dk_gaussian_mul failed with code {rc}")
+        args = (code, src.data_ptr(), 0 if broadcast else 1, dst.data_ptr(), n, float(sigma))
+        _run(lib.dk_gaussian_mul, n, args, seed, stream, offset)
     return _delivered(dst, out)
 
 
@@ -756,8 +720,7 @@ def mask_fold(
     have any strides on its first two dims). Raises ``ValueError`` when a mask value is neither
     0 nor ``scale``.
     """
-    if not available():
-        raise RuntimeError(f"the compiled CPU kernel is not available: {_state['reason']}")
+    _require()
     T, B, D = mask.shape
     _, K, O = A.shape
     if A.dtype != torch.float32 or X.dtype != torch.float32 or mask.dtype != torch.float32:

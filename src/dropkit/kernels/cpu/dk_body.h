@@ -100,6 +100,17 @@ DK_HIDDEN void DK_NAME(dk_uniform_chunk)(int dtype, void *out, size_t len, uint6
     }
 }
 
+#if defined(__F16C__) && defined(__AVX2__)
+/* Eight float32 results rounded to float16 (nearest even) and stored, NaN -> the canonical DK_F16_NAN. */
+static inline __attribute__((always_inline)) void dk_store_f16x8(uint16_t *o, __m256 y) {
+    const __m128i qnan = _mm_set1_epi16((short)DK_F16_NAN);
+    __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+    __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
+    _mm_storeu_si128((__m128i *)o, _mm_blendv_epi8(h, qnan, nan16));
+}
+#endif
+
 /* float16 products, 8 at a time with F16C where the target has it: GCC 12 does not vectorize
  * _Float16 conversions, and the bit-exact C conversion is several times slower (measured:
  * see benchmarks/RESULTS.md). The NaN rule is applied after the hardware rounding. */
@@ -108,16 +119,12 @@ static inline __attribute__((always_inline)) size_t dk_f16_block(const uint16_t 
     size_t i = 0;
 #if defined(__F16C__) && defined(__AVX2__)
     const __m256 vs = _mm256_set1_ps(sf), zero = _mm256_setzero_ps();
-    const __m128i vt = _mm_set1_epi16((short)t), qnan = _mm_set1_epi16((short)DK_F16_NAN);
+    const __m128i vt = _mm_set1_epi16((short)t);
     for (; i + 8 <= len; i += 8) {
         __m128i lane = _mm_loadu_si128((const __m128i *)(u + i));
         __m128i keep = _mm_cmpeq_epi16(_mm_max_epu16(lane, vt), lane); /* u >= t */
         __m256 f = _mm256_blendv_ps(zero, vs, _mm256_castsi256_ps(_mm256_cvtepi16_epi32(keep)));
-        __m256 y = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), f);
-        __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(y, y, _CMP_UNORD_Q));
-        __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
-        _mm_storeu_si128((__m128i *)(o + i), _mm_blendv_epi8(h, qnan, nan16));
+        dk_store_f16x8(o + i, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), f));
     }
 #endif
     for (; i < len; i++) o[i] = dk_float_to_half(dk_half_to_float(x[i]) * (u[i] >= t ? sf : 0.0f));
@@ -380,14 +387,9 @@ static inline __attribute__((always_inline)) void dk_f16_gauss(const uint16_t *x
     size_t i = 0;
 #if defined(__F16C__) && defined(__AVX2__)
     const __m256 vs = _mm256_set1_ps(sf), one = _mm256_set1_ps(1.0f);
-    const __m128i qnan = _mm_set1_epi16((short)DK_F16_NAN);
     for (; i + 8 <= len; i += 8) {
         __m256 fac = _mm256_add_ps(one, _mm256_mul_ps(vs, _mm256_loadu_ps(z + i)));
-        __m256 y = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), fac);
-        __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(y, y, _CMP_UNORD_Q));
-        __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
-        _mm_storeu_si128((__m128i *)(o + i), _mm_blendv_epi8(h, qnan, nan16));
+        dk_store_f16x8(o + i, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), fac));
     }
 #endif
     for (; i < len; i++) o[i] = dk_float_to_half(dk_half_to_float(x[i]) * (1.0f + sf * z[i]));

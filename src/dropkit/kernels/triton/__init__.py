@@ -165,27 +165,21 @@ def _i32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def _launch_args(n: int, p: float, scale: float, seed: int, stream: int, offset: int, f64: bool):
-    """Grid and the shared scalar arguments of every kernel (see ``_kernels.py``)."""
+def _launch_args(
+    n, lanes: int, block_b: int, thr: int | None, scale: float, seed: int, stream: int, offset: int, f64: bool
+):
+    """Grid, the shared scalar arguments and the constexprs of a kernel with ``lanes`` elements per Philox block:
+    8 for the 16-bit mask lanes (with the threshold ``thr``), 4 for the 32-bit words of uniform / normal (``thr``
+    None). See ``_kernels.py``."""
     if offset < 0:
         raise ValueError(f"`offset` must be >= 0; received offset={offset}")
-    b_first, start = divmod(offset, 8)
-    grid = (-(-(start + n) // (8 * BLOCK_B)),)
+    b_first, start = divmod(offset, lanes)
+    grid = (-(-(start + n) // (lanes * block_b)),)
     # the scale travels as the bits of the compute dtype's value (float32: rounded to nearest)
     bits = struct.unpack("<Q", struct.pack("<d", scale))[0] if f64 else struct.unpack("<I", struct.pack("<f", scale))[0]
-    args = [
-        n,
-        _i32(b_first),
-        _i32(b_first >> 32),
-        _i32(seed),
-        _i32(seed >> 32),
-        _i32(stream),
-        _i32(stream >> 32),
-        threshold(p),
-        _i32(bits),
-        _i32(bits >> 32),
-    ]
-    return grid, args, {"START": start, "BLOCK_B": BLOCK_B}
+    args = [n, _i32(b_first), _i32(b_first >> 32), _i32(seed), _i32(seed >> 32), _i32(stream), _i32(stream >> 32)]
+    args += ([] if thr is None else [thr]) + [_i32(bits), _i32(bits >> 32)]
+    return grid, args, {"START": start, "BLOCK_B": block_b}
 
 
 def _launch_kw(device: torch.device) -> dict:
@@ -231,7 +225,7 @@ def _launch(kernel: str, ptrs, n, p, scale, key, offset, f64, extra=(), **conste
     """Launch ``kernel`` over ``n`` elements: pointers, the key, the shared scalars, ``extra`` scalars, constexprs."""
     if n == 0:
         return
-    grid, args, meta = _launch_args(n, p, scale, *_key_scalars(key), offset, f64)
+    grid, args, meta = _launch_args(n, 8, BLOCK_B, threshold(p), scale, *_key_scalars(key), offset, f64)
     _run(kernel, grid, ptrs, key, [*args, *extra], {**constexprs, **meta})
 
 
@@ -266,21 +260,12 @@ def _fused(a, x, bias, activation, backward, p, scale, key, offset):
 
 
 def _launch4(kernel: str, ptrs, n: int, sigma: float, key, offset: int, f64: bool, **constexprs):
-    """Launch a kernel of the 32-bit lane layout (4 elements per Philox block: uniform, normal) over ``n`` elements."""
+    """Launch a kernel of the 32-bit lane layout (4 elements per Philox block: uniform, normal) over ``n`` elements;
+    ``sigma`` rounded to float32 once unless ``f64``."""
     if n == 0:
         return
-    if offset < 0:
-        raise ValueError(f"`offset` must be >= 0; received offset={offset}")
-    seed, stream = _key_scalars(key)
-    b_first, start = divmod(offset, 4)
-    grid = (-(-(start + n) // (4 * NORMAL_BLOCK_B)),)
-    if f64:
-        bits = struct.unpack("<Q", struct.pack("<d", sigma))[0]
-    else:
-        bits = struct.unpack("<I", struct.pack("<f", sigma))[0]  # sigma rounded to float32 once
-    args = [n, _i32(b_first), _i32(b_first >> 32), _i32(seed), _i32(seed >> 32), _i32(stream), _i32(stream >> 32)]
-    args += [_i32(bits), _i32(bits >> 32)]
-    _run(kernel, grid, ptrs, key, args, {**constexprs, "START": start, "BLOCK_B": NORMAL_BLOCK_B})
+    grid, args, meta = _launch_args(n, 4, NORMAL_BLOCK_B, None, sigma, *_key_scalars(key), offset, f64)
+    _run(kernel, grid, ptrs, key, args, {**constexprs, **meta})
 
 
 def _uniform(n, key, offset, device, dtype):
