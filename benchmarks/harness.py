@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from dropkit.tools.memory import saved_bytes  # noqa: F401 (re-exported: `from harness import saved_bytes`)
+from dropkit.memory import saved_bytes  # noqa: F401 (re-exported: `from harness import saved_bytes`)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 

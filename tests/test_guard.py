@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import dropkit
 from dropkit import guard
 from dropkit.cli import main
-from dropkit.tools import loading
+from dropkit import _loading as loading
 
 
 def mlp(drop=None):

@@ -203,7 +203,7 @@ def test_the_dataset_cache_shares_dropkits_cache_root(monkeypatch, tmp_path):
     assert ds.default_cache_dir() == tmp_path / "home" / ".cache" / "dropkit" / "datasets"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert ds.default_cache_dir() == tmp_path / "xdg" / "dropkit" / "datasets"
-    monkeypatch.setenv("DROPKIT_CACHE", str(tmp_path / "legacy"))  # the older name, read when the new one is unset
-    assert ds.default_cache_dir() == tmp_path / "legacy" / "datasets"
+    monkeypatch.setenv("DROPKIT_CACHE", str(tmp_path / "legacy"))  # an old name: not read
+    assert ds.default_cache_dir() == tmp_path / "xdg" / "dropkit" / "datasets"
     monkeypatch.setenv("DROPKIT_CACHE_DIR", str(tmp_path / "root"))  # the kernel's root wins
     assert ds.default_cache_dir() == tmp_path / "root" / "datasets"

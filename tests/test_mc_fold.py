@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import dropkit
 from dropkit import kernels
-from dropkit.tools import _mc_fold, mc
+from dropkit import mc
+from dropkit.mc import _fold as _mc_fold
 from dropkit.kernels import reference
 
 needs_kernel = pytest.mark.skipif(not kernels.mask_fold_compiled(), reason="compiled CPU kernel not available")

@@ -65,11 +65,8 @@ def test_state_dict_round_trip():
 
 
 def test_depthwise_drop_path():
-    with pytest.warns(DeprecationWarning, match="functional.drop_path_rates"):
-        assert schedules.drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
-    with pytest.warns(DeprecationWarning):
-        assert schedules.drop_path_rates(0.3, 1) == [0.3]
-    # one implementation of the rule: the functional one (only depth 1 differs, see drop_path_rates)
+    assert not hasattr(schedules, "drop_path_rates")  # one home: dropkit.functional.drop_path_rates
+    # one implementation of the rule: the functional one (only one module differs: it gets p_max)
     for p_max, depth in ((0.3, 4), (0.1, 12), (0.25, 7)):
         mods = [nn.Dropout(0.0) for _ in range(depth)]
         assert schedules.depthwise_drop_path(mods, p_max) == dropkit.functional.drop_path_rates(p_max, depth)

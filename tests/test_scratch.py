@@ -1,5 +1,5 @@
 """The from-scratch NumPy layer (dropkit.scratch): parity with the fast path, a finite-difference gradient
-check, and its old names (dropkit.reference, dropout_rate=) kept with a DeprecationWarning."""
+check, and one name for each thing (no dropkit.reference, no dropout_rate=)."""
 
 from __future__ import annotations
 
@@ -78,10 +78,8 @@ def test_p1_and_unseeded_layers():
 def test_errors():
     with pytest.raises(ValueError, match="`p`"):
         DropoutLayer(1.2)
-    with pytest.raises(ValueError, match="dropout_rate"), pytest.warns(DeprecationWarning):
-        DropoutLayer(dropout_rate=1.2)
-    with pytest.raises(TypeError, match="`p`"):
-        DropoutLayer(0.3, dropout_rate=0.3)
+    with pytest.raises(TypeError, match="dropout_rate"):
+        DropoutLayer(dropout_rate=0.3)  # p is the one name of the drop probability
     with pytest.raises(ValueError, match="scaling"):
         DropoutLayer(0.5, scaling="x")
     with pytest.raises(TypeError, match="floating"):
@@ -92,19 +90,11 @@ def test_errors():
         layer.backward(np.ones(3))
 
 
-def test_old_names_still_work_and_warn():
-    with pytest.warns(DeprecationWarning, match="p=..."):
-        old = DropoutLayer(dropout_rate=0.3, seed=5)
-    assert old.p == 0.3 and DropoutLayer(seed=5).p == 0.5
-    x = np.ones((4, 8), np.float32)
-    np.testing.assert_array_equal(old.forward(x), DropoutLayer(0.3, seed=5).forward(x))
+def test_old_names_are_gone():
+    assert DropoutLayer(seed=5).p == 0.5
     sys.modules.pop("dropkit.reference", None)
-    with pytest.warns(DeprecationWarning, match="dropkit.scratch"):
-        import dropkit.reference
-    assert dropkit.reference.DropoutLayer is DropoutLayer
-    from dropkit.reference.dropout import DropoutLayer as deep
-
-    assert deep is DropoutLayer
+    with pytest.raises(ModuleNotFoundError):
+        import dropkit.reference  # noqa: F401
 
 
 def test_the_teaching_layer_is_reachable_and_lazy():

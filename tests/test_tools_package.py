@@ -1,15 +1,14 @@
-"""The tools package: import graph without cycles, lazy documented submodules, the callable
-``dropkit.lint``, old paths kept (private names with a DeprecationWarning), and docs/tools.md
-snippets that run as written."""
+"""The tools: import graph without cycles, lazy documented modules (one home each), the callable
+``dropkit.lint``, no forwarding aliases, and docs/tools.md snippets that run as written."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -140,8 +139,8 @@ def test_cycle_finder_sees_lazy_imports_but_not_type_checking_ones(tmp_path):
 
 def test_tools_import_graph_has_no_cycle():
     graph = _graph()
-    assert "dropkit.tools._introspect" in graph and graph["dropkit.tools.mc"]
-    tools = {m for m in graph if m.startswith("dropkit.tools") or m.rpartition(".")[2] in TOOLS}
+    assert "dropkit._introspect" in graph and graph["dropkit.mc"]
+    tools = {m for m in graph if m.rpartition(".")[2] in TOOLS or m.startswith("dropkit.mc")}
     bad = [c for c in _cycles(graph) if tools & set(c)]
     assert not bad, f"import cycles through the tools: {bad}"
 
@@ -152,7 +151,7 @@ def test_no_new_import_cycle_in_dropkit():
 
 
 def test_mc_imports_no_private_name_of_guard():
-    tree = ast.parse((SRC / "dropkit" / "tools" / "mc.py").read_text())
+    tree = ast.parse((SRC / "dropkit" / "mc" / "__init__.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith("guard"):
             raise AssertionError(f"mc imports from guard: {[a.name for a in node.names]}")
@@ -164,11 +163,11 @@ def test_mc_imports_no_private_name_of_guard():
 def test_import_dropkit_is_lazy_and_every_tool_is_reachable():
     code = (
         "import sys, dropkit\n"
-        "eager = sorted(m for m in sys.modules if m.startswith(('dropkit.tools', 'dropkit.guard', 'dropkit.mc',"
-        " 'dropkit.lint', 'dropkit.reference')))\n"
+        "eager = sorted(m for m in sys.modules if m.startswith(('dropkit.guard', 'dropkit.mc',"
+        " 'dropkit.lint', 'dropkit.metrics', 'dropkit.viz')))\n"
         "assert not eager, eager\n"
         "names = [dropkit.guard.check_inference, dropkit.mc.predict, dropkit.metrics.nll, dropkit.lint.Finding,"
-        " dropkit.schedules.early, dropkit.viz.save_masks, dropkit.tools.guard.freeze]\n"
+        " dropkit.schedules.early, dropkit.viz.save_masks, dropkit.guard.freeze]\n"
         "print(len(names))\n"
     )
     r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
@@ -191,39 +190,15 @@ def test_lint_is_a_module_and_callable():
     assert lint_module is dropkit.lint and callable(dropkit.lint)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5))
     by_call = dropkit.lint(model, (torch.randn(2, 4),))
-    assert by_call == lint(model, (torch.randn(2, 4),)) == dropkit.tools.lint(model)
+    assert by_call == lint(model, (torch.randn(2, 4),)) == dropkit.lint(model)
     assert [f.code for f in by_call] == ["DK101"] and isinstance(by_call[0], Finding) and "DK101" in CODES
 
 
-@pytest.mark.parametrize("name", TOOLS)
-def test_public_names_are_the_same_objects_without_warning(name):
-    old, new = getattr(dropkit, name), getattr(dropkit.tools, name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for attr in new.__all__:
-            assert getattr(old, attr) is getattr(new, attr)
-    assert old.__all__ == new.__all__
-
-
-@pytest.mark.parametrize("old, attr, new", [
-    ("guard", "_module_stack", "dropkit.tools._introspect.module_stack"),
-    ("guard", "preserved_state", "dropkit.tools._introspect.preserved_state"),
-    ("guard", "_RANDOM_FUNCS", "dropkit.tools._introspect.RANDOM_FUNCS"),
-    ("mc", "_probe", "dropkit.tools.mc._probe"),
-    ("schedules", "is_dropout_module", "dropkit.tools._introspect.is_dropout_module"),
-])
-def test_moved_private_names_warn_and_work(old, attr, new):
-    module_name, _, new_attr = new.rpartition(".")
-    with pytest.warns(DeprecationWarning, match=re.escape(new)):
-        value = getattr(getattr(dropkit, old), attr)
-    assert value is getattr(sys.modules[module_name], new_attr)
-
-
-def test_old_fold_module_warns():
-    sys.modules.pop("dropkit._mc_fold", None)
-    with pytest.warns(DeprecationWarning, match="dropkit.tools._mc_fold"):
-        import dropkit._mc_fold as old
-    assert old.plan_fold is dropkit.tools._mc_fold.plan_fold
+@pytest.mark.parametrize("old", ["dropkit.tools", "dropkit.reference", "dropkit._mc_fold", "dropkit.tools.guard"])
+def test_old_paths_are_gone(old):
+    """One home per thing: the moved modules have no forwarding aliases."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
 # ---------------------------------------------------------------------------
@@ -254,7 +229,7 @@ def test_version_comes_from_package_metadata():
 
 
 def test_saved_bytes_counts_each_storage_once():
-    from dropkit.tools.memory import saved_bytes
+    from dropkit.memory import saved_bytes
 
     x = torch.randn(1 << 12)
     assert saved_bytes(lambda t: dropkit.functional.dropout(t, 0.5, seed=0), x) == 0

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from dropkit.tools.memory import saved_bytes  # noqa: F401 (the one implementation, used by the variant tests)
+from dropkit.memory import saved_bytes  # noqa: F401 (the one implementation, used by the variant tests)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 ALPHA = 1e-3  # significance of each binomial test (fixed seeds: deterministic, can still fail)

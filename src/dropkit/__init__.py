@@ -7,8 +7,7 @@ index), the same on every device and thread count, and regenerated in backward.
 ``p`` is always the probability of **dropping** an element.
 
 The tools (:mod:`dropkit.guard`, :mod:`dropkit.mc`, :mod:`dropkit.metrics`,
-:mod:`dropkit.lint`, :mod:`dropkit.schedules`, :mod:`dropkit.viz`; implemented in
-:mod:`dropkit.tools`) and the NumPy teaching layer (:mod:`dropkit.scratch`) are imported on first use, so
+:mod:`dropkit.lint`, :mod:`dropkit.schedules`, :mod:`dropkit.viz`, :mod:`dropkit.memory`) and the NumPy teaching layer (:mod:`dropkit.scratch`) are imported on first use, so
 ``import dropkit`` stays fast and ``dropkit.mc.predict(...)`` works after it.
 """
 
@@ -20,8 +19,7 @@ from dropkit.seed import SeedGenerator
 from dropkit.kernels import backend_info
 
 #: Submodules imported on first attribute access (PEP 562).
-_LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "tools", "scratch")
-_DEPRECATED = ("reference",)  # dropkit.scratch's old name (importing it warns)
+_LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "memory", "scratch")
 
 __all__ = ["functional", "nn", "ops", "rng", "seed", "SeedGenerator", "kernels", "backend_info", "__version__", *_LAZY]
 
@@ -40,7 +38,7 @@ def __getattr__(name: str) -> ModuleType | str:
     if name == "__version__":
         globals()["__version__"] = v = _version()
         return v
-    if name in _LAZY or name in _DEPRECATED:
+    if name in _LAZY:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

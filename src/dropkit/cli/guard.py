@@ -5,7 +5,7 @@ TorchScript file (anything else, loaded with ``torch.jit.load``). Nothing is unp
 a ``.pt2`` is checked before torch reads it, and an archive with any entry that torch
 would unpickle (``opaque_obj_*`` / ``custom_obj_*`` constants, pickled tensors, sample
 inputs that need more than a weights-only load, the legacy format) or compiled code is
-refused with a one-line reason (see :mod:`dropkit.tools.loading`); TorchScript's own
+refused with a one-line reason (see :mod:`dropkit._loading`); TorchScript's own
 unpickler only builds TorchScript types. The model is then run: its graph's ops execute.
 
 Example inputs: a ``.pt2`` file carries its input specs, so the tensors are made from
@@ -26,7 +26,7 @@ import argparse
 
 import torch
 
-from dropkit.tools.loading import load_program
+from dropkit._loading import load_program
 
 _DTYPES = {
     "float32": torch.float32,

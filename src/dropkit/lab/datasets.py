@@ -51,7 +51,7 @@ __all__ = [
     "read_idx",
 ]
 
-from dropkit._cache import CACHE_ENV, cache_root
+from dropkit._cache import cache_root
 from dropkit.lab._names import DATASETS
 
 
@@ -175,12 +175,7 @@ SOURCES: dict[str, dict] = {
 def default_cache_dir() -> Path:
     """``<cache>/datasets``, ``<cache>`` being dropkit's cache root (:func:`dropkit._cache.cache_root`:
     ``$DROPKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dropkit``, else ``~/.cache/dropkit``).
-
-    ``$DROPKIT_CACHE``, the name this folder read before it shared the root with the kernel cache,
-    is still honoured when ``$DROPKIT_CACHE_DIR`` is not set.
     """
-    if not os.environ.get(CACHE_ENV) and os.environ.get("DROPKIT_CACHE"):
-        return Path(os.environ["DROPKIT_CACHE"]) / "datasets"
     return cache_root() / "datasets"
 
 

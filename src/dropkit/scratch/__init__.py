@@ -2,7 +2,7 @@
 
 Not a backend: nothing in dropkit runs through it. It implements the same mask contract as
 the fast path (:mod:`dropkit.rng`), so for the same seed it drops exactly the units that
-``dropkit.functional.dropout`` drops. (``dropkit.reference`` is its old, deprecated name.)
+``dropkit.functional.dropout`` drops.
 
 Example:
     >>> layer = dropkit.scratch.DropoutLayer(p=0.5, seed=7)

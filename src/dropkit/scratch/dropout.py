@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
@@ -14,7 +13,7 @@ class DropoutLayer:
     r"""Dropout (Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov, JMLR 2014).
 
     ``p`` is the probability of **dropping** a unit (not of keeping it), as everywhere in
-    dropkit; the old keyword ``dropout_rate=`` is still accepted with a DeprecationWarning.
+    dropkit.
 
     Forward, training, inverted scaling (the default, as in PyTorch and Keras)::
 
@@ -40,25 +39,11 @@ class DropoutLayer:
 
     def __init__(
         self,
-        p: float | None = None,
+        p: float = 0.5,
         seed: int | None = None,
         scaling: str = "inverted",
-        *,
-        dropout_rate: float | None = None,
     ):
-        if dropout_rate is not None:
-            if p is not None:
-                raise TypeError(
-                    "DropoutLayer takes the drop probability once: pass `p` (`dropout_rate` is its old name)"
-                )
-            warnings.warn(
-                "DropoutLayer(dropout_rate=...) is deprecated; pass p=... (the probability of dropping)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            self.p = check_p(dropout_rate, "dropout_rate")
-        else:
-            self.p = check_p(0.5 if p is None else p, "p")  # default 0.5
+        self.p = check_p(p, "p")
         self.scaling = check_choice(scaling, "scaling", SCALINGS)
         # No seed: draw one from NumPy's OS entropy, so unseeded layers differ.
         self.seed = (

@@ -2,9 +2,9 @@
 
 Example:
     >>> x = torch.randn(1 << 20)
-    >>> dropkit.tools.memory.saved_bytes(lambda t: dropkit.functional.dropout(t, 0.5, seed=0), x)
+    >>> dropkit.memory.saved_bytes(lambda t: dropkit.functional.dropout(t, 0.5, seed=0), x)
     0
-    >>> dropkit.tools.memory.saved_bytes(lambda t: torch.nn.functional.dropout(t, 0.5), x)   # a float mask
+    >>> dropkit.memory.saved_bytes(lambda t: torch.nn.functional.dropout(t, 0.5), x)   # a float mask
     4194304
 """
 

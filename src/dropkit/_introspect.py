@@ -1,4 +1,4 @@
-"""What the tools know about a running model: the one introspection layer of :mod:`dropkit.tools`.
+"""What the tools know about a running model: the one introspection layer the tools (guard, mc, lint, schedules) share.
 
 * **dropout modules**: :func:`is_dropout_module`, :func:`drop_rate`;
 * **random calls**: :func:`classify_call` sorts one torch-function call into

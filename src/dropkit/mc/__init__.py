@@ -26,7 +26,7 @@ does not fit it; the last always works):
    dropout on a deterministic input followed, in an ``nn.Sequential``, by a Conv2d, the
    ``T`` channel masks are summed through the convolution from per-channel contributions
    computed once per example, with a following max-pool fused in (see
-   :mod:`dropkit.tools._mc_fold`). Same masks, same distribution; only the rounding of the sums
+   :mod:`dropkit.mc._fold`). Same masks, same distribution; only the rounding of the sums
    differs.
 2. **Shared prefix**: the network before the first stochastic module runs once on
    ``batch`` rows; a forward pre-hook on that module repeats its input ``T`` times
@@ -74,7 +74,7 @@ from torch.overrides import TorchFunctionMode
 
 from dropkit import kernels
 from dropkit._validation import check_bool, check_choice, check_int
-from dropkit.tools._introspect import (
+from dropkit._introspect import (
     RandomCallMode,
     dropout_call,
     is_dropout_module,
@@ -82,7 +82,7 @@ from dropkit.tools._introspect import (
     observe_dropkit_ops,
     preserved_state,
 )
-from dropkit.tools._mc_fold import FoldPlan, FoldUnavailable, plan_fold, run_fold
+from dropkit.mc._fold import FoldPlan, FoldUnavailable, plan_fold, run_fold
 
 __all__ = [
     "MCResult",
@@ -182,7 +182,7 @@ def _transform(out: torch.Tensor, output: str | None) -> torch.Tensor:
 
 
 #: the kinds of random call the probe records per module (``stochastic_modules``' ``calls``), by
-#: :func:`~dropkit.tools._introspect.classify_call` kind; also "dropkit", "module" and "given"
+#: :func:`~dropkit._introspect.classify_call` kind; also "dropkit", "module" and "given"
 _CALL_KINDS = {"functional-dropout": "functional", "attention-dropout": "attention", "random-op": "random"}
 
 
