@@ -65,7 +65,7 @@ def test_same_seed_same_mask_other_seed_other():
     x = _x((64, 64))
     assert torch.equal(F.dropout(x, 0.5, seed=3), F.dropout(x, 0.5, seed=3))
     assert not torch.equal(F.dropout(x, 0.5, seed=3), F.dropout(x, 0.5, seed=4))
-    assert not torch.equal(F.dropout(x, 0.5, seed=3), F.dropout(x, 0.5, seed=3, stream=1))
+    assert not torch.equal(F.dropout(x, 0.5, seed=3), F.dropout(x, 0.5, seed=dropkit.rng.key_tensor(3, 1)))
 
 
 def test_manual_seed_and_generator_reproduce():
@@ -79,10 +79,9 @@ def test_manual_seed_and_generator_reproduce():
     assert torch.equal(F.dropout(x, 0.5, generator=g1), F.dropout(x, 0.5, generator=g2))
 
 
-@pytest.mark.parametrize("stream", [0, 3])
 @pytest.mark.parametrize("watched", [False, True], ids=["plain-eager", "under-a-dispatch-mode"])
-def test_unseeded_key_is_two_randint_words_of_the_generator(stream, watched):
-    """The documented key of ``seed=None``: ``torch.randint(0, 2**32, (2,))`` from the generator, then ``stream``,
+def test_unseeded_key_is_two_randint_words_of_the_generator(watched):
+    """The documented key of ``seed=None``: ``torch.randint(0, 2**32, (2,))`` from the generator, stream 0,
     whichever eager path draws it (plain eager takes a shorter op sequence than a watched call)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -93,10 +92,10 @@ def test_unseeded_key_is_two_randint_words_of_the_generator(stream, watched):
     x = _x((8, 16))
     g = torch.Generator().manual_seed(21)
     w = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=g).tolist()
-    want = F.dropout(x, 0.5, seed=w[0] | (w[1] << 32), stream=stream)
+    want = F.dropout(x, 0.5, seed=w[0] | (w[1] << 32))
     g.manual_seed(21)
     with Watch() if watched else contextlib.nullcontext():
-        got = F.dropout(x, 0.5, generator=g, stream=stream)
+        got = F.dropout(x, 0.5, generator=g)
     assert torch.equal(got, want)
     assert g.initial_seed() == 21 and torch.equal(g.get_state(), _state_after_two_words(21))
 
@@ -291,7 +290,7 @@ def test_inverted_dropout_is_unbiased_near_one(p, chunks):
     # 1/(1-p) scaling gave 1.068 at p = 0.9999 (8 standard errors off at 2^27), 1.53 at 0.99999
     # (17 at 2^26) and 0 above 1 - 2^-17 (every element dropped).
     chunk = 1 << 24
-    total = sum(float(F.dropout(torch.ones(chunk), p, seed=12345, stream=s).double().sum()) for s in range(chunks))
+    total = sum(float(F.dropout(torch.ones(chunk), p, seed=dropkit.rng.key_tensor(12345, s)).double().sum()) for s in range(chunks))
     n = chunk * chunks
     q = dropkit.rng.keep_probability(p)
     assert q > 0
@@ -327,7 +326,7 @@ def test_an_expanded_scalar_gets_the_values_of_its_materialised_tensor(dtype, va
     ibits = torch.int64 if dtype == torch.float64 else torch.int32
     for p in (0.1, 0.5, 0.9):
         scale = dropkit.rng.inverted_scale(p)
-        got = F.dropout(x, p, seed=5, stream=2)
+        got = F.dropout(x, p, seed=dropkit.rng.key_tensor(5, 2))
         want = kernels.dropout_mul(x.contiguous(), p, scale, 5, 2, 0)
         assert got.shape == want.shape and got.dtype == dtype
         assert torch.equal(got.view(ibits), want.view(ibits))

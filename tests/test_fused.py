@@ -29,7 +29,7 @@ def operands(shape=(6, 5, 16), dtype=torch.float32, seed=0):
 
 
 def unfused(x, b, r, p, activation, seed, stream=0):
-    return r + DF.dropout(ACTS[activation](x + b), p, seed=seed, stream=stream)
+    return r + DF.dropout(ACTS[activation](x + b), p, seed=dropkit.rng.key_tensor(seed, stream))
 
 
 @pytest.mark.parametrize("activation", list(ACTS))
@@ -49,7 +49,7 @@ def test_forward_and_grads_match_unfused(activation, dtype):
 
 def test_mask_is_the_contract_mask():
     x, b, r = operands(shape=(7, 33))
-    y = DF.fused_bias_act_dropout_add(x, b, r, 0.4, "identity", seed=123, stream=4)
+    y = DF.fused_bias_act_dropout_add(x, b, r, 0.4, "identity", seed=dropkit.rng.key_tensor(123, 4))
     keep = keep_mask(x.numel(), 0.4, 123, 4).view(x.shape)
     assert torch.equal(y[~keep], r[~keep])  # dropped: exactly the residual
     # survivors scaled by 1 / q(0.4), the inverse of the realised keep probability (dropkit.rng.inverted_scale)
@@ -144,7 +144,7 @@ def test_module_train_eval_state_repr():
     m = dropkit.nn.FusedBiasActDropoutAdd(0.25, "silu", seed=42)
     assert repr(m) == "FusedBiasActDropoutAdd(p=0.25, activation='silu', seed=42)"
     y0 = m(x, b, r)
-    assert torch.equal(y0, DF.fused_bias_act_dropout_add(x, b, r, 0.25, "silu", seed=42, stream=0))
+    assert torch.equal(y0, DF.fused_bias_act_dropout_add(x, b, r, 0.25, "silu", seed=42))
     state = m.state_dict()
     y1 = m(x, b, r)
     m2 = dropkit.nn.FusedBiasActDropoutAdd(0.25, "silu", seed=42)
@@ -176,7 +176,7 @@ def test_transformer_ffn_block_trains():
             h = self.down(F.gelu(self.up(self.norm(x))))
             if self.fused:
                 return self.tail(h, self.bias, x)
-            return x + DF.dropout(h + self.bias, 0.1, seed=5, stream=self.tail.rng_kwargs()["stream"])
+            return x + DF.dropout(h + self.bias, 0.1, seed=self.tail.seed_generator())
 
     a, b = Block(True), Block(False)
     b.load_state_dict(a.state_dict())

@@ -183,11 +183,11 @@ def test_public_op_uses_the_kernel_and_matches_the_reference_backend(dtype):
     }
     for name, x in inputs.items():
         xr = x.detach().clone().requires_grad_()
-        y = dropkit.functional.dropout(xr, 0.3, seed=11, stream=2)
+        y = dropkit.functional.dropout(xr, 0.3, seed=dropkit.rng.key_tensor(11, 2))
         kernels.set_backend("reference")
         try:
-            want = dropkit.functional.dropout(x, 0.3, seed=11, stream=2)
-            gwant = dropkit.functional.dropout(torch.ones_like(x), 0.3, seed=11, stream=2)
+            want = dropkit.functional.dropout(x, 0.3, seed=dropkit.rng.key_tensor(11, 2))
+            gwant = dropkit.functional.dropout(torch.ones_like(x), 0.3, seed=dropkit.rng.key_tensor(11, 2))
         finally:
             kernels.set_backend("auto")
         assert_same_bits(y.detach(), want, x)

@@ -173,12 +173,12 @@ def test_dropout_op_strides_noise_shape_backward(interpreter, dtype):
         dict(x=base[:, ::2], kw={}),  # strided slice
         dict(x=base, kw={"noise_shape": (6, 7, 1, 1)}),  # spatial dropout, broadcast mask
         dict(x=base, kw={"noise_shape": (None, 1, 5, None)}),
-        dict(x=base, kw={"stream": 2**64 - 1}),
+        dict(x=base, kw={"seed": dropkit.rng.key_tensor(2**63 + 11, 2**64 - 1)}),
     ]
     for case in cases:
         def run():
             x = case["x"].detach().clone().requires_grad_()
-            y = DF.dropout(x, 0.3, seed=2**63 + 11, **case["kw"])
+            y = DF.dropout(x, 0.3, **{"seed": 2**63 + 11, **case["kw"]})
             y.backward(torch.ones_like(y))
             return y.detach(), x.grad
 
@@ -217,7 +217,7 @@ def test_fused_triton_matches_torch_path(interpreter, activation, dtype):
 
     def run():
         xs, bs, rs = (t.detach().clone().requires_grad_() for t in (x, b, r))
-        y = DF.fused_bias_act_dropout_add(xs, bs, rs, 0.3, activation, seed=2**64 - 3, stream=1)
+        y = DF.fused_bias_act_dropout_add(xs, bs, rs, 0.3, activation, seed=dropkit.rng.key_tensor(2**64 - 3, 1))
         y.backward(torch.linspace(-1, 1, y.numel()).view(shape).to(dtype))
         return y.detach(), xs.grad, bs.grad, rs.grad
 

@@ -46,7 +46,7 @@ def test_seeded_module_stream_and_resume():
     outs = [a(x) for _ in range(5)]
     assert all(not torch.equal(outs[i], outs[i + 1]) for i in range(4))
     # call k equals the functional op with (seed, stream=k)
-    assert torch.equal(outs[3], dropkit.functional.dropout(x, 0.5, seed=123, stream=3))
+    assert torch.equal(outs[3], dropkit.functional.dropout(x, 0.5, seed=dropkit.rng.key_tensor(123, 3)))
     # resume: a fresh module loading the state after 3 calls draws calls 3, 4 exactly
     b = dnn.Dropout(0.5, seed=123)
     for _ in range(3):

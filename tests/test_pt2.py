@@ -509,14 +509,6 @@ def test_checkpoint_recompute_draws_the_forward_masks(name, mode, seed):
         torch.testing.assert_close(gs1, gs0, rtol=1e-6, atol=1e-7)
 
 
-def test_seeded_recompute_without_rng_preservation_raises():
-    block = _Block(dnn.Dropout(0.5, seed=1), (4, 8))
-    x = torch.randn(4, 8, requires_grad=True)
-    y = cp.checkpoint(block, x, use_reentrant=False, preserve_rng_state=False)
-    with pytest.raises(RuntimeError, match="preserve_rng_state"):
-        y.sum().backward()
-
-
 def test_compiled_checkpoint_matches_eager_without_a_seed():
     drop, w = dnn.Dropout(0.5), torch.linspace(0.5, 1.5, 8)
     fn = torch.compile(lambda t: cp.checkpoint(lambda u: (drop(u) * w).sin(), t, use_reentrant=False), fullgraph=True)

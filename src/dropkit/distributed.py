@@ -251,13 +251,12 @@ def dtensor_dropout(
     *,
     seed: int | SeedGenerator | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ):
     r"""Dropout of a DTensor: :math:`y_e = x_e \cdot (\mathrm{keep}(e) ? \mathrm{scale} : 0)` at each GLOBAL index ``e``.
 
     Called by :func:`dropkit.functional.dropout` with validated arguments (``0 < p < 1``, training).
     Checks the mesh (1-D) and the placement (``Shard(d)``, ``Replicate``, ``Partial``) before the
-    key is drawn, draws one key (``seed`` / ``generator`` / ``stream``, as every dropkit op),
+    key is drawn, draws one key (``seed`` / ``generator``, as every dropkit op),
     checks that every rank drew the same one, evaluates the contract on this rank's box and
     returns ``DTensor.from_local`` of the product, with the input's placements, shape and stride.
     A box that is one contiguous run of the global mask (``Shard(0)``, ``Replicate``, ``Partial``)
@@ -271,7 +270,7 @@ def dtensor_dropout(
         noise_shape: the mask's global shape (broadcast over ``input``), or ``None`` for element-wise.
         offset: global index of the mask's element 0 (non-zero inside :func:`dropkit.rng.batch_shard`).
         inplace: write the result into ``input`` and return it.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`.
 
     Returns:
         A DTensor of ``input``'s global shape and placements (``input`` itself when ``inplace``).
@@ -289,7 +288,7 @@ def dtensor_dropout(
     if inplace:
         ops.check_inplace(input)
     mesh, placements, gshape, local, box_shape, box_offset = _local_box(input)
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     _check_keys_agree(key, mesh)
     mshape = tuple(noise_shape) if noise_shape is not None else gshape
     bcast = [m == 1 and g != 1 for m, g in zip(mshape, gshape)]  # the mask is shared along these dimensions
@@ -323,11 +322,10 @@ def dtensor_variant(
     linear: bool,
     seed: int | SeedGenerator | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ):
     """A dropkit variant on a DTensor: ``call(local, key)`` on this rank's local tensor, at its global sample offset.
 
-    Every rank draws one key (``seed`` / ``generator`` / ``stream``) and the ranks check they agree
+    Every rank draws one key (``seed`` / ``generator``) and the ranks check they agree
     (:data:`CHECK_KEYS`). ``Shard(0)``: the local samples start at global sample ``s``, so the call runs
     inside ``dropkit.rng.batch_shard(s)`` and its noise is the single-tensor call's noise on those samples.
     ``Replicate()``: the whole tensor on every rank. ``Partial()``: only when the variant is ``linear`` in
@@ -340,7 +338,7 @@ def dtensor_variant(
         call: ``(local tensor, key tensor) -> local result``, the variant with ``seed=key``.
         what: the variant's name, for errors.
         linear: whether the variant is linear in its input (allows ``Partial()``).
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`.
     """
     from torch.distributed.tensor import DTensor, Partial, Shard
 
@@ -360,7 +358,7 @@ def dtensor_variant(
             "Shard(d); redistribute to Shard(0) or Replicate() for this variant"
         )
     mesh, placements, gshape, local, box_shape, box_offset = _local_box(input)
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     _check_keys_agree(key, mesh)
     start = box_offset[0] if type(pl) is Shard else 0
     with batch_shard(current_batch_start() + start):

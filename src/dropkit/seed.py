@@ -6,7 +6,7 @@ lo(stream), hi(stream))`` held in an int64 tensor of shape ``(4,)`` on the CPU
 torch.export and TorchScript tracing keep it in the graph and draw a fresh one per call.
 :func:`resolve_key` turns the user's ``seed=`` into a key:
 
-* ``int``: the key ``(seed, stream)``: the same mask on every call and every device;
+* ``int``: the key ``(seed, stream 0)``: the same mask on every call and every device;
 * :class:`SeedGenerator` (what modules built with ``seed=`` own): call ``k`` uses
   ``(seed, stream=k)``; its state ``[seed, k]`` is an int64 tensor that ``state_dict``,
   torch.compile (a buffer mutation), torch.export and activation checkpointing handle;
@@ -14,40 +14,76 @@ torch.export and TorchScript tracing keep it in the graph and draw a fresh one p
   own dropout draws its seed, so ``torch.manual_seed`` makes runs reproducible and
   ``torch.utils.checkpoint`` (which restores that generator) recomputes the same masks.
 
-Activation checkpointing and seeded state: a checkpointed region is run again in backward
-(the recompute) and must draw the masks of its forward. For ``seed=None`` that holds
-because checkpoint restores torch's RNG state. A :class:`SeedGenerator` has advanced by
-then, so each of its draws also takes one 64-bit *call token* from torch's default CPU
-generator and remembers ``token -> k``; a draw made during backward (a recompute, with the
-generator restored) finds its token and reuses ``k`` instead of advancing. A draw in
-backward whose token is unknown (``preserve_rng_state=False``) raises instead of silently
-using another mask. Under torch.compile the draw is the registered op
-``dropkit::next_key``, so the same logic runs wherever the compiled graph is recomputed.
+.. _seeded-global-rng:
+
+**A seeded call never touches torch's global generator** (:data:`SEEDED_CALL_RNG`): an int
+seed, a :class:`SeedGenerator` and a module built with ``seed=`` neither draw from nor read
+``torch.default_generator``, in training or inference, with or without grad, inside or outside
+activation checkpointing. Only ``seed=None`` draws (two 32-bit words per call).
+
+Activation checkpointing and seeded state: a checkpointed region runs twice, once in forward
+and once in backward to rebuild what was not saved (the recompute), and the recompute must
+draw the forward's masks. A :class:`SeedGenerator` has advanced by then, so a seeded draw
+made *inside a checkpointed region* remembers its call index ``k`` on that region (the
+region object ``torch.utils.checkpoint`` keeps alive exactly as long as the region's autograd
+graph: the reentrant ``CheckpointFunction`` node, or the non-reentrant checkpoint frame). A
+draw made by the recompute of region ``R`` takes the ``j``-th key that ``R``'s forward drew
+from the same state (``j`` counts per recompute: a second backward, ``retain_graph``, double
+backward and nested regions each replay from the start) and leaves the state as it is. So the
+match needs no random number (a reseed, two live forwards, a reload, any backward order or
+``preserve_rng_state=False`` change nothing) and a selective-checkpointing policy may save or
+recompute any dropkit op. A draw during backward that is neither (a seeded call in a backward
+hook, or a checkpoint recompute inside a compiled graph) raises instead of silently using
+another mask: docs/pt2.md lists what is exact and what is refused.
 """
 
 from __future__ import annotations
 
-import collections
 import numbers
+import sys
+import threading
+import weakref
+from types import CodeType, FrameType
 
 import torch
+import torch.utils.checkpoint as _checkpoint
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from dropkit.rng import check_key_args, check_seed, key_tensor
 
-__all__ = ["SeedGenerator", "resolve_key", "next_key", "sub_key", "state_tensor", "check_seed_arg"]
+__all__ = [
+    "SeedGenerator",
+    "resolve_key",
+    "next_key",
+    "sub_key",
+    "state_tensor",
+    "check_seed_arg",
+    "SEEDED_CALL_RNG",
+]
 
 _INT64 = 1 << 64
 _M32 = 0xFFFFFFFF
-#: How many forward draws per state are remembered for checkpoint recomputes (oldest evicted first).
-TOKEN_LOG_SIZE = 1 << 14
+
+#: The sentence every ``seed=`` docstring refers to (see the module docs).
+SEEDED_CALL_RNG = (
+    "A seeded call (an int, a SeedGenerator, a module built with seed=) never draws from or reads torch's "
+    "global generator; only seed=None draws from it."
+)
 
 
 def state_tensor(seed: int, calls: int = 0) -> torch.Tensor:
-    """The int64 state ``[seed, calls]`` (two's complement for seeds >= 2**63)."""
-    seed = check_seed(seed)
-    return torch.tensor([seed - _INT64 if seed >= 1 << 63 else seed, calls], dtype=torch.int64)
+    """The int64 state ``[seed, calls]`` (two's complement for values >= 2**63).
+
+    Example:
+        >>> state_tensor(2**64 - 1, 3)
+        tensor([-1,  3])
+    """
+    seed, calls = check_seed(seed), check_seed(calls, "calls")
+    return torch.tensor([_to_int64(seed), _to_int64(calls)], dtype=torch.int64)
+
+
+def _to_int64(v: int) -> int:
+    return v - _INT64 if v >= 1 << 63 else v
 
 
 class SeedGenerator:
@@ -57,7 +93,8 @@ class SeedGenerator:
     tensor ``[seed, k]`` (:attr:`state`), which modules built with ``seed=`` register as the
     ``rng_state`` buffer, so a run resumed from a ``state_dict`` draws the masks an
     uninterrupted run would, and torch.compile / torch.export see the advance as a buffer
-    mutation.
+    mutation. Drawing never touches torch's global generator (:data:`SEEDED_CALL_RNG`), and
+    inside ``torch.utils.checkpoint`` the recompute reuses the forward's keys (module docs).
 
     Args:
         seed: an int in ``[0, 2**64)``.
@@ -88,8 +125,8 @@ class SeedGenerator:
 
     @property
     def calls(self) -> int:
-        """How many keys have been drawn (the stream of the next call)."""
-        return int(self.state[1])
+        """How many keys have been drawn (the stream of the next call): the unsigned count in ``[0, 2**64)``."""
+        return int(self.state[1]) % _INT64
 
     def next_key(self) -> torch.Tensor:
         """The key of the next call, ``(seed, calls)``; advances the state (see the module docs for checkpointing)."""
@@ -102,43 +139,58 @@ class SeedGenerator:
 def next_key(state: torch.Tensor) -> torch.Tensor:
     """Draw the next key from a ``[seed, calls]`` state tensor and advance it: the op ``dropkit::next_key``.
 
-    The same op in eager mode and in compiled or exported graphs (a mutating op there), so its
-    checkpoint bookkeeping runs wherever the graph runs. One case cannot be served: activation
-    checkpointing *inside* a compiled region whose partitioner recomputes the draw in backward
-    (the buffer has advanced by then and the compiled backward does not restore torch's RNG for
-    the token); that raises the "cannot be identified" error instead of using another mask. Use
-    ``seed=None`` there (the key then comes from the graph's own ``randint``, which the
+    Inside a checkpointed region's recompute it returns the key the forward drew instead and
+    does not advance (module docs). Never touches torch's global generator.
+
+    One case cannot be served: activation checkpointing *inside* a compiled region whose
+    partitioner recomputes the draw in backward (no Python frame tells which region is being
+    recomputed there); that raises the "cannot be identified" error instead of using another
+    mask. Use ``seed=None`` there (the key then comes from the graph's own ``randint``, which the
     partitioner replays exactly), or checkpoint outside the compiled region.
+
+    Example:
+        >>> state = dropkit.seed.state_tensor(7)
+        >>> next_key(state), state       # key (7, stream 0); state is now [7, 1]
     """
-    return torch.ops.dropkit.next_key.default(state)  # registered by dropkit.ops (imported by `import dropkit`)
+    if torch.compiler.is_compiling():
+        return torch.ops.dropkit.next_key.default(state)
+    # Decide here, not in the op: a selective-checkpointing policy may serve the op from its cache in the
+    # recompute, and the per-recompute position must advance all the same.
+    _PENDING.value = (state, _plan(state))
+    try:
+        return torch.ops.dropkit.next_key.default(state)  # registered by dropkit.ops (imported by `import dropkit`)
+    finally:
+        _PENDING.value = None
 
 
 def resolve_key(
     seed: int | SeedGenerator | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
-    """The key tensor ``(4,)`` of one call from ``seed`` / ``generator`` / ``stream`` (see the module docs)."""
+    """The key tensor ``(4,)`` of one call from ``seed`` / ``generator`` (see the module docs).
+
+    Example:
+        >>> resolve_key(5)                          # the key (5, stream 0)
+        >>> resolve_key(None, torch.Generator())    # two words drawn from the generator
+    """
     if isinstance(seed, SeedGenerator):
-        if generator is not None or stream != 0:
-            raise ValueError(
-                "a SeedGenerator `seed` carries its own stream; pass neither `generator` nor `stream` with it"
-            )
+        if generator is not None:
+            raise ValueError("a SeedGenerator `seed` carries its own stream; do not pass `generator` with it")
         return seed.next_key()
     if isinstance(seed, torch.Tensor):  # a key tensor (dropkit.rng.key_tensor / sub_key)
         return seed
     if seed is not None:
-        return key_tensor(seed, stream)
+        return key_tensor(seed)
     if torch.compiler.is_compiling():
         words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64)
-        return torch.cat([words, torch.tensor([stream & _M32, stream >> 32], dtype=torch.int64)])
+        return torch.cat([words, torch.zeros(2, dtype=torch.int64)])
     check_key_args(None, generator)
-    if stream == 0 and plain_eager():  # the same two draws as randint, one op instead of three
+    if plain_eager():  # the same two draws as randint, one op instead of three
         key = torch.zeros(4, dtype=torch.int64)
         key[:2].random_(0, 1 << 32, generator=generator)  # a slice: cheaper than narrow here
         return key
     words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator)
-    return torch.cat([words, torch.tensor([stream & _M32, stream >> 32], dtype=torch.int64)])
+    return torch.cat([words, torch.zeros(2, dtype=torch.int64)])
 
 
 def plain_eager() -> bool:
@@ -158,11 +210,15 @@ _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 _functorch_transforms_active = torch._C._are_functorch_transforms_active
 
 
-def check_seed_arg(seed: object, generator: object = None, stream: object = 0) -> int:
-    """Validate ``seed`` (int, :class:`SeedGenerator` or None), ``generator`` and ``stream``; returns ``stream``."""
-    if generator is None and type(stream) is int and 0 <= stream < _INT64:  # the common calls, checked cheaply
-        if seed is None or (type(seed) is int and 0 <= seed < _INT64):
-            return stream
+def check_seed_arg(seed: object, generator: object = None) -> None:
+    """Validate ``seed`` (int, :class:`SeedGenerator`, key tensor or None) and ``generator`` without drawing.
+
+    Example:
+        >>> check_seed_arg(3)                 # fine
+        >>> check_seed_arg(-1)                # ValueError naming `seed`
+    """
+    if generator is None and (seed is None or (type(seed) is int and 0 <= seed < _INT64)):  # the common calls
+        return
     if isinstance(seed, (SeedGenerator, torch.Tensor)):
         check_key_args(None, generator)
         if generator is not None:
@@ -174,20 +230,22 @@ def check_seed_arg(seed: object, generator: object = None, stream: object = 0) -
                 "a tensor `seed` must be a dropkit key: an int64 tensor of shape (4,) on the CPU "
                 f"(dropkit.rng.key_tensor); received {seed.dtype} {tuple(seed.shape)} on {seed.device}"
             )
-    else:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(
-                f"`seed` must be an int in [0, 2**64), a dropkit.SeedGenerator or None; received {seed!r} "
-                f"({type(seed).__name__})"
-            )
-        check_key_args(seed, generator)
-    return check_seed(stream, "stream")
+        return
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(
+            f"`seed` must be an int in [0, 2**64), a dropkit.SeedGenerator or None; received {seed!r} "
+            f"({type(seed).__name__})"
+        )
+    check_key_args(seed, generator)
 
 
 def sub_key(key: torch.Tensor, index: int) -> torch.Tensor:
     """The key of sub-stream ``index`` (< 2**16) of ``key``: stream ``(stream << 16) | index`` (tensor ops, traceable).
 
     One key per forward, then one sub-stream per mask: how :class:`dropkit.nn.LSTM` keys its masks.
+
+    Example:
+        >>> sub_key(dropkit.rng.key_tensor(1, 2), 3)   # the key (1, stream (2 << 16) | 3)
     """
     if not 0 <= index < 1 << 16:
         raise ValueError(f"`index` must be in [0, 2**16); received {index}")
@@ -198,63 +256,149 @@ def sub_key(key: torch.Tensor, index: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# The eager implementation of dropkit::next_key (registered in dropkit.ops)
+# The eager implementation of dropkit::next_key (registered in dropkit.ops), checkpoint-aware
 # ---------------------------------------------------------------------------
-def _token() -> int:
-    w = torch.randint(0, 1 << 62, (1,), dtype=torch.int64)  # torch's default generator: restored by checkpoint
-    return int(w)
+# torch.utils.checkpoint has no public API that tells code running inside a checkpointed region which
+# region it is and whether this run is the region's recompute (missing: a region handle with an
+# `is_recompute` flag, as SelectiveCheckpointContext has for SAC policies). dropkit reads it from the call
+# stack instead: the frames of checkpoint's own functions, recognised by their code objects, and the
+# region object each holds (reentrant: the CheckpointFunction node `ctx`; non-reentrant: the
+# _CheckpointFrame `new_frame` / `frame`, plus its recompute id `gid`). If a future torch renames these,
+# no region is found: forward draws are then plain draws, and a recompute's draw (made during backward)
+# is refused by the graph-task check below, never served with another key.
+_FWD_REENTRANT, _REC_REENTRANT, _FWD, _REC = range(4)
+
+
+def _checkpoint_codes() -> dict[CodeType, int]:
+    codes: dict[CodeType, int] = {}
+    fn = getattr(_checkpoint, "CheckpointFunction", None)
+    if fn is not None:
+        codes[fn.forward.__code__] = _FWD_REENTRANT
+        codes[fn.backward.__code__] = _REC_REENTRANT
+    ckpt = getattr(_checkpoint.checkpoint, "__wrapped__", _checkpoint.checkpoint)
+    codes[ckpt.__code__] = _FWD
+    init = getattr(getattr(_checkpoint, "_checkpoint_hook", None), "__init__", None)
+    for const in getattr(getattr(init, "__code__", None), "co_consts", ()):
+        if isinstance(const, CodeType) and const.co_name == "unpack_hook":
+            codes[const] = _REC
+    return codes
+
+
+_CODES = _checkpoint_codes()
+
+
+class _Region:
+    """What one checkpointed region's forward drew: per state tensor, the call indices in order."""
+
+    __slots__ = ("drawn", "replayed", "__weakref__")
+
+    def __init__(self) -> None:
+        self.drawn: dict[int, tuple[torch.Tensor, list[int]]] = {}  # id(state) -> (state, [k, ...])
+        self.replayed: dict[object, dict[int, int]] = {}  # recompute id -> id(state) -> keys replayed so far
+
+
+_REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # region object -> _Region, dies with the graph
+
+
+class _Plan:
+    """Where a draw happens: ``k`` to replay (a recompute) or ``None`` (a forward draw), and the forward regions
+    (innermost first) whose records get the key."""
+
+    __slots__ = ("k", "forward_regions")
+
+    def __init__(self, k: int | None, forward_regions: list[object]) -> None:
+        self.k, self.forward_regions = k, forward_regions
+
+
+def _regions() -> tuple[list[object], tuple[object, object] | None]:
+    """The checkpoint regions around the caller, innermost first, up to the innermost recompute (if any)."""
+    forward: list[object] = []
+    f: FrameType | None = sys._getframe(2)
+    while f is not None:
+        kind = _CODES.get(f.f_code)
+        if kind is not None:
+            if kind == _FWD_REENTRANT:
+                forward.append(f.f_locals["ctx"])
+            elif kind == _FWD:
+                gen = f.f_locals.get("gen")  # bound only on the non-reentrant branch
+                if gen is not None and gen.gi_frame is not None:
+                    forward.append(gen.gi_frame.f_locals["new_frame"])
+            elif kind == _REC:
+                return forward, (f.f_locals["frame"], f.f_locals["gid"])
+            else:  # _REC_REENTRANT: one recompute per backward pass (graph task) of the CheckpointFunction node
+                # private: no public API names the running backward pass (torch's own checkpoint uses it too)
+                return forward, (f.f_locals["ctx"], torch._C._current_graph_task_id())
+        f = f.f_back
+    return forward, None
+
+
+def _plan(state: torch.Tensor) -> _Plan:
+    forward, recompute = _regions()
+    if recompute is None:
+        return _Plan(None, forward)
+    region_obj, rec_id = recompute
+    region = _REGIONS.get(region_obj)
+    drawn = None if region is None else region.drawn.get(id(state))
+    replayed = None if region is None else region.replayed.setdefault(rec_id, {})
+    j = 0 if replayed is None else replayed.get(id(state), 0)
+    if drawn is None or replayed is None or j >= len(drawn[1]):
+        raise RuntimeError(
+            "dropkit: the recompute of a torch.utils.checkpoint region drew a key from a seeded stream "
+            f"(seed=<SeedGenerator> / a module built with seed=) more often than the region's forward did ({j + 1} > "
+            f"{0 if drawn is None else len(drawn[1])}): the region does not run the same ops twice. Refusing to "
+            "recompute with a different mask (the gradient would be wrong)."
+        )
+    replayed[id(state)] = j + 1
+    return _Plan(drawn[1][j], forward)
+
+
+class _Pending(threading.local):
+    value: tuple[torch.Tensor, _Plan] | None = None
+
+
+_PENDING = _Pending()
 
 
 def next_key_impl(state: torch.Tensor) -> torch.Tensor:
-    """Read ``[seed, k]``, return the key ``(seed, k)`` and advance ``k``; reuse ``k`` inside backward (a recompute)."""
+    """Read ``[seed, k]``, return the key ``(seed, k)`` and advance ``k``; in a recompute, the forward's key instead."""
     if state.dtype != torch.int64 or state.shape != (2,):
         raise TypeError(
             f"dropkit::next_key: `state` must be an int64 tensor [seed, calls]; received {state.dtype} {tuple(state.shape)}"
         )
-    token = _token()
-    log = _token_log(state)
-    seed, calls = (int(v) for v in state.tolist())
-    if torch._C._current_graph_task_id() != -1:  # inside backward: an activation-checkpoint recompute
-        k = log.pop(token, None)
-        if k is None or k < 0:
+    pending = _PENDING.value
+    if pending is not None and pending[0] is state:
+        plan = pending[1]
+        _PENDING.value = None
+    else:  # called as an op (a compiled graph, a vmap row, torch.ops.dropkit.next_key directly)
+        plan = _plan(state)
+    seed, calls = (int(v) % _INT64 for v in state.tolist())
+    k = plan.k
+    if k is None:
+        # private: no public API tells whether autograd's engine is running (torch's checkpoint uses it too)
+        if torch._C._current_graph_task_id() != -1:
             raise RuntimeError(
-                "dropkit: a seeded dropout (seed=<int> / SeedGenerator) was called during backward, as an activation "
-                "checkpoint recompute does, but its forward call cannot be identified"
-                + (
-                    " (two forward calls drew the same token: torch.manual_seed was reset between them)"
-                    if k is not None
-                    else "; run torch.utils.checkpoint with preserve_rng_state=True (the default)"
-                )
-                + ". Refusing to recompute with a different mask (the gradient would be wrong)."
+                "dropkit: a seeded dropout (seed=<SeedGenerator> / a module built with seed=) was called during "
+                "backward outside a torch.utils.checkpoint recompute, so its forward call cannot be identified "
+                "(a checkpoint inside a torch.compile'd region, or a seeded call in a backward hook). Refusing to "
+                "recompute with a different mask (the gradient would be wrong); use seed=None there, or checkpoint "
+                "outside the compiled region."
             )
-    else:
         k = calls
-        if token in log:
-            log[token] = -1  # ambiguous: a recompute of either call would not know which one it is
-        else:
-            log[token] = k
-            if len(log) > TOKEN_LOG_SIZE:
-                log.popitem(last=False)
         _advance(state)
-    return key_tensor(seed % _INT64, k % _INT64)
-
-
-_LOGS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # state tensor -> its token log, dies with the tensor
-
-
-def _token_log(state: torch.Tensor) -> collections.OrderedDict[int, int]:
-    """The ``token -> k`` log of ``state`` (the tensor itself, not its address: a freed state's log goes with it)."""
-    log = _LOGS.get(state)
-    if log is None:
-        log = _LOGS[state] = collections.OrderedDict()
-    return log
+    for region_obj in plan.forward_regions:
+        region = _REGIONS.get(region_obj)
+        if region is None:
+            region = _REGIONS[region_obj] = _Region()
+        region.drawn.setdefault(id(state), (state, []))[1].append(k)
+    return key_tensor(seed, k)
 
 
 def _advance(state: torch.Tensor) -> None:
-    """``state[1] += 1`` without an op a dispatch mode would see (checkpoint recomputes must replay the same ops)."""
+    """``state[1] += 1`` (mod 2**64) without an op a dispatch mode would see (checkpoint recomputes must replay the
+    same ops)."""
     if state.device.type == "cpu":
         arr = state.numpy()
-        arr[1] += 1
+        arr[1] = arr[1] + 1 if arr[1] != (1 << 63) - 1 else -(1 << 63)
     else:
         with torch.no_grad():
             state[1] += 1

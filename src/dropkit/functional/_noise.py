@@ -18,19 +18,19 @@ def check_common(
     training: object,
     seed: object,
     generator: object,
-    stream: object,
     *,
     allow_one: bool = True,
     p_name: str = "p",
-) -> tuple[float, int]:
+) -> float:
     """The checks every variant runs first (in eval too): tensor, rate, flags, key arguments.
 
-    Returns ``(p, stream)`` as ``float`` and ``int``.
+    Returns ``p`` as a ``float``.
     """
     check_float_tensor(input)
     p = check_p(p, p_name, allow_one=allow_one)
     check_bool(training, "training")
-    return p, check_seed_arg(seed, generator, stream)
+    check_seed_arg(seed, generator)
+    return p
 
 
 def write_inplace(input: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

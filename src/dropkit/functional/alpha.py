@@ -33,14 +33,12 @@ def alpha_coefficients(p: float) -> tuple[float, float]:
     return a, -a * SELU_ALPHA_PRIME * (1.0 - q)
 
 
-def _alpha(input, p, training, inplace, feature, seed, generator, stream):
+def _alpha(input, p, training, inplace, feature, seed, generator):
     op = "feature_alpha_dropout" if feature else "alpha_dropout"
     if has_torch_function_unary(input):
         fn = feature_alpha_dropout if feature else alpha_dropout
-        return handle_torch_function(
-            fn, (input,), input, p, training, inplace, seed=seed, generator=generator, stream=stream
-        )
-    p, stream = check_common(input, p, training, seed, generator, stream)
+        return handle_torch_function(fn, (input,), input, p, training, inplace, seed=seed, generator=generator)
+    p = check_common(input, p, training, seed, generator)
     check_bool(inplace, "inplace")
     noise_shape = None
     if feature:
@@ -50,15 +48,15 @@ def _alpha(input, p, training, inplace, feature, seed, generator, stream):
         return input
     if p == 1.0:  # the limit of the affine map as p -> 1 is 0
         return zeros_like_input(input, inplace)
+    if inplace:
+        ops.check_inplace(input)  # before the key is drawn: a refused call leaves the stream where it was
     if is_dtensor(input):
         fn = feature_alpha_dropout if feature else alpha_dropout
-        y = dtensor_variant(
-            input, lambda t, k: fn(t, p, seed=k), what=op, linear=False, seed=seed, generator=generator, stream=stream
-        )
+        y = dtensor_variant(input, lambda t, k: fn(t, p, seed=k), what=op, linear=False, seed=seed, generator=generator)
         return write_inplace(input, y) if inplace else y
     ops.refuse_shape_trace(op)
     a, b = alpha_coefficients(p)
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     offset = _shard_offset(noise_shape, input.shape)
     # y = a * (x * m + alpha' (1 - m)) + b: the x-linear part through dropkit::dropout, the shift from the same mask
     cdt = compute_dtype(input.dtype)
@@ -77,7 +75,6 @@ def alpha_dropout(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Alpha dropout (Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017).
 
@@ -95,7 +92,7 @@ def alpha_dropout(
         p: probability of dropping an element, in [0, 1].
         training: apply it (default ``True``); ``False`` returns ``input``.
         inplace: overwrite ``input``.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.
@@ -109,7 +106,7 @@ def alpha_dropout(
         >>> round(y.mean().item(), 1), round(y.std().item(), 1)
         (0.0, 1.0)
     """
-    return _alpha(input, p, training, inplace, False, seed, generator, stream)
+    return _alpha(input, p, training, inplace, False, seed, generator)
 
 
 def feature_alpha_dropout(
@@ -120,13 +117,13 @@ def feature_alpha_dropout(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Alpha dropout of whole channels: one mask value per (sample, channel) of an ``(N, C, *)`` input.
 
     The rule of :func:`alpha_dropout` with the noise shape ``(N, C, 1, ..., 1)``; as
     ``torch.nn.functional.feature_alpha_dropout``, dim 0 is always the batch (for an
-    unbatched input add it with ``x.unsqueeze(0)``).
+    unbatched input add it with ``x.unsqueeze(0)``). Arguments as in :func:`alpha_dropout`; a seeded
+    call never touches torch's global generator.
 
     Example:
         >>> x = torch.randn(4, 8, 5, 5)
@@ -134,4 +131,4 @@ def feature_alpha_dropout(
         >>> y.shape
         torch.Size([4, 8, 5, 5])
     """
-    return _alpha(input, p, training, inplace, True, seed, generator, stream)
+    return _alpha(input, p, training, inplace, True, seed, generator)

@@ -25,7 +25,6 @@ def concrete_dropout(
     spatial: bool = False,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Concrete dropout (Gal, Hron & Kendall, "Concrete Dropout", NeurIPS 2017), differentiable in the rate.
 
@@ -42,7 +41,7 @@ def concrete_dropout(
         training: apply it (default ``True``); ``False`` returns ``input``.
         temperature: the relaxation's temperature ``t > 0`` (0.1 in the paper).
         spatial: one mask value per (sample, channel) instead of per element.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape and dtype (computed in float32, float64 for float64).
@@ -56,7 +55,7 @@ def concrete_dropout(
     if has_torch_function_unary(input):
         return handle_torch_function(
             concrete_dropout, (input,), input, p_logit, training, temperature=temperature, spatial=spatial, seed=seed,
-            generator=generator, stream=stream,
+            generator=generator,
         )  # fmt: skip
     check_float_tensor(input)
     if not isinstance(p_logit, torch.Tensor) or p_logit.numel() != 1 or not p_logit.is_floating_point():
@@ -64,7 +63,7 @@ def concrete_dropout(
     check_bool(training, "training")
     check_bool(spatial, "spatial")
     temperature = check_real(temperature, "temperature", low=0.0, low_open=True)
-    stream = check_seed_arg(seed, generator, stream)
+    check_seed_arg(seed, generator)
     if spatial:
         check_rank(input, range(2, 9), "concrete_dropout(spatial=True)", "(N, C, *)")
     if not training:
@@ -72,11 +71,11 @@ def concrete_dropout(
     if is_dtensor(input):
         return dtensor_variant(
             input, lambda t, k: concrete_dropout(t, p_logit, temperature=temperature, spatial=spatial, seed=k),
-            what="concrete_dropout", linear=False, seed=seed, generator=generator, stream=stream,
+            what="concrete_dropout", linear=False, seed=seed, generator=generator,
         )  # fmt: skip
     noise_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if spatial else tuple(input.shape)
     ops.refuse_shape_trace("concrete_dropout")
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     offset = _shard_offset(noise_shape, input.shape)
     logit = clamp_logit(p_logit.reshape(()))
     if torch.compiler.is_compiling():  # torch ops: the partitioner decides what to keep (dynamo cannot trace a jvp)

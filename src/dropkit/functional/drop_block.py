@@ -57,14 +57,14 @@ def _product(a: collections.Counter, b: collections.Counter) -> collections.Coun
     return out
 
 
-def _drop_block(input, p, block_size, training, inplace, share_channels, dims, seed, generator, stream):
+def _drop_block(input, p, block_size, training, inplace, share_channels, dims, seed, generator):
     op = f"drop_block{dims}d"
     if has_torch_function_unary(input):
         return handle_torch_function(
             drop_block2d if dims == 2 else drop_block3d, (input,), input, p, block_size, training, inplace,
-            share_channels=share_channels, seed=seed, generator=generator, stream=stream,
+            share_channels=share_channels, seed=seed, generator=generator,
         )  # fmt: skip
-    p, stream = check_common(input, p, training, seed, generator, stream)
+    p = check_common(input, p, training, seed, generator)
     check_bool(inplace, "inplace")
     check_bool(share_channels, "share_channels")
     names = "H, W" if dims == 2 else "D, H, W"
@@ -80,11 +80,13 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
         return input
     if p == 1.0:
         return zeros_like_input(input, inplace)
+    if inplace:
+        ops.check_inplace(input)  # before the key is drawn: a refused call leaves the stream where it was
     if is_dtensor(input):
         fn = drop_block2d if dims == 2 else drop_block3d
         y = dtensor_variant(
             input, lambda t, k: fn(t, p, block_size, share_channels=share_channels, seed=k), what=op, linear=True,
-            seed=seed, generator=generator, stream=stream,
+            seed=seed, generator=generator,
         )  # fmt: skip
         return write_inplace(input, y) if inplace else y
     lead = list(input.shape[: rank - dims])
@@ -92,7 +94,7 @@ def _drop_block(input, p, block_size, training, inplace, share_channels, dims, s
         lead[-1] = 1
     seed_shape = tuple(lead) + tuple(s - block_size + 1 for s in spatial)
     ops.refuse_shape_trace(op)
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     offset = _shard_offset(seed_shape, input.shape) if rank == dims + 2 else 0  # batch_shard: offset by sample
     y = ops.apply_linear(
         ops.drop_block_op,
@@ -117,7 +119,6 @@ def drop_block2d(
     share_channels: bool = False,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""DropBlock (Ghiasi, Lin & Le, "DropBlock: A regularization method for convolutional networks", NeurIPS 2018).
 
@@ -138,7 +139,7 @@ def drop_block2d(
         training: apply it (default ``True``); ``False`` returns ``input``.
         inplace: overwrite ``input``.
         share_channels: one block mask per sample shared by all channels (default: one per channel).
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape; ``input`` itself in eval or when ``p == 0``; zeros when ``p == 1``.
@@ -149,7 +150,7 @@ def drop_block2d(
         >>> round((y == 0).float().mean().item(), 1)
         0.2
     """
-    return _drop_block(input, p, block_size, training, inplace, share_channels, 2, seed, generator, stream)
+    return _drop_block(input, p, block_size, training, inplace, share_channels, 2, seed, generator)
 
 
 def drop_block3d(
@@ -162,11 +163,11 @@ def drop_block3d(
     share_channels: bool = False,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""DropBlock on volumes: ``block_size``-cubes of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs.
 
-    The rule and arguments of :func:`drop_block2d`, with ``block_size <= min(D, H, W)``.
+    The rule and arguments of :func:`drop_block2d`, with ``block_size <= min(D, H, W)``; a seeded
+    call never touches torch's global generator.
 
     Example:
         >>> x = torch.ones(2, 3, 8, 8, 8)
@@ -174,4 +175,4 @@ def drop_block3d(
         >>> y.shape
         torch.Size([2, 3, 8, 8, 8])
     """
-    return _drop_block(input, p, block_size, training, inplace, share_channels, 3, seed, generator, stream)
+    return _drop_block(input, p, block_size, training, inplace, share_channels, 3, seed, generator)

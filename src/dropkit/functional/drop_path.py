@@ -19,7 +19,6 @@ def drop_path(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Stochastic depth / DropPath (Huang et al., ECCV 2016; Larsson et al., ICLR 2017): drop whole samples.
 
@@ -36,7 +35,7 @@ def drop_path(
         training: apply it (default ``True``); ``False`` returns ``input``.
         scale_by_keep: divide survivors by ``1 - p`` (default, as timm); ``False`` leaves
             them unscaled (eval is still the identity).
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape; ``input`` itself when eval or ``p == 0``; zeros when ``p == 1``.
@@ -57,9 +56,7 @@ def drop_path(
     noise_shape = (input.shape[0],) + (1,) * (input.dim() - 1)
     # eval is the identity even without scaling (timm semantics): inverted scaling's eval form
     scaling = "inverted" if scale_by_keep or not training else "classic"
-    return dropout(
-        input, p, training, scaling=scaling, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream
-    )
+    return dropout(input, p, training, scaling=scaling, noise_shape=noise_shape, seed=seed, generator=generator)
 
 
 def drop_path_rates(p_max: float, depth: int) -> list[float]:

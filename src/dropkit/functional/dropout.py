@@ -34,19 +34,20 @@ __all__ = ["dropout", "MaskSpec", "apply_mask", "keep_mask_like", "masked_scale"
 class MaskSpec:
     """Everything that determines one call's mask: a few integers, no tensors.
 
-    ``noise_shape`` is ``None`` for an element-wise mask, else the broadcastable shape
-    of the mask; ``offset`` is the global index of the mask's element 0.
+    ``seed`` is the 64-bit key (stream 0, :func:`dropkit.rng.key_tensor`: a seeded call never touches
+    torch's global generator); ``noise_shape`` is
+    ``None`` for an element-wise mask, else the broadcastable shape of the mask; ``offset`` is
+    the global index of the mask's element 0.
     """
 
     p: float
     scale: float
     seed: int
-    stream: int = 0
     offset: int = 0
     noise_shape: tuple[int, ...] | None = None
 
     def key(self) -> torch.Tensor:
-        return key_tensor(self.seed, self.stream)
+        return key_tensor(self.seed)
 
 
 def keep_mask_like(spec: MaskSpec, shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -115,7 +116,6 @@ def dropout(
     noise_shape: Sequence[int | None] | None = None,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
     batch_dim: int = 0,
 ) -> torch.Tensor:
     r"""Dropout (Srivastava et al., JMLR 2014): zero each element with probability ``p``.
@@ -143,10 +143,11 @@ def dropout(
             independently. ``(N, C, 1, 1)`` on an (N, C, H, W) input is spatial dropout.
         seed: an int: use this 64-bit key directly (same seed, same mask, every call); a
             :class:`dropkit.SeedGenerator`: its next key (call ``k`` uses stream ``k``); ``None``:
-            draw the key from ``generator`` (see :mod:`dropkit.seed`).
+            draw the key from ``generator`` (see :mod:`dropkit.seed`). A seeded call never touches
+            torch's global generator (not even a read); inside ``torch.utils.checkpoint`` the
+            recompute reuses the forward's key.
         generator: CPU ``torch.Generator`` to draw the key from; default: torch's global
             generator, so ``torch.manual_seed`` makes runs reproducible.
-        stream: 64-bit sub-stream (Philox counter words 2-3); modules use it as a call counter.
         batch_dim: the sample dimension, used only inside :func:`dropkit.rng.batch_shard`
             (data-parallel training) to tie the mask to global sample indices.
 
@@ -166,7 +167,7 @@ def dropout(
     if has_torch_function_unary(input):
         return handle_torch_function(
             dropout, (input,), input, p, training, inplace, scaling=scaling, noise_shape=noise_shape, seed=seed,
-            generator=generator, stream=stream, batch_dim=batch_dim,
+            generator=generator, batch_dim=batch_dim,
         )  # fmt: skip
     check_float_tensor(input)
     p = check_p(p)
@@ -174,7 +175,7 @@ def dropout(
     check_bool(inplace, "inplace")
     check_choice(scaling, "scaling", SCALINGS)
     shape = None if noise_shape is None else check_noise_shape(noise_shape, input.shape)
-    stream = check_seed_arg(seed, generator, stream)
+    check_seed_arg(seed, generator)
     batch_dim = check_int(batch_dim, "batch_dim")
 
     if not training:
@@ -188,13 +189,15 @@ def dropout(
         return input
     if p == 1.0:
         return zeros_like_input(input, inplace)
+    if inplace:
+        ops.check_inplace(input)  # before the key is drawn: a refused call leaves the stream where it was
     scale = inverted_scale(p) if scaling == "inverted" else 1.0
     offset = _shard_offset(shape, input.shape, batch_dim) if current_batch_start() else 0
     if is_dtensor(input):  # tensor parallel: each local element's mask at its global index (dropkit.distributed)
-        return dtensor_dropout(input, p, scale, shape, offset, inplace, seed=seed, generator=generator, stream=stream)
+        return dtensor_dropout(input, p, scale, shape, offset, inplace, seed=seed, generator=generator)
     if shape is not None:
         ops.refuse_shape_trace("dropout with a noise_shape (spatial, DropPath, locked and RNN dropout)")
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     if inplace:
         return ops.dropout_(input, key, p, scale, shape, offset)
     return ops.apply_linear(ops.dropout_op, input, key, p, scale, None if shape is None else list(shape), offset)

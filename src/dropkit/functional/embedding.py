@@ -28,7 +28,6 @@ def embedding_dropout(
     sparse: bool = False,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Embedding dropout / word dropout (Gal & Ghahramani, NeurIPS 2016; Merity et al., ICLR 2018).
 
@@ -46,7 +45,7 @@ def embedding_dropout(
         training: apply it (default ``True``); ``False`` is plain ``F.embedding``.
         padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse: as in
             ``torch.nn.functional.embedding``.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Shape:
         ``input`` ``(*)``, ``weight`` ``(V, D)``, output ``(*, D)``.
@@ -68,11 +67,11 @@ def embedding_dropout(
             f"Invalid shape for `weight`: expected a 2-D (num_embeddings, embedding_dim) matrix. "
             f"Received: shape {tuple(weight.shape)}"
         )
-    p, stream = check_common(weight, p, training, seed, generator, stream)
+    p = check_common(weight, p, training, seed, generator)
     out = tnf.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
     if not training or p == 0.0:
         return out
     if p == 1.0:
         return out * 0.0
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     return ops.apply_linear(ops.embedding_dropout_op, out, key, input, weight.shape[0], p, inverted_scale(p))

@@ -55,7 +55,6 @@ def fused_bias_act_dropout_add(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""``residual + dropout(act(x + bias), p)`` in one fused pass whose backward stores no mask.
 
@@ -63,8 +62,8 @@ def fused_bias_act_dropout_add(
     the "bias-dropout-add" fusion of Megatron-LM, Shoeybi et al. 2019) with the activation
     folded in. ``p`` is the probability of **dropping**; survivors are scaled by
     :math:`1/q`, :math:`q \approx 1-p` the exact keep probability (inverted dropout, :func:`dropkit.rng.inverted_scale`). The mask is the one
-    ``dropkit.functional.dropout(act(x + bias), p, seed=...)`` draws for the same key and
-    stream (element-wise over ``x``'s row-major index, :mod:`dropkit.rng`), so the fused
+    ``dropkit.functional.dropout(act(x + bias), p, seed=...)`` draws for the same key
+    (element-wise over ``x``'s row-major index, :mod:`dropkit.rng`), so the fused
     and unfused forms agree mask for mask. Autograd saves ``x`` and ``bias`` (needed for
     ``act'``) and a few integers; backward regenerates the mask.
 
@@ -84,9 +83,9 @@ def fused_bias_act_dropout_add(
             ``"silu"`` or ``"identity"`` (bias-dropout-add).
         training: apply dropout (``True``, the default); ``False`` gives
             ``residual + act(x + bias)``.
-        seed: use this 64-bit key directly.
+        seed: an int (this 64-bit key) or a :class:`dropkit.SeedGenerator` (its next key); a seeded
+            call never touches torch's global generator.
         generator: CPU ``torch.Generator`` to draw the key from; default: torch's global one.
-        stream: 64-bit sub-stream (Philox counter words 2-3).
 
     Shape:
         ``x``, ``residual`` and the output: ``(*, H)``; ``bias``: ``(H,)``.
@@ -102,7 +101,6 @@ def fused_bias_act_dropout_add(
     if has_torch_function_unary(x):
         return handle_torch_function(
             fused_bias_act_dropout_add, (x,), x, bias, residual, p, activation, training, seed=seed, generator=generator,
-            stream=stream,
         )  # fmt: skip
     for t, name in ((x, "x"), (bias, "bias"), (residual, "residual")):
         refuse_dtensor(t, f"fused_bias_act_dropout_add (`{name}`)")
@@ -110,7 +108,7 @@ def fused_bias_act_dropout_add(
     p = check_p(p)
     check_choice(activation, "activation", FUSED_ACTIVATIONS)
     check_bool(training, "training")
-    stream = check_seed_arg(seed, generator, stream)
+    check_seed_arg(seed, generator)
 
     offset = 0
     if not training or p == 0.0:
@@ -118,7 +116,7 @@ def fused_bias_act_dropout_add(
     elif p == 1.0:
         key, scale = _NO_KEY, 0.0  # threshold 65536: every element dropped (never 0 * inf)
     else:
-        key, scale, offset = resolve_key(seed, generator, stream), inverted_scale(p), _shard_offset(None, x.shape)
+        key, scale, offset = resolve_key(seed, generator), inverted_scale(p), _shard_offset(None, x.shape)
     if not torch.compiler.is_compiling() and (
         torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
     ):

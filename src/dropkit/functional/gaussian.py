@@ -34,7 +34,6 @@ def gaussian_dropout(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Gaussian dropout (Srivastava et al., JMLR 2014, sec. 10; Wang & Manning, ICML 2013).
 
@@ -48,7 +47,7 @@ def gaussian_dropout(
         p: the dropout rate whose noise variance to match, in [0, 1). ``p = 1`` would
             need infinite variance and is rejected (Keras accepts it and divides by zero).
         training: apply it (default ``True``); ``False`` returns ``input``.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.
@@ -63,18 +62,16 @@ def gaussian_dropout(
         (1.0, 1.0)
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(
-            gaussian_dropout, (input,), input, p, training, seed=seed, generator=generator, stream=stream
-        )
-    p, stream = check_common(input, check_gaussian_p(p), training, seed, generator, stream)
+        return handle_torch_function(gaussian_dropout, (input,), input, p, training, seed=seed, generator=generator)
+    p = check_common(input, check_gaussian_p(p), training, seed, generator)
     if not training or p == 0.0:
         return input
     if is_dtensor(input):
         return dtensor_variant(
             input, lambda t, k: gaussian_dropout(t, p, seed=k), what="gaussian_dropout", linear=True, seed=seed,
-            generator=generator, stream=stream,
+            generator=generator,
         )  # fmt: skip
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     return ops.apply_linear(
         ops.gaussian_dropout_op, input, key, math.sqrt(p / (1.0 - p)), _shard_offset(None, input.shape)
     )
@@ -87,7 +84,6 @@ def gaussian_noise(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Additive Gaussian noise (a regulariser and data augmentation; Keras' ``GaussianNoise``).
 
@@ -98,7 +94,7 @@ def gaussian_noise(
         input: floating tensor, any shape.
         std: the noise's standard deviation, a finite real >= 0.
         training: add noise (default ``True``); ``False`` returns ``input``.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Returns:
         ``input`` itself in eval or when ``std == 0``.
@@ -110,20 +106,18 @@ def gaussian_noise(
         0.1
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(
-            gaussian_noise, (input,), input, std, training, seed=seed, generator=generator, stream=stream
-        )
+        return handle_torch_function(gaussian_noise, (input,), input, std, training, seed=seed, generator=generator)
     # std takes the place of p: check it, then the rest with a dummy rate
     std = check_real(std, "std", low=0.0, what="(the noise's standard deviation)")
-    _, stream = check_common(input, 0.0, training, seed, generator, stream)
+    check_common(input, 0.0, training, seed, generator)
     if not training or std == 0.0:
         return input
     if is_dtensor(input):
         return dtensor_variant(
             input, lambda t, k: gaussian_noise(t, std, seed=k), what="gaussian_noise", linear=False, seed=seed,
-            generator=generator, stream=stream,
+            generator=generator,
         )  # fmt: skip
     ops.refuse_shape_trace("gaussian_noise")
-    key = resolve_key(seed, generator, stream)
+    key = resolve_key(seed, generator)
     z = ops.normal_op(key, list(input.shape), _shard_offset(None, input.shape), input.dtype, input.device)
     return input + z.mul_(std)  # z is this call's own tensor: scaled in place, one temporary fewer (same bits)

@@ -20,7 +20,6 @@ def locked_dropout(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Locked dropout (Gal & Ghahramani, NeurIPS 2016; Merity et al., ICLR 2018): one mask per sequence.
 
@@ -36,7 +35,7 @@ def locked_dropout(
         training: apply dropout (default ``True``); ``False`` returns ``input``.
         batch_first: whether dim 0 is the batch (then dim 1 is time).
         inplace: overwrite ``input``.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Example:
         >>> x = torch.ones(10, 4, 8)                          # (T, N, F)
@@ -56,6 +55,6 @@ def locked_dropout(
     noise_shape[time_dim] = 1
     batch_dim = 1 - time_dim if input.dim() > 2 else 0  # for dropkit.rng.batch_shard
     return dropout(
-        input, p, training, inplace, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream,
+        input, p, training, inplace, noise_shape=noise_shape, seed=seed, generator=generator,
         batch_dim=batch_dim,
     )  # fmt: skip

@@ -19,7 +19,6 @@ def _channel_dropout(
     spatial_dims: int,
     seed: int | SeedGenerator | None,
     generator: torch.Generator | None,
-    stream: int,
 ) -> torch.Tensor:
     check_float_tensor(input)
     spatial = {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims]
@@ -31,7 +30,7 @@ def _channel_dropout(
     )
     lead = 1 if rank == spatial_dims + 1 else 2  # (C, ...) or (N, C, ...): one mask value per channel
     noise_shape = tuple(input.shape[:lead]) + (1,) * spatial_dims
-    return dropout(input, p, training, inplace, noise_shape=noise_shape, seed=seed, generator=generator, stream=stream)
+    return dropout(input, p, training, inplace, noise_shape=noise_shape, seed=seed, generator=generator)
 
 
 def dropout1d(
@@ -42,20 +41,20 @@ def dropout1d(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Channel-wise dropout for (N, C, L) or (C, L) inputs: whole channels are zeroed.
 
     See :class:`dropkit.nn.Dropout1d` for the rule, the paper and the edge cases;
     :func:`dropout2d` for the arguments. This is :func:`dropkit.functional.dropout`
-    with ``noise_shape = (N, C, 1)`` (or ``(C, 1)``), so backward regenerates the mask.
+    with ``noise_shape = (N, C, 1)`` (or ``(C, 1)``), so backward regenerates the mask. A seeded call never
+    touches torch's global generator.
 
     Example:
         >>> y = dropkit.functional.dropout1d(torch.ones(2, 3, 5), 0.5, seed=0)
         >>> bool(((y == 0) | (y == 2)).all())   # each (n, c) row all 0 or all 2
         True
     """
-    return _channel_dropout(input, p, training, inplace, 1, seed, generator, stream)
+    return _channel_dropout(input, p, training, inplace, 1, seed, generator)
 
 
 def dropout2d(
@@ -66,7 +65,6 @@ def dropout2d(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Spatial dropout (Tompson et al., CVPR 2015) for (N, C, H, W) or (C, H, W) inputs.
 
@@ -83,7 +81,7 @@ def dropout2d(
         p: probability of dropping a channel, in [0, 1].
         training: apply dropout (default ``True``); ``False`` returns ``input``.
         inplace: overwrite ``input``.
-        seed, generator, stream: the key, as in :func:`dropkit.functional.dropout`.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape and dtype. ``p == 0`` or eval: ``input`` itself;
@@ -98,7 +96,7 @@ def dropout2d(
         >>> bool(((y == 0).flatten(2).all(2) | (y != 0).flatten(2).all(2)).all())
         True
     """
-    return _channel_dropout(input, p, training, inplace, 2, seed, generator, stream)
+    return _channel_dropout(input, p, training, inplace, 2, seed, generator)
 
 
 def dropout3d(
@@ -109,15 +107,15 @@ def dropout3d(
     *,
     seed: int | SeedGenerator | None = None,
     generator: torch.Generator | None = None,
-    stream: int = 0,
 ) -> torch.Tensor:
     r"""Channel-wise dropout for (N, C, D, H, W) or (C, D, H, W) inputs: whole volumes are zeroed.
 
-    See :func:`dropout2d`; the noise shape is ``(N, C, 1, 1, 1)`` (``(C, 1, 1, 1)`` unbatched).
+    See :func:`dropout2d`; the noise shape is ``(N, C, 1, 1, 1)`` (``(C, 1, 1, 1)`` unbatched). A seeded
+    call never touches torch's global generator.
 
     Example:
         >>> y = dropkit.functional.dropout3d(torch.ones(2, 4, 3, 3, 3), 0.5, seed=0)
         >>> y.flatten(2).std(2).max().item()   # constant inside each channel
         0.0
     """
-    return _channel_dropout(input, p, training, inplace, 3, seed, generator, stream)
+    return _channel_dropout(input, p, training, inplace, 3, seed, generator)

@@ -35,14 +35,15 @@ class SeededStream:
 
     @property
     def _calls(self) -> int:
-        """How many keys the owned stream has drawn (0 without a seed)."""
-        return int(self.rng_state[1]) if self.seed is not None else 0  # type: ignore[attr-defined]
+        """How many keys the owned stream has drawn, unsigned (0 without a seed)."""
+        return int(self.rng_state[1]) % _INT64 if self.seed is not None else 0  # type: ignore[attr-defined]
 
     @_calls.setter
     def _calls(self, value: int) -> None:
         if self.seed is not None:
+            value = check_seed(value, "calls")
             with torch.no_grad():
-                self.rng_state[1] = int(value)  # type: ignore[attr-defined]
+                self.rng_state[1] = value - _INT64 if value >= 1 << 63 else value  # type: ignore[attr-defined]
 
     def seed_generator(self) -> SeedGenerator | None:
         """The :class:`dropkit.SeedGenerator` over ``rng_state`` (``None`` without a seed)."""
@@ -53,14 +54,6 @@ class SeededStream:
         if self.seed is None or not self.training:  # type: ignore[attr-defined]
             return {}
         return {"seed": SeedGenerator(state=self.rng_state)}  # type: ignore[attr-defined]
-
-    def rng_kwargs(self) -> dict[str, int]:
-        """``seed``/``stream`` as ints for the next call, advancing the stream (for code that calls ops by hand)."""
-        if self.seed is None:
-            return {}
-        stream = self._calls
-        self._calls = stream + 1
-        return {"seed": self.seed, "stream": stream}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]

@@ -21,7 +21,7 @@ class AlphaDropout(InplaceOpModule, torch.nn.AlphaDropout):
     Args:
         p: probability of dropping an element, in [0, 1]. Default: 0.5.
         inplace: overwrite the input.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.
@@ -47,7 +47,7 @@ class FeatureAlphaDropout(InplaceOpModule, torch.nn.FeatureAlphaDropout):
     Args:
         p: probability of dropping a channel, in [0, 1]. Default: 0.5.
         inplace: overwrite the input.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, C, *)`` with at least 2 dimensions; output the same.

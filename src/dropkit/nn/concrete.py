@@ -34,7 +34,7 @@ class ConcreteDropout(VariantModule, torch.nn.Module):
         temperature: of the relaxation, > 0. Default: 0.1 (the paper's).
         weight_regularizer: :math:`\lambda_w`. Default: 1e-6.
         dropout_regularizer: :math:`\lambda_p`. Default: 1e-5.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Attributes:
         p: the current rate as a Python float (read-only; the parameter is ``p_logit``).

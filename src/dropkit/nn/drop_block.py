@@ -46,7 +46,7 @@ class DropBlock2d(_DropBlock):
         block_size: side of a block (odd or even), >= 1 and at most min(H, W) of the input.
         inplace: overwrite the input.
         share_channels: one mask per sample for all channels (default: one per channel).
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, C, H, W)`` or ``(C, H, W)``; output the same.
@@ -72,7 +72,7 @@ class DropBlock3d(_DropBlock):
         block_size: side of a block, >= 1 and at most min(D, H, W) of the input.
         inplace: overwrite the input.
         share_channels: one mask per sample for all channels.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, C, D, H, W)`` or ``(C, D, H, W)``; output the same.

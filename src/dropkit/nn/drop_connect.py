@@ -19,7 +19,8 @@ class DropConnect(VariantModule, torch.nn.Module):
     Registered by :func:`drop_connect`; follows the parametrized module's ``.train()`` /
     ``.eval()`` (it is one of its submodules): in eval it returns the weight itself.
     The mask is :func:`dropkit.functional.dropout` of the weight, so gradients reach the
-    original weight through the kept entries and backward regenerates the mask.
+    original weight through the kept entries and backward regenerates the mask. With ``seed=``
+    it owns a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
     """
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None):
@@ -58,7 +59,8 @@ def drop_connect(
         module: any module with a floating parameter ``name`` (Linear, Conv*, LSTM, ...).
         name: the parameter, default ``"weight"``.
         p: probability of dropping a weight, in [0, 1]. Default: 0.5.
-        seed: the parametrization owns a stream saved in the ``state_dict``.
+        seed: the parametrization owns a stream saved in the ``state_dict``; a seeded call never
+            touches torch's global generator.
 
     Returns:
         ``module`` (modified in place).

@@ -22,7 +22,7 @@ class DropPath(VariantModule, torch.nn.Module):
     Args:
         p: probability of dropping a sample's branch, in [0, 1].
         scale_by_keep: divide survivors by ``1 - p`` (default).
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, *)``, output ``(N, *)``.

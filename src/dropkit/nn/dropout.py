@@ -33,7 +33,9 @@ class Dropout(SeededStream, torch.nn.Dropout):
         scaling: ``"inverted"`` or ``"classic"``.
         seed: if given, the module owns its stream: call ``k`` in training uses
             ``(seed, stream=k)``, and ``(seed, k)`` is saved in the ``state_dict`` as
-            ``rng_state`` so a resumed run draws the masks an uninterrupted run would.
+            ``rng_state`` so a resumed run draws the masks an uninterrupted run would; a seeded
+            call never touches torch's global generator, and inside ``torch.utils.checkpoint``
+            the recompute reuses the forward's keys (:mod:`dropkit.seed`).
 
     Shape:
         Input ``(*)``, output ``(*)``, same shape.

@@ -22,7 +22,7 @@ class EmbeddingDropout(VariantModule, torch.nn.Module):
     Args:
         embedding: the ``torch.nn.Embedding`` to wrap (its padding_idx, max_norm, ... are used).
         p: probability of dropping a vocabulary entry, in [0, 1]. Default: 0.1 (AWD-LSTM).
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(*)`` token ids, output ``(*, embedding_dim)``.

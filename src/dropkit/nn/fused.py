@@ -24,7 +24,8 @@ class FusedBiasActDropoutAdd(SeededStream, torch.nn.Module):
         p: probability of dropping an element, in [0, 1]. Default: 0.5.
         activation: ``"relu"`` (default), ``"gelu"`` (exact), ``"silu"`` or ``"identity"``.
         seed: if given, the module owns its stream: training call ``k`` uses ``(seed, stream=k)``,
-            saved in the ``state_dict`` as ``rng_state``.
+            saved in the ``state_dict`` as ``rng_state``; a seeded call never touches torch's
+            global generator.
 
     Shape:
         ``forward(x, bias, residual)``: ``x`` and ``residual`` ``(*, H)``, ``bias`` ``(H,)`` or

@@ -23,7 +23,7 @@ class GaussianDropout(VariantModule, torch.nn.Module):
     Args:
         p: the dropout rate whose variance to match, in [0, 1); ``p = 1`` is rejected
             (infinite variance).
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.
@@ -55,7 +55,7 @@ class GaussianNoise(VariantModule, torch.nn.Module):
 
     Args:
         std: standard deviation of the noise, a finite real >= 0.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.

@@ -23,7 +23,7 @@ class LockedDropout(VariantModule, torch.nn.Module):
         p: probability of dropping a feature of a sequence, in [0, 1]. Default: 0.5.
         batch_first: inputs are ``(N, T, *F)`` instead of ``(T, N, *F)``.
         inplace: overwrite the input.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         ``(T, N, *F)``, ``(N, T, *F)`` with ``batch_first``, or unbatched ``(T, F)``; output the same.

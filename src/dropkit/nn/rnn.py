@@ -224,7 +224,8 @@ class LSTM(_DropRNN, torch.nn.LSTM):
             bias, batch_first, dropout, bidirectional, proj_size, device, dtype).
         recurrent_dropout: rate of the mask on :math:`h_{t-1}`, in [0, 1]. Default: 0.
         weight_dropout: DropConnect rate on every ``weight_hh_l*``, in [0, 1]. Default: 0.
-        seed: own a stream; adds ``rng_state`` to the ``state_dict`` (the only key torch lacks).
+        seed: own a stream; adds ``rng_state`` to the ``state_dict`` (the only key torch lacks);
+            a seeded call never touches torch's global generator.
 
     Shape:
         As ``torch.nn.LSTM``: input ``(L, N, H_in)`` / ``(N, L, H_in)`` / ``(L, H_in)`` or a
@@ -259,7 +260,8 @@ class GRU(_DropRNN, torch.nn.GRU):
         *args, **kwargs: those of ``torch.nn.GRU``.
         recurrent_dropout: rate of the mask on :math:`h_{t-1}`, in [0, 1]. Default: 0.
         weight_dropout: DropConnect rate on every ``weight_hh_l*``, in [0, 1]. Default: 0.
-        seed: own a stream saved in the ``state_dict`` as ``rng_state``.
+        seed: own a stream saved in the ``state_dict`` as ``rng_state``; a seeded call never
+            touches torch's global generator.
 
     Shape:
         As ``torch.nn.GRU``; returns ``output, h_n``.

@@ -21,7 +21,7 @@ class Dropout1d(InplaceOpModule, torch.nn.Dropout1d):
     Args:
         p: probability of dropping a channel, in [0, 1]. Default: 0.5.
         inplace: overwrite the input.
-        seed: own a stream saved in the ``state_dict`` (see :class:`dropkit.nn.Dropout`).
+        seed: own a stream saved in the ``state_dict`` (see :class:`dropkit.nn.Dropout`); a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, C, L)`` or ``(C, L)``; output the same. Other ranks: ``ValueError``.
@@ -52,7 +52,7 @@ class Dropout2d(InplaceOpModule, torch.nn.Dropout2d):
     Args:
         p: probability of dropping a channel, in [0, 1]. Default: 0.5.
         inplace: overwrite the input.
-        seed: own a stream saved in the ``state_dict`` (see :class:`dropkit.nn.Dropout`).
+        seed: own a stream saved in the ``state_dict`` (see :class:`dropkit.nn.Dropout`); a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, C, H, W)`` or ``(C, H, W)``; output the same. Other ranks: ``ValueError``.
@@ -78,7 +78,7 @@ class Dropout3d(InplaceOpModule, torch.nn.Dropout3d):
     Args:
         p: probability of dropping a channel, in [0, 1]. Default: 0.5.
         inplace: overwrite the input.
-        seed: own a stream saved in the ``state_dict``.
+        seed: own a stream saved in the ``state_dict``; a seeded call never touches torch's global generator.
 
     Shape:
         Input ``(N, C, D, H, W)`` or ``(C, D, H, W)``; output the same. Other ranks: ``ValueError``.

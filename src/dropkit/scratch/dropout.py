@@ -28,8 +28,8 @@ class DropoutLayer:
     with the *same* mask as the forward pass. Inference: every unit is active.
 
     The mask comes from the Philox contract of :mod:`dropkit.rng`: call ``k`` of a
-    seeded layer uses ``(seed, stream=k)``, the same mask as
-    ``dropkit.functional.dropout(x, p, seed=seed, stream=k)``.
+    seeded layer uses ``(seed, stream=k)``, the same mask as call ``k`` of
+    ``dropkit.nn.Dropout(p, seed=seed)`` (or ``dropkit.functional.dropout(x, p, seed=dropkit.SeedGenerator(seed))``).
 
     Example:
         >>> layer = DropoutLayer(p=0.5, seed=0)
