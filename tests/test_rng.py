@@ -158,3 +158,62 @@ def test_batch_shard_rejects_negative():
         with rng.batch_shard(-1):
             pass
     assert rng.current_batch_start() == 0
+
+
+# ---------------------------------------------------------------------------
+# One rule for keys and element ranges (rng.check_elements / check_counters / check_seed)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "n,offset,ok",
+    [
+        (0, 0, True),
+        (8, 2**64 - 8, True),  # the last eight indices
+        (0, 2**64, True),  # no element at all, at the end of the space
+        (9, 2**64 - 8, False),
+        (1, 2**64, False),
+        (-1, 0, False),
+        (1, -1, False),
+    ],
+)
+def test_check_elements_is_the_one_rule(n, offset, ok):
+    if ok:
+        assert rng.check_elements(n, offset) == (n, offset)
+    else:
+        with pytest.raises(ValueError, match="`n`|`offset`"):
+            rng.check_elements(n, offset)
+
+
+@pytest.mark.parametrize("fn", [rng.uniform, rng.normal, lambda shape, seed, stream=0, offset=0: rng.keep_mask(
+    math.prod(shape), 0.5, seed, stream, offset)], ids=["uniform", "normal", "keep_mask"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"offset": -1}, "`offset`"),
+        ({"seed": -1}, "`seed`"),
+        ({"seed": 2**64 + 5}, "`seed`"),
+        ({"stream": -1}, "`stream`"),
+        ({"stream": 2**64}, "`stream`"),
+        ({"offset": 2**64 - 3}, "`offset`"),  # 4 elements past index 2**64 - 3
+    ],
+)
+def test_samplers_validate_like_keep_mask(fn, kwargs, match):
+    args = {"seed": 1, "stream": 0, "offset": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fn((2, 2), args["seed"], args["stream"], args["offset"])
+
+
+def test_samplers_accept_the_last_indices_of_the_space():
+    z = rng.uniform((4,), 2**64 - 1, 2**64 - 1, 2**64 - 4, dtype=torch.float64)
+    w = rng.uniform((8,), 2**64 - 1, 2**64 - 1, 2**64 - 8, dtype=torch.float64)
+    assert torch.equal(z, w[4:])
+    assert rng.normal((4,), 3, 0, 2**64 - 4).shape == (4,)
+    with pytest.raises(ValueError, match="`shape`"):
+        rng.uniform((2, -1), 1)
+
+
+def test_check_counters_names_the_bad_argument():
+    rng.check_counters(4, 2**64 - 1, 2**64 - 1, 2**64 - 4)
+    for kwargs, match in [({"seed": 2**64}, "`seed`"), ({"stream": -1}, "`stream`"), ({"offset": 2**64}, "offset")]:
+        args = {"n": 4, "seed": 1, "stream": 0, "offset": 0, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            rng.check_counters(args["n"], args["seed"], args["stream"], args["offset"])

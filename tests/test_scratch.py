@@ -21,10 +21,10 @@ from dropkit.scratch import DropoutLayer
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_same_mask_and_values_as_fast_path(dtype, shape, p):
     x = np.random.default_rng(0).normal(size=shape).astype(dtype)
-    layer = DropoutLayer(p=p, seed=31)
-    for k in range(3):  # call k of the layer = stream k of the op
+    layer, gen = DropoutLayer(p=p, seed=31), dropkit.SeedGenerator(31)
+    for _ in range(3):  # call k of the layer = call k of a SeedGenerator (stream k)
         y = layer.forward(x)
-        z = dropkit.functional.dropout(torch.from_numpy(x), p, seed=31, stream=k).numpy()
+        z = dropkit.functional.dropout(torch.from_numpy(x), p, seed=gen).numpy()
         np.testing.assert_array_equal(y != 0, z != 0)
         np.testing.assert_array_equal(y, z)
 

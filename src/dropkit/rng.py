@@ -60,8 +60,8 @@ __all__ = [
     "resolve_seed",
     "check_seed",
     "check_key_args",
-    "check_rng_args",
-    "check_offset",
+    "check_elements",
+    "check_counters",
     "key_words",
     "key_tensor",
     "key_ints",
@@ -267,10 +267,9 @@ def keep_mask(
     the fast path. :func:`dropkit.kernels.keep_mask` returns the same bits from the fastest
     backend for ``device``.
     """
-    n = check_offset(n, "n")
     p = _check_rate(p)
-    seed, stream, offset = check_seed(seed), check_seed(stream, "stream"), check_offset(offset)
-    check_offset(offset + n, "offset + n")
+    seed, stream = check_seed(seed), check_seed(stream, "stream")
+    n, offset = check_elements(n, offset)
     if torch.device(device).type == "cpu":
         return torch.from_numpy(np.ascontiguousarray(keep_mask_numpy(n, p, seed, stream, offset)))
     return keep_mask_torch(n, p, seed, stream, offset, device)
@@ -314,9 +313,13 @@ def uniform(
     """Uniform samples in the open interval (0, 1): ``u = (w + 0.5) * 2**-32`` (computed in float64).
 
     Element ``j`` of the row-major ``shape`` uses global index ``offset + j`` in the
-    32-bit lane layout, so the values are the same on every device.
+    32-bit lane layout, so the values are the same on every device. ``seed`` and ``stream`` are
+    ints in ``[0, 2**64)``; the element indices must stay in ``[0, 2**64)`` (:func:`check_elements`).
+
+    Example:
+        >>> dropkit.rng.uniform((2, 3), seed=7)          # float32 in (0, 1), the same on every device
     """
-    n = math.prod(shape)
+    n, seed, stream, offset = _check_sample_args(shape, seed, stream, offset)
     if torch.device(device).type == "cpu":
         w = uniform_words_numpy(n, seed, stream, offset)
     else:
@@ -475,9 +478,13 @@ def normal(
     w[2(l//2)+1])``: ``u1 = (float32(a >> 1) + 1) * 2**-31``, ``theta = 2 pi (b >> 8) / 2**24``,
     ``z = sqrt(-2 log u1) * (cos theta if l is even else sin theta)``, with the polynomial log, cos
     and sin of ``docs/rng.md`` (no library math), so the float32 value is bit-identical on every
-    backend; it is then converted to ``dtype`` (exact for float64).
+    backend; it is then converted to ``dtype`` (exact for float64). Arguments are validated as in
+    :func:`uniform`.
+
+    Example:
+        >>> dropkit.rng.normal((4,), seed=7, offset=100)   # elements 100..103 of the stream
     """
-    n = math.prod(shape)
+    n, seed, stream, offset = _check_sample_args(shape, seed, stream, offset)
     if torch.device(device).type == "cpu":
         z = torch.from_numpy(np.ascontiguousarray(normal_numpy(n, seed, stream, offset)))
     else:
@@ -498,16 +505,54 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return seed
 
 
-def check_offset(offset: object, name: str = "offset") -> int:
-    """A global element index (or count): an int in ``[0, 2**64]`` (the contract's index space)."""
-    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int in [0, 2**64]; received {offset!r} ({type(offset).__name__})")
-    offset = int(offset)
-    if not 0 <= offset <= 1 << 64:
+def check_elements(n: object, offset: object = 0) -> tuple[int, int]:
+    """The one rule for a call's element indices: ``offset .. offset + n - 1`` lie in ``[0, 2**64)``.
+
+    That is ``n >= 0``, ``offset >= 0`` and ``offset + n <= 2**64`` (the contract's 64-bit block
+    counter, :mod:`dropkit.rng`). Returns ``(n, offset)`` as ints; raises a ValueError naming the
+    argument otherwise (a TypeError for a non-integer).
+
+    Example:
+        >>> check_elements(8, 2**64 - 8)      # the last eight elements of the index space
+        (8, 18446744073709551608)
+    """
+    n, offset = _as_int(n, "n"), _as_int(offset, "offset")
+    if n < 0:
+        raise ValueError(f"`n` (the number of elements) must be >= 0; received n={n}")
+    if offset < 0 or offset + n > 1 << 64:
         raise ValueError(
-            f"`{name}` must be an int in [0, 2**64] (the contract's index space); received {name}={offset}"
+            "the element indices of a call must stay in [0, 2**64): need `offset` >= 0 and `offset` + n <= 2**64; "
+            f"received offset={offset}, n={n}"
         )
-    return offset
+    return n, offset
+
+
+def _as_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a non-negative int; received {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def check_counters(n: int, seed: int, stream: int, offset: int) -> None:
+    """A kernel call's counters: ``seed`` and ``stream`` in ``[0, 2**64)`` and :func:`check_elements` ``(n, offset)``.
+
+    Example:
+        >>> check_counters(1024, seed=1, stream=0, offset=0)
+    """
+    check_seed(seed)
+    check_seed(stream, "stream")
+    check_elements(n, offset)
+
+
+def _check_sample_args(shape: object, seed: object, stream: object, offset: object) -> tuple[int, int, int, int]:
+    """``(n, seed, stream, offset)`` of :func:`uniform` / :func:`normal`, validated as :func:`keep_mask` does."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+    if dims is None or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0 for d in dims
+    ):
+        raise ValueError(f"`shape` must be a sequence of non-negative ints; received {shape!r}")
+    n, offset = check_elements(math.prod(int(d) for d in dims), offset)
+    return n, check_seed(seed), check_seed(stream, "stream"), offset
 
 
 def key_words(seed: int, stream: int = 0) -> tuple[int, int, int, int]:
@@ -564,12 +609,6 @@ def check_key_args(seed: object = None, generator: object = None) -> None:
                 "`generator` must be a CPU torch.Generator (keys are drawn on the CPU so the same "
                 f"seed gives the same mask on every device); received one on {generator.device}"
             )
-
-
-def check_rng_args(seed: object = None, generator: object = None, stream: object = 0) -> int:
-    """Validate the randomness arguments every op takes (``seed``, ``generator``, ``stream``); returns ``stream``."""
-    check_key_args(seed, generator)
-    return check_seed(stream, "stream")
 
 
 def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
