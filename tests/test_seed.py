@@ -312,6 +312,22 @@ def test_a_seeded_draw_in_backward_outside_a_recompute_is_refused():
     assert gen.calls == 0
 
 
+def test_a_seeded_draw_in_a_backward_hook_inside_a_reentrant_region_is_refused():
+    gen = SeedGenerator(5)
+
+    def region(t):
+        y = F.dropout(t * 2, 0.5, seed=gen)
+        if y.requires_grad:  # only in the recompute: the reentrant forward runs under no_grad
+            y.register_hook(lambda g: F.dropout(g, 0.5, seed=gen))  # runs in the node's own inner backward
+        return y
+
+    x = torch.randn(8, requires_grad=True)
+    y = cp.checkpoint(region, x, use_reentrant=True)
+    with pytest.raises(RuntimeError, match="cannot be identified"):
+        y.sum().backward()
+    assert gen.calls == 1
+
+
 def test_a_recompute_that_draws_more_than_its_forward_is_refused():
     gen, calls = SeedGenerator(5), []
 

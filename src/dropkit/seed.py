@@ -16,7 +16,7 @@ torch.export and TorchScript tracing keep it in the graph and draw a fresh one p
 
 .. _seeded-global-rng:
 
-**A seeded call never touches torch's global generator** (:data:`SEEDED_CALL_RNG`): an int
+**A seeded call never touches torch's global generator** (the sentence every ``seed=`` docstring repeats): an int
 seed, a :class:`SeedGenerator` and a module built with ``seed=`` neither draw from nor read
 ``torch.default_generator``, in training or inference, with or without grad, inside or outside
 activation checkpointing. Only ``seed=None`` draws (two 32-bit words per call).
@@ -58,17 +58,10 @@ __all__ = [
     "sub_key",
     "state_tensor",
     "check_seed_arg",
-    "SEEDED_CALL_RNG",
 ]
 
 _INT64 = 1 << 64
 _M32 = 0xFFFFFFFF
-
-#: The sentence every ``seed=`` docstring refers to (see the module docs).
-SEEDED_CALL_RNG = (
-    "A seeded call (an int, a SeedGenerator, a module built with seed=) never draws from or reads torch's "
-    "global generator; only seed=None draws from it."
-)
 
 
 def state_tensor(seed: int, calls: int = 0) -> torch.Tensor:
@@ -93,7 +86,7 @@ class SeedGenerator:
     tensor ``[seed, k]`` (:attr:`state`), which modules built with ``seed=`` register as the
     ``rng_state`` buffer, so a run resumed from a ``state_dict`` draws the masks an
     uninterrupted run would, and torch.compile / torch.export see the advance as a buffer
-    mutation. Drawing never touches torch's global generator (:data:`SEEDED_CALL_RNG`), and
+    mutation. A seeded call never touches torch's global generator, and
     inside ``torch.utils.checkpoint`` the recompute reuses the forward's keys (module docs).
 
     Args:
@@ -285,6 +278,7 @@ def _checkpoint_codes() -> dict[CodeType, int]:
 
 
 _CODES = _checkpoint_codes()
+_AUTOGRAD_BACKWARD = torch.autograd.backward.__code__
 
 
 class _Region:
@@ -314,6 +308,7 @@ def _regions() -> tuple[list[object], tuple[object, object] | None]:
     """The checkpoint regions around the caller, innermost first, up to the innermost recompute (if any)."""
     forward: list[object] = []
     f: FrameType | None = sys._getframe(2)
+    child: FrameType | None = None
     while f is not None:
         kind = _CODES.get(f.f_code)
         if kind is not None:
@@ -325,10 +320,12 @@ def _regions() -> tuple[list[object], tuple[object, object] | None]:
                     forward.append(gen.gi_frame.f_locals["new_frame"])
             elif kind == _REC:
                 return forward, (f.f_locals["frame"], f.f_locals["gid"])
+            elif child is not None and child.f_code is _AUTOGRAD_BACKWARD:
+                return [], None  # the reentrant node's own backward of the recomputed graph: not its recompute
             else:  # _REC_REENTRANT: one recompute per backward pass (graph task) of the CheckpointFunction node
                 # private: no public API names the running backward pass (torch's own checkpoint uses it too)
                 return forward, (f.f_locals["ctx"], torch._C._current_graph_task_id())
-        f = f.f_back
+        child, f = f, f.f_back
     return forward, None
 
 
