@@ -4,8 +4,8 @@ In-process checks use torch's fake process group (one rank at a time, no process
 training checks run 2 gloo processes on the CPU (tests/dist_worker.py) against a 1-process run.
 """
 
-from __future__ import inspect
-import annotations
+from __future__ import annotations
+import inspect
 
 import contextlib
 import os
