@@ -5,9 +5,9 @@ training checks run 2 gloo processes on the CPU (tests/dist_worker.py) against a
 """
 
 from __future__ import annotations
-import inspect
 
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
