@@ -650,8 +650,8 @@ class batch_shard:  # noqa: N801 - used as a function: ``with dropkit.rng.batch_
     def __init__(self, start: int) -> None:
         if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
             raise ValueError(f"`start` must be a non-negative int; received {start!r}")
-        self.start = int(start)
-        self.prev = 0
+        self.start: int = int(start)
+        self.prev: int = 0
 
     def __enter__(self) -> None:
         self.prev = _local.batch_start

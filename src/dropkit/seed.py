@@ -268,8 +268,15 @@ def _checkpoint_codes() -> dict[CodeType, int]:
     if fn is not None:
         codes[fn.forward.__code__] = _FWD_REENTRANT
         codes[fn.backward.__code__] = _REC_REENTRANT
-    ckpt = getattr(_checkpoint.checkpoint, "__wrapped__", _checkpoint.checkpoint)
-    codes[ckpt.__code__] = _FWD
+    # the function that holds the non-reentrant generator `gen` while the region's forward runs: `checkpoint`
+    # itself up to torch 2.13, its helper `_checkpoint_impl` from 2.14
+    for fn in (
+        getattr(_checkpoint.checkpoint, "__wrapped__", _checkpoint.checkpoint),
+        getattr(_checkpoint, "_checkpoint_impl", None),
+    ):
+        code = getattr(fn, "__code__", None)
+        if code is not None and "gen" in code.co_varnames:
+            codes[code] = _FWD
     init = getattr(getattr(_checkpoint, "_checkpoint_hook", None), "__init__", None)
     for const in getattr(getattr(init, "__code__", None), "co_consts", ()):
         if isinstance(const, CodeType) and const.co_name == "unpack_hook":
