@@ -299,6 +299,25 @@ def test_selective_checkpointing_saving_or_recomputing_each_dropkit_op(kind, sav
     assert torch.equal(got_rng, want_rng)
 
 
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_the_records_of_a_region_die_with_its_graph(reentrant):
+    import gc
+
+    from dropkit import seed as seed_module
+
+    gc.collect()
+    before = len(seed_module._REGIONS)
+    model = make("shared")
+    x = torch.randn(4, 8, requires_grad=True)
+    loss = cp.checkpoint(model, x, use_reentrant=reentrant).sum()
+    assert len(seed_module._REGIONS) == before + 1  # one region, recorded while its forward ran
+    del loss
+    gc.collect()
+    assert len(seed_module._REGIONS) == before
+    model(x).sum().backward()  # outside any checkpoint nothing is recorded
+    assert len(seed_module._REGIONS) == before
+
+
 # ---------------------------------------------------------------------------
 # Refusals: never a silently different mask
 # ---------------------------------------------------------------------------
