@@ -483,8 +483,8 @@ def test_the_inplace_cases_cover_every_public_inplace_variant():
     with_inplace = {n for n in F.__all__ if "inplace" in inspect.signature(getattr(F, n)).parameters}
     with_inplace.discard("masked_scale")  # applies a given MaskSpec: draws no key
     covered = {
-        "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "drop_block2d", "drop_block3d",
-        "locked_dropout",
+        "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+        "drop_block2d", "drop_block3d", "locked_dropout",
     }  # fmt: skip
     assert with_inplace <= covered, with_inplace - covered
 

@@ -92,7 +92,8 @@ def alpha_dropout(
         p: probability of dropping an element, in [0, 1].
         training: apply it (default ``True``); ``False`` returns ``input``.
         inplace: overwrite ``input``.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.

@@ -41,7 +41,8 @@ def concrete_dropout(
         training: apply it (default ``True``); ``False`` returns ``input``.
         temperature: the relaxation's temperature ``t > 0`` (0.1 in the paper).
         spatial: one mask value per (sample, channel) instead of per element.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape and dtype (computed in float32, float64 for float64).

@@ -156,7 +156,8 @@ def drop_block2d(
         training: apply it (default ``True``); ``False`` returns ``input``.
         inplace: overwrite ``input``.
         share_channels: one block mask per sample shared by all channels (default: one per channel).
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape; ``input`` itself in eval or when ``p == 0``; zeros when ``p == 1``.

@@ -35,7 +35,8 @@ def drop_path(
         training: apply it (default ``True``); ``False`` returns ``input``.
         scale_by_keep: divide survivors by ``1 - p`` (default, as timm); ``False`` leaves
             them unscaled (eval is still the identity).
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape; ``input`` itself when eval or ``p == 0``; zeros when ``p == 1``.

@@ -45,7 +45,8 @@ def embedding_dropout(
         training: apply it (default ``True``); ``False`` is plain ``F.embedding``.
         padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse: as in
             ``torch.nn.functional.embedding``.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Shape:
         ``input`` ``(*)``, ``weight`` ``(V, D)``, output ``(*, D)``.

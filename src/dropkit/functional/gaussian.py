@@ -47,7 +47,8 @@ def gaussian_dropout(
         p: the dropout rate whose noise variance to match, in [0, 1). ``p = 1`` would
             need infinite variance and is rejected (Keras accepts it and divides by zero).
         training: apply it (default ``True``); ``False`` returns ``input``.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Shape:
         Input ``(*)``, output ``(*)``.
@@ -94,7 +95,8 @@ def gaussian_noise(
         input: floating tensor, any shape.
         std: the noise's standard deviation, a finite real >= 0.
         training: add noise (default ``True``); ``False`` returns ``input``.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Returns:
         ``input`` itself in eval or when ``std == 0``.

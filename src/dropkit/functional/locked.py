@@ -35,7 +35,8 @@ def locked_dropout(
         training: apply dropout (default ``True``); ``False`` returns ``input``.
         batch_first: whether dim 0 is the batch (then dim 1 is time).
         inplace: overwrite ``input``.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Example:
         >>> x = torch.ones(10, 4, 8)                          # (T, N, F)

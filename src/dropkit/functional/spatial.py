@@ -81,7 +81,8 @@ def dropout2d(
         p: probability of dropping a channel, in [0, 1].
         training: apply dropout (default ``True``); ``False`` returns ``input``.
         inplace: overwrite ``input``.
-        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never touches torch's global generator.
+        seed, generator: the key, as in :func:`dropkit.functional.dropout`; a seeded call never
+            touches torch's global generator.
 
     Returns:
         Tensor of ``input``'s shape and dtype. ``p == 0`` or eval: ``input`` itself;
