@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 import dropkit
+from dropkit.lab import zoo
 
 transformers = pytest.importorskip("transformers", reason="transformers is installed in CI's newest-torch venv")
 timm = pytest.importorskip("timm", reason="timm is installed in CI's newest-torch venv")
@@ -37,22 +38,16 @@ class _DropBlockCNN(torch.nn.Module):
 
 
 def _bert(impl):
-    cfg = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, num_labels=3, attn_implementation=impl,
-    )  # fmt: skip
-    return transformers.BertForSequenceClassification(cfg)
+    return zoo.tiny_bert((12,), 3, attn_implementation=impl)
 
 
 def _gpt2(impl):
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64,
-                                  bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation=impl)  # fmt: skip
-    return transformers.GPT2ForSequenceClassification(cfg)
+    return zoo.tiny_gpt2((12,), 3, attn_implementation=impl)
 
 
 def _text_batch():
     g = torch.Generator().manual_seed(0)
-    return torch.randint(1, 100, (4, 12), generator=g), torch.randint(0, 2, (4,), generator=g)
+    return torch.rand(4, 12, generator=g), torch.randint(0, 3, (4,), generator=g)
 
 
 def _image_batch():
@@ -65,24 +60,14 @@ MODELS = {
     "bert-sdpa": (lambda: _bert("sdpa"), _text_batch),
     "gpt2-eager": (lambda: _gpt2("eager"), _text_batch),
     "gpt2-sdpa": (lambda: _gpt2("sdpa"), _text_batch),
-    "vit-timm": (
-        lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                                  drop_path_rate=0.2, drop_rate=0.1, attn_drop_rate=0.1, num_classes=10),
-        _image_batch,
-    ),  # fmt: skip
-    "efficientnet-torchvision": (
-        lambda: torchvision.models.efficientnet_b0(stochastic_depth_prob=0.2, num_classes=10),
-        _image_batch,
-    ),
+    "vit-timm": (lambda: zoo.tiny_vit((3, 32, 32), 10), _image_batch),
+    "efficientnet-torchvision": (lambda: zoo.tiny_efficientnet((3, 32, 32), 10), _image_batch),
     "dropblock-torchvision": (_DropBlockCNN, _image_batch),
 }
 
 
 def _loss(model, batch):
     x, y = batch
-    if x.dtype == torch.long:
-        out = model(input_ids=x, labels=y)
-        return out.loss
     return torch.nn.functional.cross_entropy(model(x), y)
 
 
@@ -181,18 +166,6 @@ def test_compiled_step_matches_eager(name):
 @pytest.mark.parametrize("name", ["bert-sdpa", "vit-timm"])
 def test_mc_and_guard_run_on_the_converted_model(name):
     _, model, _, (x, _) = _converted(name)
-    if x.dtype == torch.long:
-        model.config.return_dict = False
-
-        class Logits(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, ids):
-                return self.m(input_ids=ids)[0]
-
-        model = Logits(model)
     r = dropkit.mc.predict(model, x, samples=4, seed=0)
     assert r.mean.shape[0] == x.shape[0]
     report = dropkit.guard.check_inference(model.train(), (x,), runs=2)
