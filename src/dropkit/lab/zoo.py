@@ -7,7 +7,8 @@ model set the tests and ``benchmarks/bench_models.py`` measure. They need the ``
 
 ``tiny_bert`` and ``tiny_gpt2`` are text classifiers: an input of any shape is read as a sequence of tokens, one
 per value, ``token = floor(16 * sigmoid(4 (x - 1/2)))`` (16 tokens: a digits image, values in [0, 1], becomes a
-64-token sentence), so ``dropkit compare --model dropkit.lab.zoo:tiny_bert --dataset digits`` trains a BERT on
+64-token sentence), with a classification token ``16`` first (BERT's [CLS], read by its pooler) or last
+(GPT-2 classifies from the last token), so ``dropkit compare --model dropkit.lab.zoo:tiny_bert --dataset digits`` trains a BERT on
 data the package ships.
 
 Example:
@@ -35,14 +36,19 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class TextClassifier(torch.nn.Module):
-    """A transformers sequence classifier over :func:`_tokens` of the input; returns the logits ``(N, classes)``."""
+    """A transformers sequence classifier over :func:`_tokens` of the input and a classification token (id
+    ``VOCAB``) first (``cls_first``, BERT) or last (GPT-2); returns the logits ``(N, classes)``."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, cls_first: bool):
         super().__init__()
         self.model = model
+        self.cls_first = cls_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=_tokens(x), return_dict=True).logits
+        tokens = _tokens(x)
+        cls = torch.full((tokens.shape[0], 1), VOCAB, dtype=tokens.dtype, device=tokens.device)
+        ids = torch.cat([cls, tokens] if self.cls_first else [tokens, cls], dim=1)
+        return self.model(input_ids=ids, return_dict=True).logits
 
 
 def _length(in_shape: Sequence[int]) -> int:
@@ -59,11 +65,11 @@ def tiny_bert(
     import transformers
 
     cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=max(_length(in_shape), 8), num_labels=num_classes, hidden_dropout_prob=p,
+        vocab_size=VOCAB + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=_length(in_shape) + 1, num_labels=num_classes, hidden_dropout_prob=p,
         attention_probs_dropout_prob=p, attn_implementation=attn_implementation,
     )  # fmt: skip
-    return TextClassifier(transformers.BertForSequenceClassification(cfg))
+    return TextClassifier(transformers.BertForSequenceClassification(cfg), cls_first=True)
 
 
 def tiny_gpt2(
@@ -73,13 +79,13 @@ def tiny_gpt2(
     import transformers
 
     cfg = transformers.GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=VOCAB, n_positions=max(_length(in_shape), 8), num_labels=num_classes,
+        n_embd=32, n_layer=2, n_head=2, vocab_size=VOCAB + 1, n_positions=_length(in_shape) + 1, num_labels=num_classes,
         resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, bos_token_id=0, eos_token_id=0, pad_token_id=None,
         attn_implementation=attn_implementation,
     )  # fmt: skip
     model = transformers.GPT2ForSequenceClassification(cfg)
-    model.config.pad_token_id = VOCAB  # outside the vocabulary: no token is padding, the last one classifies
-    return TextClassifier(model)
+    model.config.pad_token_id = VOCAB + 1  # outside the vocabulary: no token is padding, the last one classifies
+    return TextClassifier(model, cls_first=False)
 
 
 def tiny_vit(
