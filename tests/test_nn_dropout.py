@@ -91,8 +91,8 @@ def test_replace_dropout_swaps_in_place():
         torch.nn.Linear(4, 4), torch.nn.Dropout(0.2), torch.nn.Sequential(torch.nn.Dropout(0.7, inplace=True))
     )
     model[2].eval()
-    out = dnn.replace_dropout(model, scaling="classic")
-    assert out is model
+    report = dnn.replace_dropout(model, scaling="classic")
+    assert report.model is model and [r.path for r in report.replaced] == ["1", "2.0"] and not report.not_replaced
     assert type(model[1]) is dnn.Dropout and model[1].p == 0.2 and model[1].scaling == "classic"
     inner = model[2][0]
     assert type(inner) is dnn.Dropout and inner.p == 0.7 and inner.inplace and not inner.training
@@ -102,8 +102,10 @@ def test_replace_dropout_swaps_in_place():
 def test_replace_dropout_errors():
     with pytest.raises(TypeError, match="model"):
         dnn.replace_dropout("model")
-    with pytest.raises(ValueError, match="seed"):
-        dnn.replace_dropout(torch.nn.Sequential(), seed=1)
+    with pytest.raises(TypeError, match="seed"):
+        dnn.replace_dropout(torch.nn.Sequential(), seed="1")
+    with pytest.raises(ValueError, match="scaling"):
+        dnn.replace_dropout(torch.nn.Sequential(), scaling="x")
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,10 @@ def test_replace_dropout_swaps_channel_and_alpha_dropouts():
     dropkit.nn.replace_dropout(model, scaling="classic")
     expected = [dropkit.nn.Dropout2d, dropkit.nn.Dropout1d, dropkit.nn.Dropout3d, dropkit.nn.AlphaDropout,
                 dropkit.nn.FeatureAlphaDropout, dropkit.nn.Dropout]  # fmt: skip
-    assert [type(m) for m in model] == expected
+    assert all(isinstance(m, cls) for m, cls in zip(model, expected))
+    assert [type(m) for m in model][1:] == expected[1:]  # Dropout2d: a subclass reading 3-D input as torch does
+    x3 = torch.ones(4, 8, 5)  # torch's Dropout2d reads (N, C, L): whole (n, c) rows dropped, as dropout1d
+    zero = model[0](x3) == 0
+    assert bool((zero.all(2) | (~zero).all(2)).all()) and 0 < int(zero.all(2).sum()) < 32
     assert [m.p for m in model] == [0.2, 0.1, 0.3, 0.4, 0.5, 0.6]
     assert model[1].inplace and not model[2].training and model[5].scaling == "classic"

@@ -12,7 +12,6 @@ The tools (:mod:`dropkit.guard`, :mod:`dropkit.mc`, :mod:`dropkit.metrics`,
 """
 
 import importlib
-from types import ModuleType
 
 from dropkit import functional, kernels, nn, ops, rng, seed
 from dropkit.seed import SeedGenerator
@@ -21,7 +20,19 @@ from dropkit.kernels import backend_info
 #: Submodules imported on first attribute access (PEP 562).
 _LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "memory", "scratch")
 
-__all__ = ["functional", "nn", "ops", "rng", "seed", "SeedGenerator", "kernels", "backend_info", "__version__", *_LAZY]
+__all__ = [
+    "functional",
+    "nn",
+    "ops",
+    "rng",
+    "seed",
+    "SeedGenerator",
+    "kernels",
+    "backend_info",
+    "patch",
+    "__version__",
+    *_LAZY,
+]
 
 
 def _version() -> str:
@@ -34,7 +45,12 @@ def _version() -> str:
         return "0+unknown"
 
 
-def __getattr__(name: str) -> ModuleType | str:
+def __getattr__(name: str) -> object:
+    if name == "patch":  # the context manager (dropkit._patch): imported on first use
+        from dropkit._patch import patch
+
+        globals()["patch"] = patch
+        return patch
     if name == "__version__":
         globals()["__version__"] = v = _version()
         return v
@@ -44,4 +60,4 @@ def __getattr__(name: str) -> ModuleType | str:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
+    return sorted(set(globals()) | set(_LAZY) | {"__version__", "patch"})

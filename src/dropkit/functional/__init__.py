@@ -15,6 +15,7 @@ from dropkit.functional.gaussian import gaussian_dropout, gaussian_noise
 from dropkit.functional.locked import locked_dropout
 from dropkit.functional.spatial import dropout1d, dropout2d, dropout3d
 from dropkit.functional.fused import fused_bias_act_dropout_add
+from dropkit.functional.attention import scaled_dot_product_attention
 
 __all__ = [
     "dropout",
@@ -38,5 +39,6 @@ __all__ = [
     "concrete_dropout",
     "concrete_regularizer",
     "clamp_logit",
+    "scaled_dot_product_attention",
 ]
 __all__ += ["fused_bias_act_dropout_add"]

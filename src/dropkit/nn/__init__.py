@@ -3,7 +3,7 @@
 ``p`` is always the probability of **dropping** an element.
 """
 
-from dropkit.nn.dropout import Dropout, replace_dropout
+from dropkit.nn.dropout import Dropout
 from dropkit.nn.alpha import AlphaDropout, FeatureAlphaDropout
 from dropkit.nn.concrete import ConcreteDropout
 from dropkit.nn.drop_block import DropBlock2d, DropBlock3d
@@ -15,6 +15,7 @@ from dropkit.nn.locked import LockedDropout
 from dropkit.nn.rnn import GRU, LSTM
 from dropkit.nn.spatial import Dropout1d, Dropout2d, Dropout3d
 from dropkit.nn.fused import FusedBiasActDropoutAdd
+from dropkit.nn.replace import ReplaceReport, replace_dropout
 
 __all__ = [
     "Dropout",
@@ -38,4 +39,4 @@ __all__ = [
     "EmbeddingDropout",
     "ConcreteDropout",
 ]
-__all__ += ["FusedBiasActDropoutAdd"]
+__all__ += ["FusedBiasActDropoutAdd", "ReplaceReport"]

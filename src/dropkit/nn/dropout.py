@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from dropkit import functional as F
 from dropkit.nn._base import SeededStream, extra_repr_suffix, init_dropout_args
 
-__all__ = ["Dropout", "replace_dropout"]
+__all__ = ["Dropout"]
 
 
 class Dropout(SeededStream, torch.nn.Dropout):
@@ -59,47 +57,3 @@ class Dropout(SeededStream, torch.nn.Dropout):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + extra_repr_suffix(self)
-
-
-def replace_dropout(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
-    """Swap every ``torch.nn.Dropout`` in ``model`` (in place) for :class:`dropkit.nn.Dropout`.
-
-    ``torch.nn.Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout`` become their
-    dropkit drop-ins too (note: dropkit's ``Dropout2d`` reads a 3-D input as unbatched
-    ``(C, H, W)``, where torch's does 1-d dropout on it).
-
-    Keeps each layer's ``p``, ``inplace`` and training mode; ``kwargs`` (``scaling=``)
-    are passed to every new layer. Subclasses of torch's Dropout (including dropkit's
-    own) are left alone. Returns ``model`` for chaining.
-
-    Example:
-        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.3))
-        >>> dropkit.nn.replace_dropout(model)[1]
-        Dropout(p=0.3, inplace=False)
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; received {type(model).__name__}")
-    if "seed" in kwargs:
-        raise ValueError("`seed` cannot be shared by several layers; seed each replaced layer yourself")
-    from dropkit.nn import alpha, spatial  # torch's channel / alpha dropouts have dropkit drop-ins too
-
-    variants: dict[type, type[torch.nn.Module]] = {
-        torch.nn.Dropout1d: spatial.Dropout1d,
-        torch.nn.Dropout2d: spatial.Dropout2d,
-        torch.nn.Dropout3d: spatial.Dropout3d,
-        torch.nn.AlphaDropout: alpha.AlphaDropout,
-        torch.nn.FeatureAlphaDropout: alpha.FeatureAlphaDropout,
-    }
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            new: torch.nn.Module
-            if type(child) is torch.nn.Dropout:
-                new = Dropout(child.p, child.inplace, **kwargs)
-            elif type(child) in variants:  # `scaling` applies to plain dropout only
-                old: Any = child
-                new = variants[type(child)](float(old.p), bool(old.inplace))  # type: ignore[call-arg]
-            else:
-                continue
-            new.train(child.training)
-            setattr(parent, name, new)
-    return model
