@@ -121,7 +121,9 @@ class patch:  # noqa: N801 - a context manager used like a function: ``with drop
         seed: ``None`` (each call draws its key from torch's generator, as torch's dropout does),
             an ``int`` (one :class:`dropkit.SeedGenerator` for the block: call ``k`` inside it uses
             stream ``k``) or a :class:`dropkit.SeedGenerator` (shared, advanced by every call; pass the
-            same one to several blocks to continue its stream).
+            same one to several blocks to continue its stream). A seeded call never touches torch's global
+            generator (not even a read); inside ``torch.utils.checkpoint`` (with :meth:`checkpoint_context_fn`)
+            the recompute reuses the forward's keys.
 
     Example:
         >>> with dropkit.patch(seed=0):

@@ -31,6 +31,10 @@ def scaled_dot_product_attention(
     or float added to the scores; ``is_causal``: the lower triangle). Arguments as
     ``torch.nn.functional.scaled_dot_product_attention``; ``dropout_p`` is the probability of dropping.
 
+    ``seed``: an int (a fixed key), a :class:`dropkit.SeedGenerator` (its next key) or ``None`` (a key drawn from
+    torch's generator). A seeded call never touches torch's global generator (not even a read); inside
+    ``torch.utils.checkpoint`` the recompute reuses the forward's key.
+
     Shapes: ``query (..., L, E)``, ``key (..., S, E)``, ``value (..., S, Ev)`` -> ``(..., L, Ev)``; with
     ``enable_gqa`` the head dim (-3) of ``key``/``value`` may divide ``query``'s.
 

@@ -172,7 +172,9 @@ def replace_dropout(
     Each new layer keeps the old one's rate (``p`` is the probability of **dropping**), ``inplace``, mode
     and training flag, and computes what the old one computed; with a ``seed``, each gets its own
     stream, seeded by :func:`layer_seed` from the root seed and its qualified name (a
-    :class:`dropkit.SeedGenerator` root gives a fresh root per call and advances by one). ``scaling``
+    :class:`dropkit.SeedGenerator` root gives a fresh root per call and advances by one). A seeded layer's call
+    never touches torch's global generator (not even a read); inside ``torch.utils.checkpoint`` the recompute
+    reuses the forward's key. ``scaling``
     (``"inverted"`` or ``"classic"``) applies to plain ``torch.nn.Dropout`` layers. A model that is itself
     a dropout module is not replaced (there is no parent to hold the new one): it is reported.
 
