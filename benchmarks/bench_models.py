@@ -57,15 +57,47 @@ def _saved_bytes(step) -> int:
     return sum(seen.values())
 
 
+def attention_table(rounds: int) -> list[dict]:
+    """SDPA with dropout: torch's kernel against dropkit's route (``dropkit.patch``: softmax attention in torch ops,
+    dropkit's dropout on the probabilities), forward + backward time and bytes saved for backward."""
+    rows, out = [], []
+    for b, h, n, e in ((8, 4, 128, 32), (4, 8, 512, 64)):
+        q, k, v = (torch.randn(b, h, n, e, requires_grad=True) for _ in range(3))
+
+        def torch_step():
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1).sum().backward()
+
+        def dropkit_step():
+            with dropkit.patch(seed=0):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1).sum().backward()
+
+        stats = interleaved({"torch": torch_step, "dropkit": dropkit_step}, rounds=rounds, repeats=5)
+        saved = {name: _saved_bytes(fn) for name, fn in (("torch", torch_step), ("dropkit", dropkit_step))}
+        shape = f"({b}, {h}, {n}, {e})"
+        rows.append([shape, f"{stats['torch'].median * 1e3:.2f}", f"{stats['dropkit'].median * 1e3:.2f}",
+                     f"{stats['torch'].median / stats['dropkit'].median:.2f}x", f"{saved['torch'] / 2**20:.2f}",
+                     f"{saved['dropkit'] / 2**20:.2f}"])  # fmt: skip
+        out.append({"shape": shape, "torch_s": stats["torch"].median, "dropkit_s": stats["dropkit"].median,
+                    "saved_torch": saved["torch"], "saved_dropkit": saved["dropkit"]})  # fmt: skip
+    print_table(["q, k, v shape", "torch SDPA ms", "dropkit route ms", "speed-up", "torch saved MiB",
+                 "dropkit saved MiB"], rows, title="SDPA with dropout_p=0.1, forward + backward")  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--attention-only", action="store_true", help="only the SDPA table (no integrations needed)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    attention = attention_table(args.rounds)
+    if args.attention_only:
+        write_json("bench_models", [], batch=args.batch, attention=attention)
+        return
     rows, json_rows = [], []
     for name, (make, shape) in MODELS.items():
         torch.manual_seed(0)
@@ -114,7 +146,7 @@ def main() -> None:
         rows,
         title=f"training step, batch {args.batch}, {torch.get_num_threads()} threads",
     )  # fmt: skip
-    write_json("bench_models", json_rows, batch=args.batch)
+    write_json("bench_models", json_rows, batch=args.batch, attention=attention)
 
 
 if __name__ == "__main__":
