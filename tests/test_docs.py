@@ -34,12 +34,15 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 #: What the lab may do per documented command (dropkit.lab.plan.LIMITS): 1 epoch, at most 2 seeds
-#: (the std over seeds is still computed), 2 tune trials (the importance plot needs two).
+#: (the std over seeds is still computed), 2 tune trials (the importance plot needs two), 5 MC
+#: samples, 1000 training and 500 validation samples.
 LAB_LIMITS = {
     "DROPKIT_LAB_MAX_EPOCHS": "1",
     "DROPKIT_LAB_MAX_SEEDS": "2",
     "DROPKIT_LAB_MAX_TRIALS": "2",
     "DROPKIT_LAB_MAX_SAMPLES": "5",
+    "DROPKIT_LAB_MAX_TRAIN_SIZE": "1000",
+    "DROPKIT_LAB_MAX_VAL_SIZE": "500",
 }
 
 #: Commands that cannot run here: (a regular expression searched in the command, the reason).
@@ -266,3 +269,33 @@ def test_every_skip_entry_matches_a_command():
         assert any(i.kind == "shell" and re.search(pattern, i.text) for i in ALL), (
             f"unused skip entry {pattern!r} ({reason})"
         )
+
+
+def test_lab_limits_cap_the_flags_they_name(monkeypatch, capsys):
+    """The lab's one override: each DROPKIT_LAB_MAX_* caps its flag (never raises it); a bad value is refused."""
+    import argparse
+
+    from dropkit.lab.errors import ConfigError
+    from dropkit.lab.plan import LIMITS, apply_limits
+
+    assert set(LIMITS.values()) == set(LAB_LIMITS)  # the test sets every variable the lab reads
+    for var in LIMITS.values():
+        monkeypatch.delenv(var, raising=False)
+    args = argparse.Namespace(epochs=30, seeds=1, trials=20, train_size=None, val_size=None)
+    apply_limits(args)
+    assert vars(args) == {"epochs": 30, "seeds": 1, "trials": 20, "train_size": None, "val_size": None}
+    monkeypatch.setenv("DROPKIT_LAB_MAX_EPOCHS", "2")
+    monkeypatch.setenv("DROPKIT_LAB_MAX_SEEDS", "2")
+    monkeypatch.setenv("DROPKIT_LAB_MAX_SAMPLES", "5")  # no --samples here: ignored
+    monkeypatch.setenv("DROPKIT_LAB_MAX_TRAIN_SIZE", "100")  # None = all samples: capped
+    apply_limits(args)
+    assert vars(args) == {"epochs": 2, "seeds": 1, "trials": 20, "train_size": 100, "val_size": None}
+    err = capsys.readouterr().err
+    assert "DROPKIT_LAB_MAX_EPOCHS=2: --epochs 30 capped at 2" in err
+    assert "DROPKIT_LAB_MAX_TRAIN_SIZE=100: --train-size (all) capped at 100" in err
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv("DROPKIT_LAB_MAX_TRIALS", bad)
+        with pytest.raises(
+            ConfigError, match=f"DROPKIT_LAB_MAX_TRIALS.*integer >= 1.*Received: DROPKIT_LAB_MAX_TRIALS={bad}"
+        ):
+            apply_limits(argparse.Namespace(trials=3))

@@ -15,12 +15,14 @@ from dropkit.lab.errors import ConfigError
 __all__ = ["IDENTITY_KEYS", "LIMITS", "RECIPE_DEFAULTS", "Point", "apply_limits", "identity", "plan"]
 
 #: Environment variables that cap the size of an experiment (the docs test runs every documented
-#: command with them, docs/lab.md): command-line flag -> variable. Unset or empty: no cap.
+#: command with them, docs/lab.md): flag (argparse dest) -> variable. Unset or empty: no cap.
 LIMITS = {
     "epochs": "DROPKIT_LAB_MAX_EPOCHS",
     "seeds": "DROPKIT_LAB_MAX_SEEDS",
     "trials": "DROPKIT_LAB_MAX_TRIALS",
     "samples": "DROPKIT_LAB_MAX_SAMPLES",
+    "train_size": "DROPKIT_LAB_MAX_TRAIN_SIZE",
+    "val_size": "DROPKIT_LAB_MAX_VAL_SIZE",
 }
 
 #: Config keys that define an experiment (a run folder refuses a config that differs in any).
@@ -62,7 +64,8 @@ RECIPE_DEFAULTS = {
 
 def apply_limits(args: object) -> None:
     """Cap the flags of :data:`LIMITS` that ``args`` (an ``argparse.Namespace``) has at the values of their
-    environment variables, in place: ``flag = min(flag, cap)``; one line on stderr names each cap applied.
+    environment variables, in place: ``flag = min(flag, cap)`` (a size flag left at ``None``, all samples,
+    becomes ``cap``); one line on stderr names each cap applied.
     A capped value is what the experiment's config, command and folder record.
 
     Example: ``DROPKIT_LAB_MAX_EPOCHS=1 dropkit compare`` trains every run for 1 epoch.
@@ -78,9 +81,10 @@ def apply_limits(args: object) -> None:
         if cap < 1:
             raise ConfigError(f"Invalid value for `{var}`: expected an integer >= 1 (or unset). Received: {var}={text}")
         value = getattr(args, flag)
-        if isinstance(value, int) and value > cap:
+        if value is None or (isinstance(value, int) and value > cap):
             setattr(args, flag, cap)
-            print(f"{var}={cap}: --{flag} {value} capped at {cap}", file=sys.stderr)
+            option = "--" + flag.replace("_", "-")
+            print(f"{var}={cap}: {option} {'(all)' if value is None else value} capped at {cap}", file=sys.stderr)
 
 
 def identity(config: dict) -> dict:
