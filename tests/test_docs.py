@@ -299,3 +299,18 @@ def test_lab_limits_cap_the_flags_they_name(monkeypatch, capsys):
             ConfigError, match=f"DROPKIT_LAB_MAX_TRIALS.*integer >= 1.*Received: DROPKIT_LAB_MAX_TRIALS={bad}"
         ):
             apply_limits(argparse.Namespace(trials=3))
+
+
+def test_commands_are_in_bash_blocks():
+    """A command written in a block of another language (or none) would escape this test: each is in a ```bash block."""
+    command = re.compile(r"^(\$ )?(dropkit |python -m dropkit|torchrun |pip install )")
+    stray = []
+    for path in DOCS:
+        lang = None
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            fence = re.match(r"^```(\w*)", line)
+            if fence:
+                lang = None if lang is not None else fence.group(1)
+            elif lang not in (None, "bash", "sh", "shell") and command.match(line):
+                stray.append(f"{path.relative_to(ROOT)}:{n}: {line}")
+    assert not stray, "commands outside ```bash blocks:\n" + "\n".join(stray)
