@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -157,6 +158,10 @@ def _env(folder: Path) -> dict[str, str]:
     env = dict(os.environ, **LAB_LIMITS)
     # one intra-op thread unless told otherwise: pytest-xdist runs two items at once on CI's 2 cores
     env.setdefault("OMP_NUM_THREADS", "1")
+    # a free port for torchrun (PET_MASTER_PORT is its --master_port) and the TP example, not the 29500 default
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        env["MASTER_PORT"] = env["PET_MASTER_PORT"] = str(sock.getsockname()[1])
     env.update(MPLBACKEND="Agg", DROPKIT_CACHE_DIR=str(folder / ".cache"), PYTHONDONTWRITEBYTECODE="1")
     return env
 
