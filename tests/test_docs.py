@@ -319,3 +319,11 @@ def test_commands_are_in_bash_blocks():
             elif lang not in (None, "bash", "sh", "shell") and command.match(line):
                 stray.append(f"{path.relative_to(ROOT)}:{n}: {line}")
     assert not stray, "commands outside ```bash blocks:\n" + "\n".join(stray)
+
+
+def test_fashion_commands_are_skipped_without_the_debian_data(monkeypatch):
+    item = Item("x.md", 1, "shell", f"dropkit compare --dataset fashion-mnist --data-dir {FASHION} --epochs 15")
+    monkeypatch.setattr(Path, "is_dir", lambda self: False)
+    assert "dataset-fashion-mnist is not installed" in skip_reason(item)
+    assert skip_reason(Item("x.md", 2, "shell", "dropkit compare --dataset digits")) is None
+    assert "PostgreSQL" in skip_reason(Item("x.md", 3, "shell", "dropkit tune --storage postgresql://u@h/db"))
