@@ -157,6 +157,24 @@ def stochastic_modules(model: torch.nn.Module, x: tuple, extra: Iterable[str] = 
     return r.paths, r.calls, r.row_bytes
 
 
+def _batched_inputs(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``x`` as a tuple of dense tensors that share a non-zero batch size (dim 0); a clear error otherwise."""
+    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
+    if not xs or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in xs):
+        raise TypeError("`x` must be a batched tensor or a tuple of batched tensors")
+    if any(a.layout != torch.strided or a.is_nested for a in xs):
+        raise TypeError(
+            f"`x` must be dense (strided) tensors; received layouts {[str(a.layout) for a in xs]}"
+            + (" (a nested tensor)" if any(a.is_nested for a in xs) else "")
+        )
+    batch = xs[0].shape[0]
+    if batch == 0 or any(a.shape[0] != batch for a in xs):
+        raise ValueError(
+            f"every input needs the same non-zero batch size (dim 0); received {[tuple(a.shape) for a in xs]}"
+        )
+    return xs
+
+
 def predict(
     model: torch.nn.Module,
     x: torch.Tensor | tuple[torch.Tensor, ...],
@@ -214,21 +232,10 @@ def predict(
         output = getattr(model, "output_activation", "softmax")
     if output is not None:
         check_choice(output, "output", ("softmax", "sigmoid"))
-    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
-    if not xs or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in xs):
-        raise TypeError("`x` must be a batched tensor or a tuple of batched tensors")
-    if any(a.layout != torch.strided or a.is_nested for a in xs):
-        raise TypeError(
-            f"`x` must be dense (strided) tensors; received layouts {[str(a.layout) for a in xs]}"
-            + (" (a nested tensor)" if any(a.is_nested for a in xs) else "")
-        )
+    xs = _batched_inputs(x)
     batch = xs[0].shape[0]
     if budget is None:
         budget = 4 << 20 if xs[0].device.type == "cpu" else 1 << 30
-    if batch == 0 or any(a.shape[0] != batch for a in xs):
-        raise ValueError(
-            f"every input needs the same non-zero batch size (dim 0); received {[tuple(a.shape) for a in xs]}"
-        )
 
     # 1. probe: which modules are random (cached per model configuration)
     probe_x = tuple(a[:2] if batch >= 2 else torch.cat([a, a]) for a in xs)  # BatchNorm needs 2 rows in training
