@@ -162,7 +162,8 @@ def _env(folder: Path) -> dict[str, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         env["MASTER_PORT"] = env["PET_MASTER_PORT"] = str(sock.getsockname()[1])
-    env.update(MPLBACKEND="Agg", DROPKIT_CACHE_DIR=str(folder / ".cache"), PYTHONDONTWRITEBYTECODE="1")
+    # one cache for the session (generated data sets; a kernel built at first use is built once)
+    env.update(MPLBACKEND="Agg", DROPKIT_CACHE_DIR=str(folder.parent / ".cache"), PYTHONDONTWRITEBYTECODE="1")
     return env
 
 
