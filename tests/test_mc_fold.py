@@ -10,6 +10,8 @@ import dropkit
 from dropkit import kernels
 from dropkit import mc
 from dropkit.mc import _fold as _mc_fold
+from dropkit.mc import _probe as _mc_probe
+from dropkit.mc import _sample as _mc_sample
 from dropkit.kernels import reference
 
 needs_kernel = pytest.mark.skipif(not kernels.mask_fold_compiled(), reason="compiled CPU kernel not available")
@@ -128,7 +130,7 @@ def lab_mlp(drop=dropkit.nn.Dropout, seed=None):
 def plan(model, x, samples=50):
     with torch.no_grad():
         model.eval()(x)  # materialise lazy layers
-    r = mc._probe(model, (x[:2],))
+    r = _mc_probe.probe(model, (x[:2],))
     return _mc_fold.plan_fold(dict(model.named_modules()), r.paths[0], set(r.paths), samples)
 
 
@@ -195,7 +197,7 @@ def both_ways(model, x, monkeypatch, samples=6, **kw):
     folds = []
     real = _mc_fold.run_fold
     with monkeypatch.context() as m:
-        m.setattr(mc, "run_fold", lambda *a: folds.append(1) or real(*a))
+        m.setattr(_mc_sample, "run_fold", lambda *a: folds.append(1) or real(*a))
         r = mc.predict(model, x, samples=samples, seed=11, output=None, **kw)
     assert folds and r.method == "fold", "the fold did not run"
     with monkeypatch.context() as m:
@@ -238,7 +240,7 @@ def test_reference_fold_through_predict(monkeypatch):
         monkeypatch.setattr(kernels, "mask_fold_compiled", lambda device="cpu": True)
         folds = []
         real = _mc_fold.run_fold
-        monkeypatch.setattr(mc, "run_fold", lambda *a: folds.append(1) or real(*a))
+        monkeypatch.setattr(_mc_sample, "run_fold", lambda *a: folds.append(1) or real(*a))
         folded = mc.predict(model, x, samples=5, seed=0, output=None)
         assert folds
     finally:

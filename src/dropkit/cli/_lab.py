@@ -261,7 +261,10 @@ def base_config(args: argparse.Namespace, command: str) -> dict:
 
 
 def _base_config(args: argparse.Namespace, command: str) -> dict:
+    from dropkit.lab.plan import apply_limits
+
     check_flags(args)
+    apply_limits(args)  # DROPKIT_LAB_MAX_EPOCHS / _SEEDS / _TRIALS (docs/lab.md)
     input_p = parse_rates(args.input_p, "--input-p")
     if len(input_p) != 1:
         raise UsageError(f"Invalid value for `--input-p`: expected one rate. Received: --input-p={args.input_p}")

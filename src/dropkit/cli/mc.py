@@ -164,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     from dropkit.mc import NoDropoutError
 
     check_int(args.samples, "samples", minimum=1)
+    from dropkit.lab.plan import apply_limits
+
+    apply_limits(args)  # DROPKIT_LAB_MAX_SAMPLES (docs/lab.md)
     root = Path(args.dir)
     if not root.is_dir():
         raise ValueError(

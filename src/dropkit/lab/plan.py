@@ -6,9 +6,24 @@ Imported by :mod:`dropkit.lab.experiment` (which runs a plan) and :mod:`dropkit.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
-__all__ = ["IDENTITY_KEYS", "RECIPE_DEFAULTS", "Point", "identity", "plan"]
+from dropkit.lab.errors import ConfigError
+
+__all__ = ["IDENTITY_KEYS", "LIMITS", "RECIPE_DEFAULTS", "Point", "apply_limits", "identity", "plan"]
+
+#: Environment variables that cap the size of an experiment (the docs test runs every documented
+#: command with them, docs/lab.md): flag (argparse dest) -> variable. Unset or empty: no cap.
+LIMITS = {
+    "epochs": "DROPKIT_LAB_MAX_EPOCHS",
+    "seeds": "DROPKIT_LAB_MAX_SEEDS",
+    "trials": "DROPKIT_LAB_MAX_TRIALS",
+    "samples": "DROPKIT_LAB_MAX_SAMPLES",
+    "train_size": "DROPKIT_LAB_MAX_TRAIN_SIZE",
+    "val_size": "DROPKIT_LAB_MAX_VAL_SIZE",
+}
 
 #: Config keys that define an experiment (a run folder refuses a config that differs in any).
 IDENTITY_KEYS = (
@@ -45,6 +60,31 @@ RECIPE_DEFAULTS = {
     "replace": True,
     "dataset_sha256": None,
 }
+
+
+def apply_limits(args: object) -> None:
+    """Cap the flags of :data:`LIMITS` that ``args`` (an ``argparse.Namespace``) has at the values of their
+    environment variables, in place: ``flag = min(flag, cap)`` (a size flag left at ``None``, all samples,
+    becomes ``cap``); one line on stderr names each cap applied.
+    A capped value is what the experiment's config, command and folder record.
+
+    Example: ``DROPKIT_LAB_MAX_EPOCHS=1 dropkit compare`` trains every run for 1 epoch.
+    """
+    for flag, var in LIMITS.items():
+        text = os.environ.get(var, "").strip()
+        if not text or not hasattr(args, flag):
+            continue
+        try:
+            cap = int(text)
+        except ValueError:
+            cap = 0
+        if cap < 1:
+            raise ConfigError(f"Invalid value for `{var}`: expected an integer >= 1 (or unset). Received: {var}={text}")
+        value = getattr(args, flag)
+        if value is None or (isinstance(value, int) and value > cap):
+            setattr(args, flag, cap)
+            option = "--" + flag.replace("_", "-")
+            print(f"{var}={cap}: {option} {'(all)' if value is None else value} capped at {cap}", file=sys.stderr)
 
 
 def identity(config: dict) -> dict:
