@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import re
@@ -125,6 +126,8 @@ def skip_reason(item: Item) -> str | None:
         return reason
     if FASHION in item.text and not Path(FASHION).is_dir():
         return f"{FASHION} is missing: Debian's dataset-fashion-mnist is not installed (.ci/run installs it)"
+    if "dropkit.lab.zoo" in item.text and importlib.util.find_spec("transformers") is None:
+        return "needs the integrations extra (transformers; tests/test_models.py runs the lab on it in CI)"
     return None
 
 

@@ -172,3 +172,21 @@ def test_mc_and_guard_run_on_the_converted_model(name):
     assert not report.deterministic
     with dropkit.guard.inference(model):
         dropkit.guard.assert_deterministic(model, (x,), runs=2)
+
+
+@pytest.mark.slow
+def test_the_lab_trains_a_transformer_end_to_end(tmp_path):
+    """docs/models.md's command at tiny size: compare converts the BERT's dropout and trains both settings."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dropkit", "compare", "--model", "dropkit.lab.zoo:tiny_bert", "--dataset", "digits",
+           "--p", "0.1", "--epochs", "1", "--seeds", "1", "--train-size", "256", "--val-size", "128",
+           "--optimizer", "adamw", "--lr", "3e-3", "--batch-size", "64", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dropout p=0.1" in r.stdout and (out / "report.md").is_file()
+    results = [json.loads(p.read_text()) for p in out.rglob("result.json")]
+    assert len(results) == 2
