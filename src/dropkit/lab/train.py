@@ -67,8 +67,10 @@ __all__ = [
     "TASKS",
     "ConfigMismatch",
     "RunSpec",
+    "UntrustedFactory",
     "apply_max_norm",
     "check_config",
+    "check_factory",
     "dist_info",
     "evaluate",
     "load_model",
@@ -91,6 +93,29 @@ class ConfigMismatch(ValueError):
     """A run folder exists with a different configuration."""
 
     user_facing = True
+
+
+class UntrustedFactory(ValueError):
+    """A file names a factory (code to import) that the user did not name on the command line."""
+
+    user_facing = True
+
+
+def check_factory(target: object, allowed: str | None, source: str | os.PathLike, flag: str, command: str) -> None:
+    """Refuse a ``MODULE:FACTORY`` / ``FILE.py:FACTORY`` ``target`` read from the file ``source`` unless the user
+    named the same target with ``flag`` (tools that read a run folder import no code the folder names).
+
+    Example:
+        >>> check_factory("mlp", None, "run/model.pt", "--model", "mc")  # a built-in name: nothing to import
+    """
+    from dropkit.lab.user import is_user_target
+
+    if isinstance(target, str) and is_user_target(target) and not target.endswith(".npz") and target != allowed:
+        named = f" (you named {flag} {allowed})" if allowed else ""
+        raise UntrustedFactory(
+            f"{source} names the factory {target!r}{named}; dropkit {command} imports no code that a file "
+            f"names. To import and run that code (only if you trust it), pass {flag} {target}"
+        )
 
 
 @dataclass(frozen=True)
@@ -475,15 +500,28 @@ def dropkit_batch_shard(start: int):
     return batch_shard(start)
 
 
-def load_model(run_dir: str | os.PathLike, device: str = "cpu", *, best: bool = False) -> torch.nn.Module:
+def load_model(
+    run_dir: str | os.PathLike,
+    device: str = "cpu",
+    *,
+    best: bool = False,
+    factory: str | None = None,
+    command: str = "mc",
+) -> torch.nn.Module:
     """Rebuild the trained model of a finished run folder (``model.pt``; ``best.pt`` with ``best=True``), in eval mode.
 
+    A model built by a user factory (``MODULE:FACTORY``) is rebuilt only when ``factory`` names the same
+    target (the user's ``--model`` flag): else :class:`UntrustedFactory`, before anything is imported.
     Raises :class:`dropkit._io.CorruptFileError` naming the file when it is truncated or corrupt.
     """
     path = Path(run_dir) / ("best.pt" if best else "model.pt")
     ckpt = load_torch_verified(
         path, map_location=device, fix="delete it and its result.json, then run the lab command again to rebuild it"
     )
+    build = ckpt.get("build") if isinstance(ckpt, dict) else None
+    if not isinstance(build, dict) or not isinstance(build.get("name"), str):
+        raise CorruptFileError(f"{path} has no model description ('build'); delete it and run the lab command again")
+    check_factory(build["name"], factory, path, "--model", command)
     model = make_model(**ckpt["build"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
