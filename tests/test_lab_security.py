@@ -68,3 +68,32 @@ def test_mc_refuses_a_dataset_factory_named_by_the_folder(tmp_path, capsys):
         main(["mc", str(run)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "--dataset evilmod:make_data" in err and "config.json" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("--storage postgresql://ann:s3cret@db:5432/x", "--storage postgresql://ann:***@db:5432/x"),
+        ("postgresql+psycopg://ann:p@ss/word@db/x", "postgresql+psycopg://ann:***@db/x"),
+        ("mysql://root:pw@h/db?sslpassword=abc&x=1", "mysql://root:***@h/db?sslpassword=***&x=1"),
+        ("https://host/x?token=abc", "https://host/x?token=***"),
+        ("postgresql://ann@db/x sqlite:////tmp/a.db", "postgresql://ann@db/x sqlite:////tmp/a.db"),
+    ],
+)
+def test_credentials_are_masked(text, masked):
+    from dropkit._secrets import mask_credentials
+
+    assert mask_credentials(text) == masked
+
+
+def test_error_lines_and_tracebacks_are_masked(monkeypatch, capsys):
+    """Every error line of the CLI, and the traceback of an internal error, pass through the mask."""
+    import dropkit.cli.report as report_cli
+
+    def boom(args):
+        raise RuntimeError("cannot reach postgresql://ann:s3cret@db/x")
+
+    monkeypatch.setattr(report_cli, "run", boom)
+    assert main(["report", "somewhere"]) == 1
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "postgresql://ann:***@db/x" in err

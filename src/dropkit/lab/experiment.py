@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from dropkit._io import FILE_MODE, atomic_write_json, atomic_write_text
+from dropkit._secrets import mask_credentials
 from dropkit.lab.errors import ConfigError, reraise_as
 from dropkit.lab.plan import IDENTITY_KEYS, Point, identity, plan
 from dropkit.lab.report import write_report
@@ -382,7 +383,7 @@ def run_experiment(
                 if typed != command:
                     lines.append(typed)
             if lines and not (out / "command.txt").is_file():
-                atomic_write_text(out / "command.txt", "\n".join(lines) + "\n")
+                atomic_write_text(out / "command.txt", mask_credentials("\n".join(lines) + "\n"))
             env = environment(device)
             env["jobs"] = jobs
             atomic_write_json(out / "env.json", env, indent=2)

@@ -18,6 +18,7 @@ from dropkit._io import (
     read_json,
     read_jsonl,
 )
+from dropkit._secrets import mask_credentials
 from dropkit.lab.plan import Point, plan
 from dropkit.lab.train import summarise
 
@@ -366,6 +367,6 @@ def write_report(folder: str | Path) -> str:
     ]
     if figures:
         md += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
-    atomic_write_text(folder / "report.md", "\n".join(md))
+    atomic_write_text(folder / "report.md", mask_credentials("\n".join(md)))
     atomic_write_json(folder / "summary.json", {"config": config, "rows": rows, "findings": verdicts})
     return table + "\n\n" + "\n".join(verdicts)
