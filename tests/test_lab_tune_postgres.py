@@ -26,6 +26,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from dropkit.cli import main
+from test_lab_tune import _states
 
 BASE = ["tune", "--dataset", "overfit", "--model", "overfit-mlp", "--epochs", "2", "--heartbeat", "1", "--quiet"]
 
@@ -107,14 +108,6 @@ def _worker(out: Path, trials: int, storage: str, delay: str = "0") -> subproces
         env={**os.environ, "DROPKIT_LAB_EPOCH_DELAY": delay},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-
-
-def _states(storage: str) -> dict[str, int]:
-    study = optuna.load_study(study_name="dropkit-tune", storage=storage)
-    out: dict[str, int] = {}
-    for t in study.trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
 
 
 def test_two_workers_share_one_study_with_exactly_n_trials(database, postgres, tmp_path):
