@@ -330,3 +330,27 @@ def test_built_library_has_no_runpath():
         pytest.skip("no built library or no readelf")
     dynamic = subprocess.run([readelf, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
     assert "(RUNPATH)" not in dynamic and "(RPATH)" not in dynamic, dynamic
+
+
+@needs_cc
+def test_world_writable_grandparent_of_the_cache_is_refused(tmp_path):
+    """LOW: the check covered only cpu-kernel/ and its parent; a world-writable, non-sticky folder higher up
+    lets anyone swap the whole cache. Now every folder on the way is checked."""
+    from dropkit._cache import private_dir
+
+    grand = tmp_path / "shared"
+    cache = grand / "me" / "cache"
+    folder = cache / "cpu-kernel"
+    folder.mkdir(parents=True, mode=0o700)
+    folder.parent.chmod(0o700)
+    (grand / "me").chmod(0o755)
+    grand.chmod(0o777)
+    marker = tmp_path / "MARKER"
+    _plant(folder / _expected_name(["false"]), marker)
+    with pytest.raises(PermissionError, match=f"{grand} .*writable by group or others and not sticky"):
+        private_dir(folder)
+    res = _run({"DROPKIT_CACHE_DIR": str(cache), **NO_BUILD})
+    assert not marker.exists(), "the planted library was loaded"
+    assert "cache folder refused" in res["info"]["reason"] and str(grand) in res["info"]["reason"]
+    grand.chmod(0o1777)  # sticky, like /tmp: nobody can rename what others own in it
+    assert private_dir(folder) == folder.resolve()
