@@ -34,6 +34,7 @@ data-dependent offset, which dropkit's ops take as an ``int``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,13 @@ CHECK_KEYS = True
 
 #: Elements of the contract evaluated per kernel call when a box is gathered from its covering range.
 _MIN_BUDGET = 1 << 22
+
+
+def _run_eagerly(reason: str):
+    """``torch.compiler.disable`` with its ``reason`` where torch takes one (torch >= 2.7), without it before."""
+    if "reason" in inspect.signature(torch.compiler.disable).parameters:
+        return torch.compiler.disable(reason=reason)
+    return torch.compiler.disable()
 
 
 def is_dtensor(x: object) -> bool:
@@ -237,8 +245,8 @@ def _check_keys_agree(key: torch.Tensor, mesh) -> None:
         )
 
 
-@torch.compiler.disable(
-    reason="dropkit's DTensor dropout runs eagerly: this rank's box in the global mask is a data-dependent "
+@_run_eagerly(
+    "dropkit's DTensor dropout runs eagerly: this rank's box in the global mask is a data-dependent "
     "offset that dropkit's ops take as an int"
 )
 def dtensor_dropout(
@@ -312,9 +320,7 @@ def dtensor_dropout(
     return input.copy_(out) if inplace else out
 
 
-@torch.compiler.disable(
-    reason="dropkit's DTensor variants run eagerly: this rank's offset in the global noise is data-dependent"
-)
+@_run_eagerly("dropkit's DTensor variants run eagerly: this rank's offset in the global noise is data-dependent")
 def dtensor_variant(
     input,
     call,

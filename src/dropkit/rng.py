@@ -35,12 +35,10 @@ float32 operations with polynomial log/cos/sin, so every backend returns the sam
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import numbers
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -596,27 +594,32 @@ class _Local(threading.local):
 _local = _Local()
 
 
-@contextlib.contextmanager
-def batch_shard(start: int) -> Iterator[None]:
+class batch_shard:  # noqa: N801 - used as a function: ``with dropkit.rng.batch_shard(start):``
     """Treat dim 0 of every dropkit op's input as a shard starting at global sample ``start``.
 
     Inside the block, a mask whose noise shape varies along dim 0 is offset by
     ``start * (elements per sample)``, so a process that sees samples ``start ..``
     of a global batch draws exactly the mask elements that a single process holding
     the whole batch would (given the same key). Used by the lab's DDP training.
+    (A class, not a generator: torch.compile traces its ``__enter__`` / ``__exit__`` on every torch.)
 
     Example:
         >>> with dropkit.rng.batch_shard(rank * local_batch):
         ...     loss = model(x_local).sum()
     """
-    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
-        raise ValueError(f"`start` must be a non-negative int; received {start!r}")
-    prev = _local.batch_start
-    _local.batch_start = int(start)
-    try:
-        yield
-    finally:
-        _local.batch_start = prev
+
+    def __init__(self, start: int) -> None:
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+            raise ValueError(f"`start` must be a non-negative int; received {start!r}")
+        self.start = int(start)
+        self.prev = 0
+
+    def __enter__(self) -> None:
+        self.prev = _local.batch_start
+        _local.batch_start = self.start
+
+    def __exit__(self, *exc: object) -> None:
+        _local.batch_start = self.prev
 
 
 def current_batch_start() -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import functools
 import math
 
 import torch
@@ -19,23 +17,25 @@ from dropkit.seed import SeedGenerator, resolve_key
 __all__ = ["drop_block2d", "drop_block3d", "block_seed_rate"]
 
 
-def _cover_histogram(size: int, block: int) -> collections.Counter:
+def _cover_histogram(size: int, block: int) -> dict[int, int]:
     """For one dimension of ``size``: how many positions are covered by ``k`` valid block starts, per ``k``."""
-    return collections.Counter(min(i, size - block) - max(i - block + 1, 0) + 1 for i in range(size))
+    hist: dict[int, int] = {}
+    for i in range(size):
+        k = min(i, size - block) - max(i - block + 1, 0) + 1
+        hist[k] = hist.get(k, 0) + 1
+    return hist
 
 
-@functools.lru_cache(maxsize=256)
-def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> float:
-    r"""The rate :math:`\gamma` of block centres for which the expected dropped fraction is exactly ``p``.
+def _product(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for ka, na in a.items():
+        for kb, nb in b.items():
+            out[ka * kb] = out.get(ka * kb, 0) + na * nb
+    return out
 
-    A block of side ``block_size`` starts at each of the :math:`\prod_d (L_d - b + 1)` valid
-    positions independently with probability :math:`\gamma`; position ``i`` is covered by
-    :math:`k(i)` starts, so :math:`E[\text{dropped}] = 1 - \frac{1}{\prod L_d}\sum_i (1-\gamma)^{k(i)}`.
-    Solved by bisection (plain Python numbers: a constant under torch.compile). The paper's
-    closed form :math:`\gamma = \frac{p}{b^{d}} \prod_d \frac{L_d}{L_d - b + 1}` is the
-    first-order approximation; it drops noticeably less than ``p`` once blocks overlap.
-    """
-    hist = collections.Counter({1: 1})
+
+def _solve_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> float:
+    hist = {1: 1}
     for size in spatial:  # k(i) is the product of the per-dimension counts
         hist = _product(hist, _cover_histogram(size, block_size))
     total = math.prod(spatial)
@@ -49,12 +49,29 @@ def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> floa
     return 0.5 * (lo + hi)
 
 
-def _product(a: collections.Counter, b: collections.Counter) -> collections.Counter:
-    out: collections.Counter = collections.Counter()
-    for ka, na in a.items():
-        for kb, nb in b.items():
-            out[ka * kb] += na * nb
-    return out
+_SEED_RATES: dict[tuple[float, tuple[int, ...], int], float] = {}  # eager calls: solved once per configuration
+
+
+def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> float:
+    r"""The rate :math:`\gamma` of block centres for which the expected dropped fraction is exactly ``p``.
+
+    A block of side ``block_size`` starts at each of the :math:`\prod_d (L_d - b + 1)` valid
+    positions independently with probability :math:`\gamma`; position ``i`` is covered by
+    :math:`k(i)` starts, so :math:`E[\text{dropped}] = 1 - \frac{1}{\prod L_d}\sum_i (1-\gamma)^{k(i)}`.
+    Solved by bisection (plain Python numbers: a constant under torch.compile, which traces the
+    solver itself instead of a cache). The paper's closed form
+    :math:`\gamma = \frac{p}{b^{d}} \prod_d \frac{L_d}{L_d - b + 1}` is the first-order
+    approximation; it drops noticeably less than ``p`` once blocks overlap.
+    """
+    if torch.compiler.is_compiling():
+        return _solve_seed_rate(p, spatial, block_size)
+    key = (p, spatial, block_size)
+    rate = _SEED_RATES.get(key)
+    if rate is None:
+        if len(_SEED_RATES) >= 256:
+            _SEED_RATES.clear()
+        rate = _SEED_RATES[key] = _solve_seed_rate(p, spatial, block_size)
+    return rate
 
 
 def _drop_block(input, p, block_size, training, inplace, share_channels, dims, seed, generator, stream):

@@ -33,6 +33,16 @@ from dropkit.seed import resolve_key, sub_key
 __all__ = ["LSTM", "GRU"]
 
 
+def _permute_hidden(hx, permutation: torch.Tensor | None):
+    """torch's ``RNNBase.permute_hidden`` for a tensor or an LSTM's (h, c): dim 1 reordered by ``permutation``
+    (a plain function: torch.compile / export on torch <= 2.6 cannot call that method of torch's RNN modules)."""
+    if permutation is None:
+        return hx
+    if isinstance(hx, tuple):
+        return tuple(h.index_select(1, permutation) for h in hx)
+    return hx.index_select(1, permutation)
+
+
 class _DropRNN(SeededStream):
     """Mixin over ``torch.nn.LSTM`` / ``torch.nn.GRU``: the three dropouts and their forward."""
 
@@ -85,8 +95,9 @@ class _DropRNN(SeededStream):
             hx = (zeros, x.new_zeros(self.num_layers * d, batch, self.hidden_size)) if lstm else zeros
         elif unbatched:
             hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
-        self.check_forward_args(x, hx, batch_sizes)
-        hx = self.permute_hidden(hx, sorted_indices)
+        if not torch.compiler.is_compiling():  # eager validation; torch <= 2.6's Dynamo cannot trace torch's checks
+            self.check_forward_args(x, hx, batch_sizes)
+        hx = _permute_hidden(hx, sorted_indices)
         if batch_sizes is None and self.batch_first:
             x = x.transpose(0, 1)  # work time-major
 
@@ -120,7 +131,7 @@ class _DropRNN(SeededStream):
         h_n = torch.cat(h_n)
         hidden = (h_n, torch.cat(c_n)) if lstm else h_n
         if batch_sizes is not None:
-            return PackedSequence(x, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+            return PackedSequence(x, batch_sizes, sorted_indices, unsorted_indices), _permute_hidden(
                 hidden, unsorted_indices
             )
         if self.batch_first:
