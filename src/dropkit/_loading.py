@@ -24,7 +24,7 @@ evaluate or turn into code is checked against a strict grammar (:func:`check_gra
 symbolic expressions (``expr_str``, passed to ``sympy.sympify``, which evaluates Python) may
 hold only integers, symbol names, the sympy / torch size functions and arithmetic; names that
 become attribute paths of the generated module (``parameter_name``, ``buffer_name``, ``fqn``,
-...) only ``[A-Za-z0-9_.]``; no string may hold a control character (a carriage return ends a
+...) may hold no quote or backslash; no string may hold a control character (a carriage return ends a
 comment of the generated code); pytree specs may not name a module to import (``__enum__``,
 a ``defaultdict`` factory outside ``builtins``). Every node's target must be a pure tensor op
 (:func:`op_refusal`) unless the caller trusts the model.
@@ -157,7 +157,7 @@ def _check_config(path: str, name: str, data: bytes) -> set[str]:
     raw = set()
     for fqn, meta in items:
         if not _FQN.fullmatch(fqn):
-            raise _refuse(path, f"{name}: {fqn[:80]!r} is not a name of letters, digits, '_' and '.'")
+            raise _refuse(path, f"{name}: {fqn[:80]!r} holds a quote or backslash; it would be written into code")
         file = meta.get("path_name") if isinstance(meta, dict) else None
         if not isinstance(file, str) or not _RAW[prefix].fullmatch(file):
             raise _refuse(
@@ -199,7 +199,7 @@ _TOKEN = re.compile(
 )
 _MAX_EXPR = 4096
 #: Names that become attribute paths of the generated module (``getattr(self, "<part>")`` in its code).
-_FQN = re.compile(r"[A-Za-z0-9_.]*")
+_FQN = re.compile(r"[^\"'\\`]*")  # no quote or backslash: it could close the string literal it is put in
 _FQN_KEYS = frozenset(
     {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "name", "as_name"}
 )
@@ -389,7 +389,7 @@ def check_graph_json(path: str, name: str, data: bytes, *, trust_model: bool = F
         elif key in _FQN_KEYS and not _FQN.fullmatch(value):
             raise _refuse(
                 path,
-                f"{field} = {value[:80]!r} is not a name of letters, digits, '_' and '.'; "
+                f"{field} = {value[:80]!r} holds a quote or backslash; "
                 "it would be written into the generated module's code",
             )
         elif key in ("in_spec", "out_spec"):
