@@ -100,7 +100,7 @@ def _build_and_load(src_hash: str) -> tuple[ctypes.CDLL, Path, str]:
         )
     if folder is not None:
         lib_path = folder / name
-        digest_path = folder / (name + ".sha256")
+        digest_path = folder / (name + _sources.DIGEST_SUFFIX)
         if os.path.lexists(lib_path):
             try:
                 _check_cached(lib_path, digest_path)
