@@ -106,6 +106,10 @@ def test_sympy_expression_in_pt2_runs_nothing(tmp_path, capsys):
         "Symbol('s0'.join('ab'))",
         "Symbol('s0', integer=True)\n",
         "s0 + 1" + "+1" * 3000,
+        "Pow(Integer(9), Pow(Integer(9), Integer(9)))",  # sympy would compute a number of 3.7e8 digits
+        "9**9**9",
+        "s0**(s1)",
+        "PowByNatural(s0, 1000)",
     ],
 )
 def test_expression_grammar_refuses(expr):
@@ -115,7 +119,8 @@ def test_expression_grammar_refuses(expr):
 @pytest.mark.parametrize(
     "expr",
     ["s0", "2*s0 + 1", "Max(1, s0)", "FloorDiv(s0, 2)", "Eq(Mod(s1, 4), 0)", "Symbol('u0', integer=True) >= 0",
-     "Mul(Integer(2), Symbol('s77', positive=True, integer=True))", "s0**2", "Rational(1, 2)*s0", "-oo"],
+     "Mul(Integer(2), Symbol('s77', positive=True, integer=True))", "s0**2", "Rational(1, 2)*s0", "-oo",
+     "Pow(Symbol('s0', integer=True), Integer(2))", "s0**(-1)", "PowByNatural(s1, 3)", "FloatPow(s0, 0.5)"],
 )
 def test_expression_grammar_accepts_torch_forms(expr):
     assert loading.check_sym_expr(expr) is None

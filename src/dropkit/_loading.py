@@ -230,6 +230,9 @@ def check_sym_expr(expr: str) -> str | None:
         pos = m.end()
         if m.lastgroup:
             tokens.append((m.lastgroup, m.group()))
+    why = _check_powers([t for _, t in tokens])
+    if why is not None:
+        return why
     depth = 0
     for i, (kind, text) in enumerate(tokens):
         after = tokens[i + 1][1] if i + 1 < len(tokens) else ""
@@ -257,6 +260,63 @@ def check_sym_expr(expr: str) -> str | None:
             if depth < 0:
                 return "unbalanced parentheses"
     return None
+
+
+_POWERS = frozenset({"Pow", "PowByNatural", "FloatPow"})
+_SMALL_EXPONENT = re.compile(r"\d{1,2}(?:\.\d*)?")
+
+
+def _small_exponent(tokens: list[str]) -> bool:
+    """Whether ``tokens`` is a literal exponent below 100 (``7``, ``-2``, ``Integer(3)``, ``Rational(1, 2)``)."""
+    if tokens[:1] == ["-"]:
+        tokens = tokens[1:]
+    if len(tokens) == 1:
+        return bool(_SMALL_EXPONENT.fullmatch(tokens[0]))
+    if len(tokens) >= 4 and tokens[0] in ("Integer", "Rational", "Float") and tokens[1] == "(" and tokens[-1] == ")":
+        return all(_SMALL_EXPONENT.fullmatch(t) for t in tokens[2:-1] if t not in (",", "-"))
+    return False
+
+
+def _check_powers(tokens: list[str]) -> str | None:
+    """A power's exponent must be a small literal: ``Pow(9, Pow(9, 9))`` would make sympy compute a number of
+    hundreds of millions of digits while the file is loaded. At most two powers per expression (with a base of
+    up to 40 digits that bounds any value below 10**400000)."""
+    if sum(t == "**" or t in _POWERS for t in tokens) > 2:
+        return "more than two powers"
+    for i, text in enumerate(tokens):
+        if text == "**":
+            j = i + 1
+            if j < len(tokens) and tokens[j] == "(":  # s0**(2): the parenthesised exponent
+                end = _closing(tokens, j)
+                exponent = tokens[j + 1 : end]
+            else:
+                exponent = tokens[j : j + 1] if j < len(tokens) and tokens[j] != "-" else tokens[j : j + 2]
+            after = j + len(exponent) + (2 if exponent and tokens[j] == "(" else 0)
+            if not exponent or not _small_exponent(exponent) or tokens[after : after + 1] == ["**"]:
+                return "an exponent that is not a literal below 100 (a ** b ** c is a ** (b ** c))"
+        elif text in _POWERS and i + 1 < len(tokens) and tokens[i + 1] == "(":
+            end = _closing(tokens, i + 1)
+            depth, comma = 0, None
+            for k in range(i + 2, end):
+                depth += tokens[k] == "("
+                depth -= tokens[k] == ")"
+                if tokens[k] == "," and depth == 0:
+                    comma = k
+                    break
+            if comma is None or not _small_exponent(tokens[comma + 1 : end]):
+                return f"{text}(...) with an exponent that is not a literal below 100"
+    return None
+
+
+def _closing(tokens: list[str], open_at: int) -> int:
+    """Index of the ``)`` that closes the ``(`` at ``open_at`` (``len(tokens)`` when unbalanced)."""
+    depth = 0
+    for k in range(open_at, len(tokens)):
+        depth += tokens[k] == "("
+        depth -= tokens[k] == ")"
+        if depth == 0:
+            return k
+    return len(tokens)
 
 
 def _walk_json(obj: Any, where: str):
