@@ -194,3 +194,19 @@ def test_train_size_larger_than_the_data_is_refused_before_anything_is_written(t
     with pytest.raises(SystemExit):
         main(["tune", "--epochs", "1", "--trials", "1", "--quiet", "--val-size", "5000", "--out", str(tmp_path / "t")])
     assert "--val-size" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_another_runs_model_is_refused_by_mc(tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "o"
+    assert main(["compare", "--dataset", "overfit", "--epochs", "1", "--seeds", "1", "--quiet", "--out", str(out)]) == 0
+    mine, theirs = out / "runs" / "p0.5" / "seed-0", out / "runs" / "p0" / "seed-0"
+    for f in ("model.pt", "model.pt.sha256"):
+        shutil.copy(theirs / f, mine / f)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["mc", str(out), "--samples", "2"])
+    err = capsys.readouterr().err
+    ids = [(d / "run_id").read_text().strip() for d in (mine, theirs)]
+    assert info.value.code == 2 and str(mine / "model.pt") in err and all(i in err for i in ids), err

@@ -134,8 +134,8 @@ def _check_owner(ckpt_path: Path, ckpt: dict, identity: dict) -> None:
         )
         raise ForeignCheckpoint(
             f"{ckpt_path} belongs to {theirs}, not to this run {identity['run_id']} (config "
-            f"{identity['config_sha256'][:12]}); it is not resumed. Remove it (and {ckpt_path.name}.sha256) to "
-            "train this run from scratch, or put it back in its own run folder"
+            f"{identity['config_sha256'][:12]}); it is not used. Remove it (and {ckpt_path.name}.sha256) and run "
+            "the same command again to train this run from scratch, or put it back in its own run folder"
         )
 
 
@@ -508,7 +508,7 @@ def train_run(
         if rank == 0:
             if spec.early_stopping and _best(history)["epoch"] == epoch:
                 atomic_torch_save(
-                    {"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data)},
+                    {"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data), "run": identity},
                     run_dir / "best.pt",
                 )
             atomic_torch_save(
@@ -537,7 +537,9 @@ def train_run(
         "restarted": restarted,
     }
     if rank == 0:
-        atomic_torch_save({"model": model.state_dict(), "build": _build_kwargs(spec, data)}, run_dir / "model.pt")
+        atomic_torch_save(
+            {"model": model.state_dict(), "build": _build_kwargs(spec, data), "run": identity}, run_dir / "model.pt"
+        )
         atomic_write_json(run_dir / "result.json", result)
     _barrier()
     return result
@@ -560,8 +562,10 @@ def load_model(
 ) -> torch.nn.Module:
     """Rebuild the trained model of a finished run folder (``model.pt``; ``best.pt`` with ``best=True``), in eval mode.
 
-    A model built by a user factory (``MODULE:FACTORY``) is rebuilt only when ``factory`` names the same
-    target (the user's ``--model`` flag): else :class:`UntrustedFactory`, before anything is imported.
+    The file must belong to this run (:func:`run_identity`: its ``run_id`` and config hash), else
+    :class:`ForeignCheckpoint`. A model built by a user factory (``MODULE:FACTORY``) is rebuilt only when
+    ``factory`` names the same target (the user's ``--model`` flag): else :class:`UntrustedFactory`, before
+    anything is imported.
     Raises :class:`dropkit._io.CorruptFileError` naming the file when it is truncated or corrupt.
     """
     path = Path(run_dir) / ("best.pt" if best else "model.pt")
@@ -571,6 +575,9 @@ def load_model(
     build = ckpt.get("build") if isinstance(ckpt, dict) else None
     if not isinstance(build, dict) or not isinstance(build.get("name"), str):
         raise CorruptFileError(f"{path} has no model description ('build'); delete it and run the lab command again")
+    config_path = Path(run_dir) / "config.json"
+    config = read_json(config_path, fix="restore it or delete the run folder") if config_path.is_file() else {}
+    _check_owner(path, ckpt, run_identity(Path(run_dir), config, create=False))
     check_factory(build["name"], factory, path, "--model", command)
     model = make_model(**ckpt["build"])
     model.load_state_dict(ckpt["model"])
