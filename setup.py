@@ -1,7 +1,9 @@
 """Builds the compiled CPU kernel (plain C, loaded with ctypes) into the package.
 
 ``pip install .``, ``pip wheel .`` and ``pip install -e .`` compile
-``src/dropkit/kernels/cpu/*.c`` into ``dropkit/kernels/cpu/_dropkit_cpu.so``. The wheel is
+``src/dropkit/kernels/cpu/*.c`` into ``dropkit/kernels/cpu/_dropkit_cpu.so`` and write its SHA-256
+next to it (``_dropkit_cpu.so.sha256``): the loader opens the library only when it matches. The
+library is linked without the build machine's RUNPATH (it needs libc only). The wheel is
 tagged ``py3-none-<platform>``: the library uses no Python or torch ABI, only the C ABI.
 If the build fails (no C compiler), the install still succeeds and dropkit compiles the
 kernel at first use instead (or runs the slower torch/NumPy reference, with a warning).
@@ -10,6 +12,7 @@ Everything else is in pyproject.toml.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import sys
@@ -37,14 +40,48 @@ class BuildPlainC(build_ext):
     def get_export_symbols(self, ext):  # no PyInit_* function: this is not a Python module
         return []
 
+    def build_extensions(self) -> None:
+        # Python's LDSHARED may carry -Wl,-rpath,<its lib folder> (pyenv, conda): the library needs libc only,
+        # and a RUNPATH of the build machine would make the loader search there on every user's machine.
+        for attr in ("linker_so", "linker_so_cxx"):
+            cmd = getattr(self.compiler, attr, None)
+            if cmd:
+                setattr(self.compiler, attr, [a for a in cmd if not a.startswith(("-Wl,-rpath", "-Wl,-R", "-R/"))])
+        super().build_extensions()
+        for ext in self.extensions:  # the digest the loader checks before it opens the library
+            lib = Path(self.get_ext_fullpath(ext.name))
+            if lib.is_file():
+                Path(str(lib) + _src.DIGEST_SUFFIX).write_text(hashlib.sha256(lib.read_bytes()).hexdigest() + "\n")
+
+    def get_outputs(self) -> list[str]:  # the digests travel with the libraries (wheel, editable install)
+        outs = super().get_outputs()
+        return outs + [o + _src.DIGEST_SUFFIX for o in outs]
+
+    def _get_output_mapping(self):
+        for regular, inplace in super()._get_output_mapping():
+            yield regular, inplace
+            if regular.endswith(_src.LIBRARY):
+                yield regular + _src.DIGEST_SUFFIX, inplace + _src.DIGEST_SUFFIX
+
+    def copy_extensions_to_source(self) -> None:
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            inplace, regular = self._get_inplace_equivalent(build_py, ext)
+            if os.path.exists(regular + _src.DIGEST_SUFFIX):
+                self.copy_file(regular + _src.DIGEST_SUFFIX, inplace + _src.DIGEST_SUFFIX, level=self.verbose)
+
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure: install without the library
             if os.environ.get("DROPKIT_REQUIRE_KERNEL", "").strip() not in ("", "0"):
                 raise
-            print(f"WARNING: dropkit's C kernel was not built ({exc}); it will be compiled at first use "
-                  "if a C compiler is found then, else the slower reference backend runs", file=sys.stderr)
+            print(
+                f"WARNING: dropkit's C kernel was not built ({exc}); it will be compiled at first use "
+                "if a C compiler is found then, else the slower reference backend runs",
+                file=sys.stderr,
+            )
 
 
 cmdclass: dict = {"build_ext": BuildPlainC}

@@ -25,6 +25,7 @@ import torch
 import dropkit
 from dropkit import kernels
 from dropkit.kernels import cpu, reference
+from dropkit.kernels.cpu import _sources
 from dropkit.rng import keep_mask_numpy
 
 CPU = torch.device("cpu")
@@ -283,7 +284,7 @@ _CASES = textwrap.dedent(
 
 
 #: Makes a subprocess ignore the library built into the package, to exercise the first-use build.
-NO_PACKAGED = "import dropkit.kernels.cpu as _c; _c._packaged_library = lambda: None\n"
+NO_PACKAGED = "import dropkit.kernels.cpu._abi as _c; _c._packaged_library = lambda: None\n"
 
 
 def _run(env_extra: dict[str, str], prelude: str = "") -> dict:
@@ -335,7 +336,7 @@ _KERNEL_DIR = Path(cpu.__file__).resolve().parent
 
 def _compile_and_run(cc: list[str], runner: list[str], tmp_path: Path, extra: list[str]) -> str:
     exe = tmp_path / "selftest"
-    others = [str(_KERNEL_DIR / s) for s in cpu._SOURCES if s != "dropkit_cpu.c"]  # the selftest includes that one
+    others = [str(_KERNEL_DIR / s) for s in _sources.SOURCES if s != "dropkit_cpu.c"]  # the selftest includes that one
     build = subprocess.run([*cc, "-O2", "-std=gnu11", "-pthread", "-ffp-contract=off", *extra, f"-I{_KERNEL_DIR}",
                             str(_SELFTEST), *others, "-o", str(exe)], capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr

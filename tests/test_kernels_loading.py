@@ -21,14 +21,14 @@ import pytest
 
 import dropkit
 from dropkit.kernels import cpu
-from dropkit.kernels.cpu import _sources
+from dropkit.kernels.cpu import _abi, _build, _sources
 
 SRC = str(Path(dropkit.__file__).resolve().parent.parent)
 CC = shutil.which("cc") or shutil.which("gcc")
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler")
 
 #: Ignore the library built into the package, so that the first-use build path runs.
-NO_PACKAGED = "import dropkit.kernels.cpu as _c; _c._packaged_library = lambda: None\n"
+NO_PACKAGED = "import dropkit.kernels.cpu._abi as _c; _c._packaged_library = lambda: None\n"
 #: The cache of the tests that do not choose one (one first-use build for all of them).
 _SHARED_CACHE = tempfile.mkdtemp(prefix="dropkit-test-cache-")
 #: First-use builds in these tests skip optimisation (5x faster to compile; the bits are the same).
@@ -63,10 +63,10 @@ def _run(env_extra: dict[str, str], prelude: str = NO_PACKAGED, script: str = _S
 
 def _expected_name(cc: list[str] | None = None) -> str:
     """The file name a first-use build has in the tests' environment (FAST_BUILD; ``cc``: $CC)."""
-    cc = cc or cpu._find_compiler()
+    cc = cc or _build._find_compiler()
     assert cc is not None
-    return cpu._library_name(cc, [*_sources.CFLAGS, "-shared", *FAST_BUILD["DROPKIT_CPU_CFLAGS"].split()],
-                             cpu._current_hash())
+    return _build._library_name(cc, [*_sources.CFLAGS, "-shared", *FAST_BUILD["DROPKIT_CPU_CFLAGS"].split()],
+                             _build._current_hash())
 
 
 #: Refusal tests make the rebuild fail at once (CC=false): what matters is what is never loaded.
@@ -81,7 +81,7 @@ def _plant(path: Path, marker: Path) -> None:
         __attribute__((constructor)) static void planted(void) {{
             FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("loaded", f); fclose(f); }}
         }}
-        const char *dk_source_hash(void) {{ return "{cpu._current_hash()}"; }}
+        const char *dk_source_hash(void) {{ return "{_build._current_hash()}"; }}
     """))
     subprocess.run([CC, "-shared", "-fPIC", str(c), "-o", str(path)], check=True, capture_output=True)
     c.unlink()
@@ -158,7 +158,7 @@ def test_corrupt_cached_library_is_rebuilt_not_opened(tmp_path):
         pytest.skip("no compiled kernel to copy")
     folder = tmp_path / "cache" / "cpu-kernel"
     folder.mkdir(parents=True, mode=0o700)
-    good = Path(cpu._state["path"]).read_bytes()
+    good = Path(_abi._state["path"]).read_bytes()
     lib = folder / _expected_name()
     lib.write_bytes(good[: len(good) // 3])  # truncated: opening it would kill the process with SIGBUS
     lib.chmod(0o700)
@@ -176,11 +176,11 @@ def test_stale_installed_library_is_not_used(tmp_path):
     """A library built from other sources (a source tree edited after `pip install -e`) is skipped."""
     stale = tmp_path / "stale.so"
     _plant(stale, tmp_path / "MARKER")
-    with pytest.raises(cpu._Unusable, match="not a current dropkit kernel"):
-        cpu._open(stale, cpu._current_hash())
+    with pytest.raises(_abi._Unusable, match="not a current dropkit kernel"):
+        _abi._open(stale, _build._current_hash())
     if cpu.available():
-        with pytest.raises(cpu._Unusable, match="built from other sources"):
-            cpu._open(Path(cpu._state["path"]), "0" * 20)
+        with pytest.raises(_abi._Unusable, match="built from other sources"):
+            _abi._open(Path(_abi._state["path"]), "0" * 20)
 
 
 def test_no_compiler_warns_once_at_the_users_call(tmp_path):
@@ -209,9 +209,9 @@ def test_no_compiler_warns_once_at_the_users_call(tmp_path):
 def test_library_name_and_abi_come_from_the_library():
     if not cpu.available():
         pytest.skip(f"no compiled kernel: {cpu.status()[1]}")
-    lib = cpu._state["lib"]
-    assert lib.dk_source_hash().decode() == cpu._current_hash()
-    assert lib.dk_abi_constant(b"DK_ISA_AVX512") == cpu._state["codes"]["avx512"]
+    lib = _abi._state["lib"]
+    assert lib.dk_source_hash().decode() == _build._current_hash()
+    assert lib.dk_abi_constant(b"DK_ISA_AVX512") == _abi._state["codes"]["avx512"]
     assert lib.dk_abi_constant(b"no such constant") == -1
 
 
@@ -249,3 +249,108 @@ def test_bad_environment_values_warn_once_at_import_naming_the_variable(bad):
         assert "not valid (accepted:" in named[0]
         assert not any(var in m for m in res["later"])  # validated once, not at every call
     assert res["info"]["backend"].startswith("cpu-")  # every bad value was ignored
+
+
+# ---------------------------------------------------------------------------
+# Issue 21: the packaged library is verified (SHA-256 from setup.py) before it is opened
+# ---------------------------------------------------------------------------
+_DAMAGE_SCRIPT = textwrap.dedent(
+    """
+    import json, warnings
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        import torch, dropkit
+        from dropkit import kernels
+        x = torch.randn(5000)
+        y = dropkit.functional.dropout(x, 0.3, training=True, seed=7)
+        z = dropkit.functional.dropout(x, 0.3, training=True, seed=7)
+        info = kernels.backend_info("cpu")
+        kernels.set_backend("reference")
+        ref = dropkit.functional.dropout(x, 0.3, training=True, seed=7)
+    print(json.dumps({"info": info, "ok": bool(torch.equal(y, ref) and torch.equal(z, ref)),
+                      "warnings": [str(w.message) for w in caught if "dropkit" in str(w.message)]}))
+    """
+)
+
+
+def _package_copy(tmp_path: Path) -> Path:
+    """A copy of the dropkit package (library and digest included) in a folder of its own; returns the library."""
+    if not cpu.available() or "installed with the package" not in cpu.status()[1]:
+        pytest.skip(f"no packaged library with its digest to copy: {cpu.status()[1]}")
+    dst = tmp_path / "pkg" / "dropkit"
+    shutil.copytree(Path(dropkit.__file__).resolve().parent, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst / "kernels" / "cpu" / _sources.LIBRARY
+
+
+def _run_package(lib: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPKIT_")}
+    env.update(PYTHONPATH=str(lib.parents[3]), CC="false", DROPKIT_CACHE_DIR=str(lib.parents[4] / "cache"))
+    proc = subprocess.run([sys.executable, "-c", _DAMAGE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the process died (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_packaged_library_is_loaded_after_its_digest_matched(tmp_path):
+    lib = _package_copy(tmp_path)
+    res = _run_package(lib)
+    assert res["ok"] and res["info"]["backend"].startswith("cpu-") and not res["warnings"]
+    assert "SHA-256 verified" in res["info"]["reason"] and str(lib) in res["info"]["reason"]
+
+
+@pytest.mark.parametrize("damage", ["truncated-4k", "truncated-half", "flipped-code", "flipped-header", "no-digest"])
+def test_damaged_packaged_library_warns_once_and_falls_back(tmp_path, damage):
+    """MEDIUM: a truncated library ended in SIGBUS inside ctypes.CDLL, flipped code bytes in SIGSEGV. Now it is
+    never opened: the process lives, warns once, and the reference gives the same bits."""
+    lib = _package_copy(tmp_path)
+    data = bytearray(lib.read_bytes())
+    if damage == "truncated-4k":
+        data = data[:4096]
+    elif damage == "truncated-half":
+        data = data[: len(data) // 2]
+    elif damage == "flipped-code":
+        for i in range(len(data) // 3, len(data) // 3 + 4096, 7):
+            data[i] ^= 0xFF
+    elif damage == "flipped-header":
+        data[20] ^= 0x01
+    else:
+        Path(str(lib) + _sources.DIGEST_SUFFIX).unlink()
+    lib.write_bytes(bytes(data))
+    res = _run_package(lib)
+    assert res["ok"] and res["info"]["backend"] == "reference"
+    assert len(res["warnings"]) == 1, res["warnings"]
+    why = "cannot be verified" if damage == "no-digest" else "does not match"
+    assert why in res["info"]["reason"] and why in res["warnings"][0] and "Reinstall dropkit" in res["warnings"][0]
+
+
+def test_built_library_has_no_runpath():
+    """LOW: the library needs libc only; the build machine's RUNPATH (Python's LDSHARED) is not linked in."""
+    lib = Path(cpu.__file__).resolve().parent / _sources.LIBRARY
+    readelf = shutil.which("readelf")
+    if not lib.is_file() or readelf is None:
+        pytest.skip("no built library or no readelf")
+    dynamic = subprocess.run([readelf, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "(RUNPATH)" not in dynamic and "(RPATH)" not in dynamic, dynamic
+
+
+@needs_cc
+def test_world_writable_grandparent_of_the_cache_is_refused(tmp_path):
+    """LOW: the check covered only cpu-kernel/ and its parent; a world-writable, non-sticky folder higher up
+    lets anyone swap the whole cache. Now every folder on the way is checked."""
+    from dropkit._cache import private_dir
+
+    grand = tmp_path / "shared"
+    cache = grand / "me" / "cache"
+    folder = cache / "cpu-kernel"
+    folder.mkdir(parents=True, mode=0o700)
+    folder.parent.chmod(0o700)
+    (grand / "me").chmod(0o755)
+    grand.chmod(0o777)
+    marker = tmp_path / "MARKER"
+    _plant(folder / _expected_name(["false"]), marker)
+    with pytest.raises(PermissionError, match=f"{grand} .*writable by group or others and not sticky"):
+        private_dir(folder)
+    res = _run({"DROPKIT_CACHE_DIR": str(cache), **NO_BUILD})
+    assert not marker.exists(), "the planted library was loaded"
+    assert "cache folder refused" in res["info"]["reason"] and str(grand) in res["info"]["reason"]
+    grand.chmod(0o1777)  # sticky, like /tmp: nobody can rename what others own in it
+    assert private_dir(folder) == folder.resolve()

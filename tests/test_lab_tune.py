@@ -1,4 +1,4 @@
-"""`dropkit tune`: Optuna study in SQLite (and PostgreSQL when a server can be started), continued, shared, killed."""
+"""`dropkit tune`: Optuna study in SQLite, continued, shared, killed (PostgreSQL: test_lab_tune_postgres.py)."""
 
 from __future__ import annotations
 
@@ -88,69 +88,3 @@ def test_two_workers_share_one_sqlite_study_and_end_with_exactly_n_trials(tmp_pa
     assert states["COMPLETE"] == 5 and set(states) <= {"COMPLETE", "PRUNED"}
     study = optuna.load_study(study_name="dropkit-tune", storage=_storage(out))
     assert all(t.user_attrs.get("surplus") for t in study.trials if t.state.name == "PRUNED")
-
-
-def _postgres():
-    """Start a throw-away PostgreSQL server (Debian's `postgresql` package) on a Unix socket.
-
-    Returns ``(url, stop)``; skips, printing the reason, when no server can be started here.
-    As root the server runs as the ``postgres`` user (PostgreSQL refuses root).
-    """
-    import glob
-    import pwd
-    import tempfile
-
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if shutil.which("initdb"):
-        bins.append(os.path.dirname(shutil.which("initdb")))
-    initdb = next((os.path.join(b, "initdb") for b in bins if os.path.isfile(os.path.join(b, "initdb"))), None)
-    reason, prefix = None, []
-    if initdb is None:
-        reason = "no PostgreSQL server binaries (apt-get install postgresql)"
-    elif os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-            prefix = ["runuser", "-u", "postgres", "--"]
-        except KeyError:
-            reason = "running as root and there is no `postgres` user to run the server as"
-    import importlib.util
-
-    driver = next((d for d in ("psycopg", "psycopg2") if importlib.util.find_spec(d)), None)
-    if reason is None and driver is None:
-        reason = "no PostgreSQL driver for SQLAlchemy (pip install 'psycopg[binary]')"
-    if reason:
-        print(f"PostgreSQL test skipped: {reason}")
-        pytest.skip(f"PostgreSQL test skipped: {reason}")
-    root = Path(tempfile.mkdtemp(prefix="dropkit-pg-"))
-    if prefix:
-        shutil.chown(root, "postgres")
-    data, sock = root / "data", root
-    pg_ctl = os.path.join(os.path.dirname(initdb), "pg_ctl")
-    try:
-        subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "dropkit"], check=True,
-                       capture_output=True)
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "start",
-                        "-o", f"-k {sock} -p 54329 -c listen_addresses=''"], check=True, capture_output=True)
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(root, ignore_errors=True)
-        print(f"PostgreSQL test skipped: the server did not start ({exc.stderr.decode(errors='replace')[-300:]})")
-        pytest.skip("PostgreSQL test skipped: the server did not start")
-
-    def stop():
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-    return f"postgresql+{driver}://dropkit@/postgres?host={sock}&port=54329", stop
-
-
-def test_postgresql_study_shared_by_two_workers(tmp_path):
-    url, stop = _postgres()
-    try:
-        out = tmp_path / "pgout"
-        procs = [_worker(out, 3, extra=("--storage", url)) for _ in range(2)]
-        for p in procs:
-            assert p.wait(timeout=300) == 0, p.stderr.read()
-        study = optuna.load_study(study_name="dropkit-tune", storage=url)
-        assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
-    finally:
-        stop()

@@ -76,12 +76,12 @@ def test_file_model_rates_set_on_every_dropout_module_and_baseline_zero(nets, ca
     assert "| no dropout | 2 | 2 |" in table and "| dropout p=0.2,0.6 | 2 | 2 |" in table
     from dropkit.lab.train import load_model
 
-    model = load_model(out / "runs" / "p0.2,0.6" / "seed-0")
+    model = load_model(out / "runs" / "p0.2,0.6" / "seed-0", factory="./usernets_mod.py:make_net")
     import dropkit
 
     drops = [m for m in model.modules() if isinstance(m, dropkit.nn.Dropout)]
     assert [m.p for m in drops] == [0.2, 0.6]  # --replace (default): torch's Dropout became dropkit's
-    base = load_model(out / "runs" / "p0" / "seed-0")
+    base = load_model(out / "runs" / "p0" / "seed-0", factory="./usernets_mod.py:make_net")
     assert [m.p for m in base.modules() if isinstance(m, dropkit.nn.Dropout)] == [0.0, 0.0]
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "./usernets_mod.py:make_net" and len(config["dataset_sha256"]) == 64
@@ -96,7 +96,7 @@ def test_module_model_no_replace_keeps_torch_dropout_and_module_dataset(nets, ca
                  "--p", "0.4", *TINY, "--out", str(out)]) == 0
     from dropkit.lab.train import load_model
 
-    model = load_model(out / "runs" / "p0.4" / "seed-1")
+    model = load_model(out / "runs" / "p0.4" / "seed-1", factory="usernets_mod:make_net")
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert [type(m) for m in drops] == [torch.nn.Dropout, torch.nn.Dropout] and [m.p for m in drops] == [0.4, 0.4]
     res = json.loads((out / "runs" / "p0.4" / "seed-1" / "result.json").read_text())

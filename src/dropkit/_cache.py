@@ -2,7 +2,7 @@
 
 The cache root is ``$DROPKIT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/dropkit``, else
 ``~/.cache/dropkit``. Folders that hold code dropkit will load (the compiled CPU kernel)
-are created with mode 0700 and verified before each use (:func:`private_dir`).
+are created with mode 0700 and verified, along the whole path, before each use (:func:`private_dir`).
 """
 
 from __future__ import annotations
@@ -38,13 +38,37 @@ def _check_owner_mode(path: Path, st: os.stat_result, what: str) -> None:
         raise PermissionError(f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
+def _check_ancestors(path: Path) -> None:
+    """Every existing folder above ``path`` (resolved) must be owned by this user or root, and not writable by
+    group or others unless sticky (like /tmp): else someone else could rename or replace a folder on the way."""
+    euid = _euid()
+    for parent in path.parents:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        if euid is not None and st.st_uid not in (euid, 0):
+            raise PermissionError(
+                f"folder {parent} (on the way to {path}) is owned by uid {st.st_uid}, not by this user "
+                f"(uid {euid}) or root: it could swap what lies below it"
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            raise PermissionError(
+                f"folder {parent} (on the way to {path}) is writable by group or others and not sticky "
+                f"(mode {stat.S_IMODE(st.st_mode):o}): what lies below it could be swapped"
+            )
+
+
 def private_dir(path: str | Path) -> Path:
     """Create ``path`` with mode 0700 (parents with the default mode) unless it exists, then
-    verify it: a directory, not a symlink, owned by the effective user, not writable by group
-    or others, inside a parent that others cannot rename it in (not group/other-writable
-    unless sticky, like /tmp). Raises ``PermissionError`` naming what is wrong.
+    verify it and the whole way to it: a directory, not a symlink, owned by the effective user,
+    not writable by group or others, and every folder above it (symlinks resolved) owned by the
+    user or root and not group/other-writable unless sticky (like /tmp), so that nobody else can
+    rename or replace a folder on the way. Returns the resolved path (later uses do not follow
+    symlinks again). Raises ``PermissionError`` naming what is wrong.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(Path(path).expanduser()))
+    _check_ancestors(path)  # before creating anything inside a folder that fails
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.mkdir(mode=0o700)
@@ -54,12 +78,7 @@ def private_dir(path: str | Path) -> Path:
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise PermissionError(f"folder {path} is a symlink or not a directory")
     _check_owner_mode(path, st, "folder")
-    pst = os.stat(path.parent)
-    if pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not pst.st_mode & stat.S_ISVTX:
-        raise PermissionError(
-            f"folder {path.parent} is writable by group or others and not sticky "
-            f"(mode {stat.S_IMODE(pst.st_mode):o}): {path.name} could be swapped"
-        )
+    _check_ancestors(path)
     return path
 
 

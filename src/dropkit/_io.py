@@ -10,9 +10,10 @@ killed at any moment, sees the old file or the whole new one, never a mix; a fai
   bytes, text, JSON (sorted keys are up to the caller).
 * :func:`atomic_write_with` -- any writer that takes a binary file object
   (``fig.savefig``, ``torch.save``).
-* :func:`atomic_torch_save` / :func:`load_torch_verified` -- ``torch.save`` with a SHA-256
-  sidecar ``<file>.sha256``, and ``torch.load(weights_only=True)`` only after the digest
-  matched: a bit flip or a truncation is a :class:`CorruptFileError` naming the file.
+* :func:`atomic_write_verified` / :func:`read_verified` -- bytes with a SHA-256 sidecar
+  ``<file>.sha256``, read back only after the digest matched: a bit flip or a truncation is a
+  :class:`CorruptFileError` naming the file. :func:`atomic_torch_save` /
+  :func:`load_torch_verified` do the same for ``torch.save`` / ``torch.load(weights_only=True)``.
 * :func:`read_json` / :func:`read_jsonl` -- JSON that names the file when it is corrupt.
 
 Errors a user can act on carry ``user_facing = True`` (the command line prints their
@@ -45,10 +46,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "atomic_write_verified",
     "atomic_write_with",
     "load_torch_verified",
     "read_json",
     "read_jsonl",
+    "read_verified",
     "sha256_bytes",
 ]
 
@@ -123,24 +126,27 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
-    """``torch.save(obj)`` to ``path`` atomically, with its SHA-256 in ``<path>.sha256``.
+def atomic_write_verified(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically, with its SHA-256 in ``<path>.sha256``; returns the digest.
 
     The sidecar is written first and lists the new digest and the previous one, so a
-    process killed between the two renames leaves a checkpoint that still verifies.
-    Returns the digest.
+    process killed between the two renames leaves a file that still verifies.
     """
-    import torch
-
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save(obj, buf)  # serialised in memory: a full disk is an OSError of the write below, not a torch error
-    data = buf.getvalue()
     digest = sha256_bytes(data)
     previous = _read_digests(path)[:1]
     atomic_write_text(_sidecar(path), "\n".join([digest, *previous]) + "\n")
     atomic_write_bytes(path, data)
     return digest
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write_verified`; returns the digest."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # serialised in memory: a full disk is an OSError of the write below, not a torch error
+    return atomic_write_verified(path, buf.getvalue())
 
 
 def _read_digests(path: Path) -> list[str]:
@@ -150,14 +156,12 @@ def _read_digests(path: Path) -> list[str]:
         return []
 
 
-def load_torch_verified(path: str | os.PathLike, *, map_location: str = "cpu", fix: str = "") -> Any:
-    """``torch.load(path, weights_only=True)`` after checking the SHA-256 sidecar.
+def read_verified(path: str | os.PathLike, *, fix: str = "") -> bytes:
+    """The bytes of ``path`` after they matched a digest of its ``<path>.sha256`` sidecar.
 
-    Raises :class:`CorruptFileError` naming ``path`` (and ``fix``, how to recover) when the
-    sidecar is missing or unreadable, the digest differs, or torch cannot read the file.
+    Raises :class:`CorruptFileError` naming ``path`` (and ``fix``, how to recover) when the file or the
+    sidecar cannot be read or the digest differs.
     """
-    import torch
-
     path = Path(path)
     fix = fix or "delete it and run the same command again"
     try:
@@ -175,6 +179,16 @@ def load_torch_verified(path: str | os.PathLike, *, map_location: str = "cpu", f
             f"{path} is corrupt or truncated: SHA-256 {got[:16]}... does not match {_sidecar(path).name} "
             f"({digests[0][:16]}...); {fix}"
         )
+    return data
+
+
+def load_torch_verified(path: str | os.PathLike, *, map_location: str = "cpu", fix: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` after :func:`read_verified`; a file that verifies but does not
+    load is a :class:`CorruptFileError` too."""
+    import torch
+
+    fix = fix or "delete it and run the same command again"
+    data = read_verified(path, fix=fix)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a file that verifies but does not load is still a bad file

@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dropkit._secrets import mask_credentials
     from dropkit.cli._errors import is_user_error
 
     parser = build_parser()
@@ -118,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - sorted into bad input and bugs below
         if is_user_error(exc):
-            parser.exit(2, f"dropkit {args.command}: error: {exc}\n")
-        traceback.print_exc()
+            parser.exit(2, mask_credentials(f"dropkit {args.command}: error: {exc}\n"))
+        print(mask_credentials("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
         print(
             f"\ndropkit {args.command}: internal error ({type(exc).__name__}). If it does not come from your own "
             "model or data code, please report it with the command and the traceback above.",

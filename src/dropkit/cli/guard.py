@@ -6,7 +6,13 @@ a ``.pt2`` is checked before torch reads it, and an archive with any entry that 
 would unpickle (``opaque_obj_*`` / ``custom_obj_*`` constants, pickled tensors, sample
 inputs that need more than a weights-only load, the legacy format) or compiled code is
 refused with a one-line reason (see :mod:`dropkit._loading`); TorchScript's own
-unpickler only builds TorchScript types. The model is then run: its graph's ops execute.
+unpickler only builds TorchScript types. Nothing in a file is evaluated either: a ``.pt2``'s
+symbolic expressions and names are checked against a strict grammar first, a TorchScript
+file whose code defines ``__setstate__`` (run while loading) is refused, and every zip member
+is size-bounded before it is read. The model is then run, so its graph may call only pure
+tensor ops (``aten`` / ``prims`` / ``dropkit`` ops that open no file, TorchScript's control
+flow): a model calling anything else (``torch.from_file``, ops of other libraries, RPC) is
+refused unless you pass ``--trust-model``.
 
 Example inputs: a ``.pt2`` file carries its input specs, so the tensors are made from
 the saved example inputs or, failing that, from the shapes and dtypes of the graph's
@@ -55,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="dtype of --shape inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the example inputs (default: 0)")
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="run models whose graph calls ops outside the allowlist of pure tensor ops (file, process or "
+        "library ops) or whose TorchScript code runs at load time; only for models you trust",
+    )
     p.set_defaults(func=run)
 
 
@@ -101,7 +113,7 @@ def check_file(path: str, args: argparse.Namespace) -> tuple[bool, str]:
     from dropkit.cli._errors import user_input
 
     with user_input():  # a refused or unreadable file is the user's input, not a bug
-        kind, prog = load_program(path)
+        kind, prog = load_program(path, trust_model=args.trust_model)
     gen = torch.Generator().manual_seed(args.seed)
     if args.shape:
         inputs = tuple(_make(_parse_shape(s), _DTYPES[args.dtype], gen) for s in args.shape)

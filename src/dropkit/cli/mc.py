@@ -10,6 +10,11 @@ mean predictive entropy of correctly vs wrongly classified examples and its AURO
 entropy ranks the misclassified above the correct ones; 0.5 = chance), and the mutual
 information (BALD) of both; it writes ``mc.json`` and ``mc_uncertainty.png`` (histograms of the predictive
 entropy, correct vs misclassified) into the run's folder.
+
+A run folder is data: ``mc`` imports no code that it names. A run made with your own model
+(``--model MODULE:FACTORY``) or dataset factory is evaluated only when you name the same
+factory again (``dropkit mc DIR --model ./nets.py:make_net``); otherwise it is refused with
+the flag to pass.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=512, help="validation examples per predict call (default: 512)")
     p.add_argument("--data-dir", default=None, help="folder with IDX files (mnist, fashion-mnist)")
     p.add_argument("--no-download", action="store_true", help="never download a dataset")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="the model factory of runs made with your own model: imported only when named here, never from the folder",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="the dataset factory of runs made with your own data: imported only when named here",
+    )
     p.set_defaults(func=run)
 
 
@@ -114,13 +131,14 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
     from dropkit import metrics
     from dropkit.lab.datasets import load_dataset
     from dropkit.lab.models import probabilities
-    from dropkit.lab.train import load_model
+    from dropkit.lab.train import check_factory, load_model
     from dropkit.mc import predict
 
     settings = _data_settings(run)
     name = settings.pop("dataset")
+    check_factory(name, args.dataset, run / "config.json", "--dataset", "mc")
+    model = load_model(run, factory=args.model)  # refuses a model factory the user did not name
     data = load_dataset(name, data_dir=args.data_dir, download=not args.no_download, **settings)
-    model = load_model(run)
     x, y = data.x_val, data.y_val
     with torch.inference_mode():
         eval_probs = torch.cat(

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         default_storage,
         run_tune,
         site_names,
+        storage_error,
         write_tune_report,
     )
 
@@ -98,31 +99,38 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ident = {k: v for k, v in config.items() if k != "trials"}
     check_config(out / "config.json", json.loads(json.dumps(ident)), "tune folder")
+    from dropkit._secrets import mask_credentials
+
     command = (
         _lab.full_command(args, config, str(out))
         + f" --trials {args.trials} --score {args.score}"
-        + (f" --storage {args.storage}" if args.storage else "")
+        + (f" --storage {mask_credentials(args.storage)}" if args.storage else "")
         + (" --tune-input" if args.tune_input else "")
         + (" --tune-schedule" if args.tune_schedule else "")
     )
     t0 = time.perf_counter()
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if not args.quiet else (lambda line: None)
-    study = run_tune(
-        json.loads(json.dumps(config)),
-        data,
-        out,
-        storage=storage,
-        trials=args.trials,
-        score=args.score,
-        tune_input=args.tune_input,
-        tune_schedule=args.tune_schedule,
-        max_rate=args.max_rate,
-        heartbeat=args.heartbeat,
-        device=args.device,
-        log=log,
-    )
-    text = write_tune_report(study, out, args.score, command)
-    print(f"dropkit tune: {config['dataset']} / {config['model']}, study in {storage}\n")
+    import sqlalchemy.exc
+
+    try:
+        study = run_tune(
+            json.loads(json.dumps(config)),
+            data,
+            out,
+            storage=storage,
+            trials=args.trials,
+            score=args.score,
+            tune_input=args.tune_input,
+            tune_schedule=args.tune_schedule,
+            max_rate=args.max_rate,
+            heartbeat=args.heartbeat,
+            device=args.device,
+            log=log,
+        )
+        text = write_tune_report(study, out, args.score, command)
+    except sqlalchemy.exc.OperationalError as exc:  # the database went away mid-study: one line, trials kept
+        raise storage_error(storage, exc) from None
+    print(f"dropkit tune: {config['dataset']} / {config['model']}, study in {mask_credentials(storage)}\n")
     print(text)
     print(f"\nreport: {out}/report.md (plots in {out}/plots/); {time.perf_counter() - t0:.1f} s on {_lab.cpu_text()}")
     return 0

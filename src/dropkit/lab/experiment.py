@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from dropkit._io import FILE_MODE, atomic_write_json, atomic_write_text
+from dropkit._secrets import mask_credentials
 from dropkit.lab.errors import ConfigError, reraise_as
 from dropkit.lab.plan import IDENTITY_KEYS, Point, identity, plan
 from dropkit.lab.report import write_report
@@ -166,9 +167,19 @@ def load_experiment_data(config: dict, data_dir=None, cache_dir=None, download: 
 
 @functools.lru_cache(maxsize=2)
 def _cached_dataset(name: str, data_kwargs_json: str):
+    """The dataset; a ``train_size`` / ``val_size`` larger than its split is refused (a subset cannot grow it)."""
     from dropkit.lab.datasets import load_data
 
-    return load_data(name, **json.loads(data_kwargs_json))
+    kwargs = json.loads(data_kwargs_json)
+    data = load_data(name, **kwargs)
+    for split, flag in (("train", "--train-size"), ("val", "--val-size")):
+        size, have = kwargs.get(f"{split}_size"), len(getattr(data, f"y_{split}"))
+        if size is not None and size > have:
+            raise ValueError(
+                f"Invalid value for `{flag}`: the {split} split of {name} has {have} samples, so a subset of "
+                f"{size} cannot be drawn; pass at most {have}, or leave {flag} out to use them all. Received: {size}"
+            )
+    return data
 
 
 def _data_kwargs(config: dict, data_dir, cache_dir, download: bool) -> str:
@@ -382,7 +393,7 @@ def run_experiment(
                 if typed != command:
                     lines.append(typed)
             if lines and not (out / "command.txt").is_file():
-                atomic_write_text(out / "command.txt", "\n".join(lines) + "\n")
+                atomic_write_text(out / "command.txt", mask_credentials("\n".join(lines) + "\n"))
             env = environment(device)
             env["jobs"] = jobs
             atomic_write_json(out / "env.json", env, indent=2)

@@ -12,14 +12,19 @@ import math
 from pathlib import Path
 
 from dropkit._io import (
+    CorruptFileError,
     atomic_write_json,
     atomic_write_text,
+    atomic_write_verified,
     atomic_write_with,
+    load_torch_verified,
     read_json,
     read_jsonl,
+    read_verified,
 )
+from dropkit._secrets import mask_credentials
 from dropkit.lab.plan import Point, plan
-from dropkit.lab.train import summarise
+from dropkit.lab.train import metrics_text, summarise
 
 __all__ = ["aggregate", "format_table", "load_folder", "plot_curves", "plot_gap", "sweep_verdicts", "write_report"]
 
@@ -63,13 +68,55 @@ def load_folder(folder: str | Path) -> tuple[dict, list[tuple[Point, list[list[d
             run = folder / "runs" / pt.slug / f"seed-{seed}"
             m = run / "metrics.jsonl"
             if m.is_file():
-                h = read_jsonl(m, fix=fix)
+                h = _verified_history(run, read_jsonl(m, fix=fix))
                 if h and len(h) < pt.epochs and (run / "result.json").is_file():
                     h = h + [None] * (pt.epochs - len(h))  # stopped early: finished
                 if h:
                     histories.append(h)
         out.append((pt, histories))
     return config, out
+
+
+def _verified_history(run: Path, history: list) -> list:
+    """The run's metrics, verified: ``metrics.jsonl`` when it matches its SHA-256 sidecar; else (a flipped digit,
+    a file from before the sidecar) the history of the run's SHA-256-verified ``checkpoint.pt``, which is
+    written in the same epoch -- the file is then rewritten from it, with one line on stderr naming it.
+    Without a checkpoint that verifies, a mismatch is a :class:`~dropkit._io.CorruptFileError` naming the file.
+    A finished run's ``result.json`` must hold the same history."""
+    import sys
+
+    path = run / "metrics.jsonl"
+    try:
+        read_verified(path)
+        verified = history
+    except CorruptFileError as exc:
+        ckpt_path = run / "checkpoint.pt"
+        try:
+            ckpt = load_torch_verified(ckpt_path) if ckpt_path.is_file() else None
+        except CorruptFileError:
+            ckpt = None
+        saved = ckpt.get("history") if isinstance(ckpt, dict) else None
+        if not isinstance(saved, list):
+            raise CorruptFileError(
+                f"{exc}, and the run has no checkpoint that verifies to recompute it from; delete the run folder "
+                f"{run} and run the same command again"
+            ) from None
+        verified = list(saved)
+        if verified != history:
+            print(
+                f"dropkit: {exc.args[0].split(';')[0]}; recomputed it from {ckpt_path} (SHA-256 verified)",
+                file=sys.stderr,
+            )
+        atomic_write_verified(path, metrics_text(verified).encode())
+    result = run / "result.json"
+    if result.is_file():
+        done = read_json(result, fix="delete it and run the same command again")
+        if isinstance(done, dict) and done.get("history") not in (None, verified):
+            raise CorruptFileError(
+                f"{result} disagrees with the run's verified metrics ({path}); delete it and run the same command "
+                "again (the run is finished again from its checkpoint)"
+            )
+    return verified
 
 
 def _epochs(h: list) -> list[dict]:
@@ -366,6 +413,6 @@ def write_report(folder: str | Path) -> str:
     ]
     if figures:
         md += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
-    atomic_write_text(folder / "report.md", "\n".join(md))
+    atomic_write_text(folder / "report.md", mask_credentials("\n".join(md)))
     atomic_write_json(folder / "summary.json", {"config": config, "rows": rows, "findings": verdicts})
     return table + "\n\n" + "\n".join(verdicts)

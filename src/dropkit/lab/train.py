@@ -4,9 +4,13 @@
 (every file through :mod:`dropkit._io`: atomic, mode 0644):
 
 * ``config.json`` -- the resolved :class:`RunSpec` (a folder made with another config is refused);
-* ``metrics.jsonl`` -- one JSON object per completed epoch (train / validation loss and
-  accuracy measured in eval mode, the gap, the mean training loss under dropout, the
-  learning rate); regression runs have losses only;
+* ``run_id`` -- a random id drawn when the run starts: with the SHA-256 of ``config.json``
+  it is the run's identity, which every checkpoint carries (another run's checkpoint is
+  refused, naming both runs);
+* ``metrics.jsonl`` (+ ``metrics.jsonl.sha256``) -- one JSON object per completed epoch (train /
+  validation loss and accuracy measured in eval mode, the gap, the mean training loss under
+  dropout, the learning rate); regression runs have losses only. The report reads it only
+  after its digest matched, or recomputes it from the verified checkpoint;
 * ``checkpoint.pt`` (+ ``checkpoint.pt.sha256``) -- after every epoch: model, optimiser,
   epoch, history, torch's global RNG state (dropout masks draw their keys from it), the
   data-order generator's state and the dropout schedule. It is loaded only after its
@@ -55,8 +59,10 @@ from dropkit._io import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    atomic_write_verified,
     load_torch_verified,
     read_json,
+    sha256_bytes,
 )
 from dropkit.lab.models import make_model
 from dropkit.schedules import from_spec
@@ -66,14 +72,19 @@ __all__ = [
     "OPTIMIZERS",
     "TASKS",
     "ConfigMismatch",
+    "ForeignCheckpoint",
     "RunSpec",
+    "UntrustedFactory",
     "apply_max_norm",
     "check_config",
+    "check_factory",
     "dist_info",
     "evaluate",
     "load_model",
     "load_result",
     "lr_at",
+    "metrics_text",
+    "run_identity",
     "shard_bounds",
     "summarise",
     "train_run",
@@ -91,6 +102,71 @@ class ConfigMismatch(ValueError):
     """A run folder exists with a different configuration."""
 
     user_facing = True
+
+
+class ForeignCheckpoint(ValueError):
+    """A run folder holds a checkpoint written by another run (another configuration or another folder)."""
+
+    user_facing = True
+
+
+def run_identity(run_dir: Path, config: dict, *, create: bool) -> dict:
+    """``{"run_id", "config_sha256"}`` of the run in ``run_dir``: the id is drawn once, when the run starts, and
+    kept in ``run_dir/run_id``; the hash is the SHA-256 of the run's canonical config JSON. Every checkpoint
+    carries both, and :func:`train_run` resumes only from a checkpoint whose identity is this one."""
+    import json
+    import uuid
+
+    path = Path(run_dir) / "run_id"
+    if create and not path.is_file():
+        atomic_write_text(path, uuid.uuid4().hex + "\n")
+    run_id = path.read_text().strip() if path.is_file() else ""
+    return {"run_id": run_id, "config_sha256": sha256_bytes(json.dumps(config, sort_keys=True).encode())}
+
+
+def _check_owner(ckpt_path: Path, ckpt: dict, identity: dict) -> None:
+    owner = ckpt.get("run") if isinstance(ckpt, dict) else None
+    if owner != identity:
+        theirs = (
+            f"run {owner.get('run_id') or '?'} (config {str(owner.get('config_sha256'))[:12]})"
+            if isinstance(owner, dict)
+            else "no run (it names none)"
+        )
+        raise ForeignCheckpoint(
+            f"{ckpt_path} belongs to {theirs}, not to this run {identity['run_id']} (config "
+            f"{identity['config_sha256'][:12]}); it is not used. Remove it (and {ckpt_path.name}.sha256) and run "
+            "the same command again to train this run from scratch, or put it back in its own run folder"
+        )
+
+
+def metrics_text(history: list[dict]) -> str:
+    """``metrics.jsonl``: one JSON object per epoch."""
+    import json
+
+    return "".join(json.dumps(m) + "\n" for m in history)
+
+
+class UntrustedFactory(ValueError):
+    """A file names a factory (code to import) that the user did not name on the command line."""
+
+    user_facing = True
+
+
+def check_factory(target: object, allowed: str | None, source: str | os.PathLike, flag: str, command: str) -> None:
+    """Refuse a ``MODULE:FACTORY`` / ``FILE.py:FACTORY`` ``target`` read from the file ``source`` unless the user
+    named the same target with ``flag`` (tools that read a run folder import no code the folder names).
+
+    Example:
+        >>> check_factory("mlp", None, "run/model.pt", "--model", "mc")  # a built-in name: nothing to import
+    """
+    from dropkit.lab.user import is_user_target
+
+    if isinstance(target, str) and is_user_target(target) and not target.endswith(".npz") and target != allowed:
+        named = f" (you named {flag} {allowed})" if allowed else ""
+        raise UntrustedFactory(
+            f"{source} names the factory {target!r}{named}; dropkit {command} imports no code that a file "
+            f"names. To import and run that code (only if you trust it), pass {flag} {target}"
+        )
 
 
 @dataclass(frozen=True)
@@ -331,7 +407,10 @@ def train_run(
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         check_config(run_dir / "config.json", config)
+        identity = run_identity(run_dir, config, create=True)
     _barrier()
+    if rank != 0:
+        identity = run_identity(run_dir, config, create=False)
     done = load_result(run_dir)
     if done is not None:
         return done
@@ -361,6 +440,7 @@ def train_run(
                     file=sys.stderr,
                 )
         if ckpt is not None:
+            _check_owner(ckpt_path, ckpt, identity)
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             history = list(ckpt["history"])
@@ -369,7 +449,7 @@ def train_run(
             if sched is not None:
                 sched.load_state_dict(ckpt["schedule"])
     if rank == 0:  # metrics.jsonl mirrors the checkpoint (a line written after it may have been lost)
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(m) for m in history))
+        atomic_write_verified(run_dir / "metrics.jsonl", metrics_text(history).encode())
 
     train_model = model
     if world > 1:
@@ -428,7 +508,7 @@ def train_run(
         if rank == 0:
             if spec.early_stopping and _best(history)["epoch"] == epoch:
                 atomic_torch_save(
-                    {"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data)},
+                    {"model": model.state_dict(), "epoch": epoch, "build": _build_kwargs(spec, data), "run": identity},
                     run_dir / "best.pt",
                 )
             atomic_torch_save(
@@ -439,10 +519,11 @@ def train_run(
                     "torch_rng": torch.get_rng_state(),
                     "order_rng": order.get_state(),
                     "schedule": sched.state_dict() if sched is not None else None,
+                    "run": identity,
                 },
                 ckpt_path,
             )
-            atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(m) for m in history))
+            atomic_write_verified(run_dir / "metrics.jsonl", metrics_text(history).encode())
         if progress is not None:
             progress(epoch, spec.epochs, metrics)
     result = {
@@ -456,16 +537,12 @@ def train_run(
         "restarted": restarted,
     }
     if rank == 0:
-        atomic_torch_save({"model": model.state_dict(), "build": _build_kwargs(spec, data)}, run_dir / "model.pt")
+        atomic_torch_save(
+            {"model": model.state_dict(), "build": _build_kwargs(spec, data), "run": identity}, run_dir / "model.pt"
+        )
         atomic_write_json(run_dir / "result.json", result)
     _barrier()
     return result
-
-
-def _json_line(m: dict) -> str:
-    import json
-
-    return json.dumps(m) + "\n"
 
 
 def dropkit_batch_shard(start: int):
@@ -475,15 +552,33 @@ def dropkit_batch_shard(start: int):
     return batch_shard(start)
 
 
-def load_model(run_dir: str | os.PathLike, device: str = "cpu", *, best: bool = False) -> torch.nn.Module:
+def load_model(
+    run_dir: str | os.PathLike,
+    device: str = "cpu",
+    *,
+    best: bool = False,
+    factory: str | None = None,
+    command: str = "mc",
+) -> torch.nn.Module:
     """Rebuild the trained model of a finished run folder (``model.pt``; ``best.pt`` with ``best=True``), in eval mode.
 
+    The file must belong to this run (:func:`run_identity`: its ``run_id`` and config hash), else
+    :class:`ForeignCheckpoint`. A model built by a user factory (``MODULE:FACTORY``) is rebuilt only when
+    ``factory`` names the same target (the user's ``--model`` flag): else :class:`UntrustedFactory`, before
+    anything is imported.
     Raises :class:`dropkit._io.CorruptFileError` naming the file when it is truncated or corrupt.
     """
     path = Path(run_dir) / ("best.pt" if best else "model.pt")
     ckpt = load_torch_verified(
         path, map_location=device, fix="delete it and its result.json, then run the lab command again to rebuild it"
     )
+    build = ckpt.get("build") if isinstance(ckpt, dict) else None
+    if not isinstance(build, dict) or not isinstance(build.get("name"), str):
+        raise CorruptFileError(f"{path} has no model description ('build'); delete it and run the lab command again")
+    config_path = Path(run_dir) / "config.json"
+    config = read_json(config_path, fix="restore it or delete the run folder") if config_path.is_file() else {}
+    _check_owner(path, ckpt, run_identity(Path(run_dir), config, create=False))
+    check_factory(build["name"], factory, path, "--model", command)
     model = make_model(**ckpt["build"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

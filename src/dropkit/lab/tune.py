@@ -53,9 +53,45 @@ def site_names(config: dict, data) -> list[str]:
 
 
 class StorageError(RuntimeError):
-    """The study storage cannot be opened (driver missing); the message says what to install."""
+    """The study storage cannot be opened or used (driver missing, database down, wrong password); one line
+    naming the storage (password masked), the host and the cause."""
 
     user_facing = True
+
+
+#: Database errors that no retry fixes: the server is down or unreachable, or it refused the login.
+_CONNECT_FAILURES = (
+    "connection refused",
+    "could not connect",
+    "connection to server",
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "could not translate host name",
+    "name or service not known",
+    "timeout expired",
+    "fatal:",  # PostgreSQL refuses a connection (unknown database or role, too many clients) with FATAL
+    "no pg_hba.conf entry",
+    "server closed the connection",
+    "unable to open database file",
+)
+
+
+def storage_error(storage: str, exc: BaseException) -> StorageError:
+    """One line for a database failure: the storage URL (password masked), its host and the driver's first line."""
+    from dropkit._secrets import mask_credentials, url_host
+
+    cause = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else type(cause).__name__
+    where = "the SQLite file" if storage.startswith("sqlite") else f"the database server {url_host(storage)}"
+    return StorageError(mask_credentials(f"--storage {storage}: cannot use {where} ({type(cause).__name__}: {first})"))
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """Whether a database error says the server cannot be reached or refused the login (no retry helps)."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(marker in text for marker in _CONNECT_FAILURES)
 
 
 def open_study(
@@ -91,13 +127,17 @@ def open_study(
                 sampler=optuna.samplers.TPESampler(),
             )
         except ImportError as exc:
+            from dropkit._secrets import mask_credentials
+
             raise StorageError(
-                f"--storage {storage}: no database driver for it ({exc}); for PostgreSQL: pip install "
-                "'psycopg[binary]' (postgresql://...) or psycopg2-binary (postgresql+psycopg2://...)"
+                mask_credentials(
+                    f"--storage {storage}: no database driver for it ({exc}); for PostgreSQL: pip install "
+                    "'psycopg[binary]' (postgresql://...) or psycopg2-binary (postgresql+psycopg2://...)"
+                )
             ) from None
-        except sqlalchemy.exc.SQLAlchemyError:
-            if attempt == attempts - 1:
-                raise
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if attempt == attempts - 1 or is_connect_failure(exc):
+                raise storage_error(storage, exc) from None
             time.sleep(0.2 * (attempt + 1) + 0.1 * (os.getpid() % 7))
 
 
@@ -135,8 +175,10 @@ def run_tune(
         study.set_user_attr("config", ident)
     elif old != ident:
         diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+        from dropkit._secrets import mask_credentials
+
         raise ConfigMismatch(
-            f"the study in {storage} was created with a different configuration ("
+            f"the study in {mask_credentials(storage)} was created with a different configuration ("
             + "; ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in diff)
             + "); use another --out / --storage"
         )
@@ -284,7 +326,9 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
     ]
     if figures:
         md += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
-    atomic_write_text(out / "report.md", "\n".join(md))
+    from dropkit._secrets import mask_credentials
+
+    atomic_write_text(out / "report.md", mask_credentials("\n".join(md)))
     atomic_write_json(out / "trials.json", rows)
     return f"{table}\n\n{best_text}\ntrials: {state_text}"
 

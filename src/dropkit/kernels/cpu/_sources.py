@@ -18,6 +18,8 @@ HEADERS = ("dropkit_cpu.h", "dk_internal.h", "dk_body.h")
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off")
 #: The library's file name inside the installed package (no Python ABI tag: it is plain C loaded with ctypes).
 LIBRARY = "_dropkit_cpu.so"
+#: Suffix of the file holding a library's SHA-256 (hex), written next to it by ``setup.py`` and by first-use builds.
+DIGEST_SUFFIX = ".sha256"
 
 
 def source_hash(src_dir: str | Path) -> str:

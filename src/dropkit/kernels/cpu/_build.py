@@ -1,0 +1,146 @@
+"""First-use builds of the CPU kernel: compile the sources into the user's private cache, and reuse them.
+
+Only a source tree without a usable installed library (or ``DROPKIT_CPU_CFLAGS`` set) builds
+at first use: the system C compiler (``CC``, else ``cc``, ``gcc``, ``clang``) compiles the
+sources next to this file into ``<cache>/cpu-kernel/`` (:func:`dropkit._cache.private_dir`:
+mode 0700, verified along the whole path), under a name keyed by the sources, compiler, flags
+and machine, with its SHA-256 beside it; a cached library is opened only after its owner,
+mode and digest checked out. A cache folder that fails the checks is not used: the kernel is
+compiled into a fresh ``mkdtemp`` folder, removed after loading.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from dropkit._cache import cache_root, check_private_file, private_dir
+from dropkit.kernels.cpu import _sources
+from dropkit.kernels.cpu._abi import _HERE, _open, _Unusable, _warn_at_user
+
+_SOURCES = _sources.SOURCES
+
+
+def _find_compiler() -> list[str] | None:
+    cc = os.environ.get("CC")
+    if cc:
+        parts = shlex.split(cc)
+        return parts if parts and shutil.which(parts[0]) else None
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return [path]
+    return None
+
+
+def _extra_cflags() -> list[str]:
+    return shlex.split(os.environ.get("DROPKIT_CPU_CFLAGS", ""))
+
+
+def _current_hash() -> str | None:
+    """The hash of the sources next to this file (None in an install without them)."""
+    try:
+        return _sources.source_hash(_HERE)
+    except OSError:
+        return None
+
+
+def _library_name(cc: list[str], flags: list[str], src_hash: str) -> str:
+    """File name of a first-use build: keyed by the sources, the compiler, the flags and the machine."""
+    h = hashlib.sha256()
+    cc_real = os.path.realpath(shutil.which(cc[0]) or cc[0])
+    st = os.stat(cc_real)
+    h.update(repr((src_hash, cc, cc_real, st.st_size, st.st_mtime_ns, flags, platform.machine())).encode())
+    return f"dropkit_cpu-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
+
+
+def _compile(cc: list[str], flags: list[str], src_hash: str, folder: Path) -> Path:
+    """Compile the sources into a new file in ``folder`` (mode 0700); returns its path."""
+    fd, tmp = tempfile.mkstemp(prefix="dropkit_cpu.", suffix=".tmp.so", dir=folder)
+    os.close(fd)
+    cmd = [*cc, *flags, f'-DDK_SOURCE_HASH="{src_hash}"', f"-I{_HERE}", *(str(_HERE / s) for s in _SOURCES), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip().splitlines()
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {' | '.join(msg[-5:])}")
+        os.chmod(tmp, 0o700)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _build_and_load(src_hash: str) -> tuple[ctypes.CDLL, Path, str]:
+    """First-use build: load the cached library of the current sources, else compile it.
+
+    Returns the library, its path and how it got there.
+    """
+    cc = _find_compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+    flags = [*_sources.CFLAGS, "-shared", *_extra_cflags()]
+    name = _library_name(cc, flags, src_hash)
+    try:
+        folder: Path | None = private_dir(cache_root() / "cpu-kernel")
+        note = ""
+    except OSError as exc:
+        folder, note = None, f"cache folder refused ({exc}); "
+        _warn_at_user(
+            f"dropkit: the kernel cache folder is refused ({exc}); the CPU kernel is compiled in a private "
+            f"temporary folder instead, once per process. Fix the folder's owner and mode, or set "
+            f"DROPKIT_CACHE_DIR to a folder of your own."
+        )
+    if folder is not None:
+        lib_path = folder / name
+        digest_path = folder / (name + _sources.DIGEST_SUFFIX)
+        if os.path.lexists(lib_path):
+            try:
+                _check_cached(lib_path, digest_path)
+                return _open(lib_path, src_hash), lib_path, "cached first-use build"
+            except (OSError, _Unusable) as exc:  # corrupt, stale or not ours: rebuild it
+                note = f"rebuilt the cached library ({type(exc).__name__}: {exc}); "
+        try:
+            tmp = _compile(cc, flags, src_hash, folder)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{note}{exc}") from None
+        try:
+            lib = _open(tmp, src_hash)  # loaded from its unique name, so no stale handle is reused
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            os.replace(tmp, lib_path)
+            fd, tmp_digest = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                f.write(digest + "\n")
+            os.replace(tmp_digest, digest_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return lib, lib_path, f"{note}compiled at first use"
+    # No usable cache folder: a fresh private folder for this process only (mkdtemp creates it 0700).
+    tmpdir = tempfile.mkdtemp(prefix="dropkit-kernel-")
+    try:
+        path = _compile(cc, flags, src_hash, Path(tmpdir))
+        lib = _open(path, src_hash)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{note}{exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return lib, path, f"{note}compiled at first use in a private temporary folder, removed after loading"
+
+
+def _check_cached(lib_path: Path, digest_path: Path) -> None:
+    """Before a cached library is loaded: it and its SHA-256 file are ours and private, and the
+    digest matches (a truncated library can crash dlopen with SIGBUS, so it is never opened)."""
+    check_private_file(lib_path)
+    check_private_file(digest_path)
+    want = digest_path.read_text().strip()
+    got = hashlib.sha256(lib_path.read_bytes()).hexdigest()
+    if got != want:
+        raise _Unusable(f"{lib_path} does not match its SHA-256 in {digest_path.name}")
