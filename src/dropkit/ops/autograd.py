@@ -15,6 +15,8 @@ over the rows returns (every row gets the mask of one row); with one key per row
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -53,7 +55,7 @@ class Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(x, key, op, *args):  # type: ignore[override]
-        return op(x, key, *args)  # grad and forward grad are off here: the op's kernel goes below autograd
+        return call_linear(op, x, key, *args)  # grad and forward grad are off here (eager): below autograd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -61,28 +63,37 @@ class Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        return (ctx.op(grad, ctx.key, *ctx.args), None, None) + (None,) * len(ctx.args)
+        return (call_linear(ctx.op, grad, ctx.key, *ctx.args), None, None) + (None,) * len(ctx.args)
 
     @staticmethod
     def jvp(ctx, tangent, *_):  # type: ignore[override]
-        return ctx.op(tangent, ctx.key, *ctx.args)
+        return call_linear(ctx.op, tangent, ctx.key, *ctx.args)
 
 
-def _linear_kernel(op) -> Callable:
-    def kernel(x, key, *args):
-        if _wants_autograd(x):
-            return Linear.apply(x, key, op, *args)
-        with _below_autograd():
-            return op(x, key, *args)
+def _signature_once(fn) -> None:
+    """``Function.apply`` binds its arguments with ``inspect.signature(forward)`` on every call of a Function with
+    ``setup_context`` (which the torch.func transforms need); a precomputed ``__signature__`` is returned as is,
+    which saves ~5 us per call (more than a small tensor's whole kernel)."""
+    fn.__signature__ = inspect.signature(fn)
 
-    return kernel
+
+_signature_once(Linear.forward)
+
+
+def call_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
+    """The ``Autograd`` kernel of an op of :data:`LINEAR`: :class:`Linear` where a gradient or a tangent is
+    wanted, else the op below autograd (the keys above it, vmap and autocast included, still see it)."""
+    if _wants_autograd(x):
+        return Linear.apply(x, key, op, *args)
+    with _below_autograd():
+        return op(x, key, *args)
 
 
 def _dropout_inplace_kernel(x, key, *args):
     """In place with a graph node: the out-of-place op's node, copied in (``copy_`` records the in-place
     write for autograd and the torch.func transforms); without one, the device kernel writes ``x``."""
     if _wants_autograd(x):
-        x.copy_(dropout_op(x, key, *args))
+        x.copy_(call_linear(dropout_op, x, key, *args))
         return None
     with _below_autograd():
         return dropout_inplace_op(x, key, *args)
@@ -99,7 +110,7 @@ class Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(x, bias, residual, key, p, scale, activation, offset):  # type: ignore[override]
-        return fused_op(x, bias, residual, key, p, scale, activation, offset)
+        return _fused_kernel(x, bias, residual, key, p, scale, activation, offset)  # grad is off here (eager)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -130,6 +141,9 @@ class Fused(torch.autograd.Function):
         return out + t_residual if t_residual is not None else out
 
 
+_signature_once(Fused.forward)
+
+
 def _fused_kernel(x, bias, residual, key, *args):
     if _wants_autograd(x) or _wants_autograd(bias) or _wants_autograd(residual):
         return Fused.apply(x, bias, residual, key, *args)
@@ -138,7 +152,7 @@ def _fused_kernel(x, bias, residual, key, *args):
 
 
 for _name in LINEAR:
-    LIB.impl(_name, _linear_kernel(OPS[_name]), "Autograd")
+    LIB.impl(_name, functools.partial(call_linear, OPS[_name]), "Autograd")
 LIB.impl("dropout_", _dropout_inplace_kernel, "Autograd")
 LIB.impl("fused_bias_act_dropout_add", _fused_kernel, "Autograd")
 
@@ -151,9 +165,9 @@ LIB.impl("fused_bias_act_dropout_add", _fused_kernel, "Autograd")
 # op's Function itself, and the Function's forward calls the op. Without one, the op is called directly.
 def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     """``op(x, key, *args)`` for an op of :data:`LINEAR`, differentiable under autograd, forward AD and torch.func."""
-    if not _is_compiling() and _wants_autograd(x):
-        return Linear.apply(x, key, op, *args)
-    return op(x, key, *args)
+    if _is_compiling():
+        return op(x, key, *args)
+    return call_linear(op, x, key, *args)  # what the op's Autograd kernel does, without the trip through it
 
 
 def dropout_inplace(x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
@@ -161,17 +175,17 @@ def dropout_inplace(x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     if _is_compiling():
         if x.requires_grad:
             return x.copy_(dropout_op(x, key, *args))
-    elif _wants_autograd(x):
-        return x.copy_(Linear.apply(x, key, dropout_op, *args))
-    dropout_inplace_op(x, key, *args)
+        dropout_inplace_op(x, key, *args)
+        return x
+    _dropout_inplace_kernel(x, key, *args)
     return x
 
 
 def apply_fused(x, bias, residual, key, *args) -> torch.Tensor:
     """``dropkit::fused_bias_act_dropout_add``, differentiable under autograd, forward AD and torch.func."""
-    if not _is_compiling() and (_wants_autograd(x) or _wants_autograd(bias) or _wants_autograd(residual)):
-        return Fused.apply(x, bias, residual, key, *args)
-    return fused_op(x, bias, residual, key, *args)
+    if _is_compiling():
+        return fused_op(x, bias, residual, key, *args)
+    return _fused_kernel(x, bias, residual, key, *args)
 
 
 # ---------------------------------------------------------------------------
