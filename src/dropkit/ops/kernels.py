@@ -219,6 +219,16 @@ for _key, _be in REGISTERED.items():
         LIB.impl(_name, _bind(_impl, _be), _key)
 LIB.impl("next_key", next_key_impl, "CompositeExplicitAutograd")
 
+
+def _dropout_inplace_negative(x, key, *args):
+    """``dropout_`` on a tensor whose negative bit is set: the out-of-place op on its resolved values, copied
+    back (``copy_`` honours the bit). The dispatcher's Negative fallback cannot serve an in-place op that
+    returns nothing (it hands back the op's return value); every other op takes the fallback."""
+    x.copy_(OPS["dropout"](x.resolve_neg(), key, *args))
+
+
+LIB.impl("dropout_", _dropout_inplace_negative, "Negative")
+
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 
 
