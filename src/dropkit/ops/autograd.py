@@ -36,7 +36,7 @@ fused_op, fused_backward_op = OPS["fused_bias_act_dropout_add"], OPS["fused_bias
 
 # No public API redispatches an op below the Autograd key (torch.library.register_autograd's own kernel uses
 # this guard internally); the public alternative, register_autograd, has no forward-mode AD.
-_below_autograd = torch._C._AutoDispatchBelowAutograd
+_below_autograd = torch._C._AutoDispatchBelowAutograd  # no public API redispatches below Autograd (see above)
 _grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
 

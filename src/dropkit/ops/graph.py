@@ -15,21 +15,21 @@ from collections.abc import Callable
 
 import torch
 
-# No public API: torch.library.register_torch_dispatch needs the FunctionalTensorMode class, and the rule must
-# tell torch's own FakeTensor / FunctionalTensor from user subclasses; decompose_custom_triton_ops is
-# torch.export's switch for triton_op (no public getter).
+# torch.library.register_torch_dispatch needs the FunctionalTensorMode class, and the rule must tell torch's
+# own FakeTensor / FunctionalTensor from user subclasses: neither class has a public home.
 from torch._subclasses import FakeTensor, functional_tensor  # no public API: see the comment above
-import torch._functorch.config as _functorch_config  # no public API: see the comment above
 
 from dropkit import kernels, rng
 from dropkit.ops.kernels import drop_block_factor, embedding_factor, into_layout, mask_factor
 from dropkit.ops.schemas import KEY_CHECK, LIB, OPS, check_offset
 
 FunctionalTensor, FunctionalTensorMode = functional_tensor.FunctionalTensor, functional_tensor.FunctionalTensorMode
+#: torch.compiler.is_exporting (torch >= 2.5; before it there are no graph launches: torch.library.wrap_triton is 2.6)
+_exporting = getattr(torch.compiler, "is_exporting", lambda: True)
 
 
 def _graph_launches(device: torch.device, types):
-    if not getattr(_functorch_config, "decompose_custom_triton_ops", False):  # off under torch.export (and torch < 2.6)
+    if _exporting():  # torch.export keeps the ops whole, as it keeps triton_op (decompose_custom_triton_ops is off)
         return None
     if any(not issubclass(t, FakeTensor) and t not in (torch.Tensor, FunctionalTensor) for t in types):
         return None  # a tensor subclass (DTensor, ...) handles the op itself
