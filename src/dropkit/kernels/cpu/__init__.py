@@ -600,7 +600,7 @@ def dropout_mul(
     n = src.numel()
     dst = _destination(x, src, out, broadcast=False)
     if n:
-        args = (code, src.const_data_ptr(), dst.data_ptr(), n, _thr(p), scale)  # const: a COW input stays lazy
+        args = (code, src.const_data_ptr(), dst.data_ptr(), n, _thr(p), scale)  # type: ignore[attr-defined]  # const: a COW input stays lazy
         _run(lib.dk_dropout_mul, n, args, seed, stream, offset)
     return _delivered(dst, out)
 
@@ -625,7 +625,7 @@ def uniform(
 def _check_memory(t: torch.Tensor, name: str) -> None:
     """The kernel reads and writes raw pointers: refuse a tensor without memory of its own (a wrapper
     subclass such as DTensor reports data_ptr 0), which would crash the process instead of raising."""
-    if t.numel() and t.const_data_ptr() == 0:
+    if t.numel() and t.const_data_ptr() == 0:  # type: ignore[attr-defined]  # (not in the stubs)
         raise TypeError(
             f"dropkit's CPU kernel needs `{name}` to be a plain tensor with its own memory; received a "
             f"{type(t).__name__} without one (data_ptr 0). Tensor subclasses go through the registered op "
@@ -667,7 +667,7 @@ def gaussian_mul(
     src = x if broadcast or x.is_contiguous() else x.contiguous()
     dst = _destination(x, src, out, broadcast=broadcast)
     if n:
-        args = (code, src.const_data_ptr(), 0 if broadcast else 1, dst.data_ptr(), n, float(sigma))
+        args = (code, src.const_data_ptr(), 0 if broadcast else 1, dst.data_ptr(), n, float(sigma))  # type: ignore[attr-defined]
         _run(lib.dk_gaussian_mul, n, args, seed, stream, offset)
     return _delivered(dst, out)
 
