@@ -111,7 +111,11 @@ _signature_once(Linear.forward)
 def call_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     """The ``Autograd`` kernel of an op of :data:`LINEAR`: :class:`Linear` where a gradient or a tangent is
     wanted, else the op below autograd (the keys above it, vmap and autocast included, still see it)."""
-    if _wants_autograd(x):
+    try:
+        wants = _wants_autograd(x)
+    except RuntimeError:  # a vmapped tensor under forward AD (aten::_unpack_dual has no batching rule)
+        return op(x, key, *args)  # the dispatcher: vmap's layer first, then the Autograd kernel
+    if wants:
         return Linear.apply(x, key, op, *args)
     with _below_autograd():
         return op(x, key, *args)
@@ -120,7 +124,11 @@ def call_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
 def _dropout_inplace_kernel(x, key, *args):
     """In place with a graph node: the out-of-place op's node, copied in (``copy_`` records the in-place
     write for autograd and the torch.func transforms); without one, the device kernel writes ``x``."""
-    if _wants_autograd(x):
+    try:
+        wants = _wants_autograd(x)
+    except RuntimeError:  # see call_linear
+        return dropout_inplace_op(x, key, *args)
+    if wants:
         x.copy_(call_linear(dropout_op, x, key, *args))
         return None
     with _below_autograd():
@@ -173,7 +181,11 @@ _signature_once(Fused.forward)
 
 
 def _fused_kernel(x, bias, residual, key, *args):
-    if _wants_autograd(x) or _wants_autograd(bias) or _wants_autograd(residual):
+    try:
+        wants = _wants_autograd(x) or _wants_autograd(bias) or _wants_autograd(residual)
+    except RuntimeError:  # see call_linear
+        return fused_op(x, bias, residual, key, *args)
+    if wants:
         return Fused.apply(x, bias, residual, key, *args)
     with _below_autograd():
         return fused_op(x, bias, residual, key, *args)
