@@ -197,4 +197,4 @@ def dropout(
     key = resolve_key(seed, generator, stream)
     if inplace:
         return ops.dropout_(input, key, p, scale, shape, offset)
-    return ops.dropout(input, key, p, scale, shape, offset)
+    return ops.apply_linear(ops.dropout_op, input, key, p, scale, None if shape is None else list(shape), offset)

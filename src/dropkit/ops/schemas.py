@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from dropkit import rng
 
 __all__ = ["LIB", "KEY_CHECK", "key_ints", "check_offset", "OPS"]
 
 LIB = torch.library.Library("dropkit", "DEF")  # noqa: TOR901 - the namespace is ours
 
+_M32 = 0xFFFFFFFF
 KEY_CHECK = "a dropkit key is an int64 tensor of shape (4,) on the CPU (dropkit.rng.key_tensor)"
 
 
@@ -25,7 +25,10 @@ def key_ints(key: torch.Tensor) -> tuple[int, int]:
         return known
     if key.dtype != torch.int64 or key.shape != (4,) or key.device.type != "cpu":
         raise ValueError(f"{KEY_CHECK}; received {key.dtype} {tuple(key.shape)} on {key.device}")
-    return rng.key_ints(key)
+    a, b, c, d = key.tolist()  # rng.key_ints, inlined: this runs in every eager call with a drawn key
+    if not (0 <= a <= _M32 and 0 <= b <= _M32 and 0 <= c <= _M32 and 0 <= d <= _M32):
+        raise ValueError(f"a dropkit key is 4 int64 words in [0, 2**32); received {[a, b, c, d]!r}")
+    return a | (b << 32), c | (d << 32)
 
 
 def check_offset(offset: int) -> int:
