@@ -236,3 +236,13 @@ def test_factory_ops_take_the_backend_of_their_device_argument():
     m = ops.uniform_op(key, [6], 0, torch.float64, "meta")
     assert m.device.type == "meta" and m.shape == (6,)
     assert kernels.for_device("cpu") is ops.kernels.REGISTERED["CPU"]
+
+
+@pytest.mark.parametrize("name", ["dropout", "dropout_", "gaussian_dropout"])
+def test_opcheck_with_negative_bit_inputs(name):
+    """torch.library.opcheck (schema, autograd registration, FakeTensor, AOT dispatch) on negative-bit inputs;
+    tests/test_pt2.py::test_opcheck runs it on every op with ordinary ones."""
+    key = dropkit.rng.key_tensor(3, 1)
+    x = _neg_view(4, 6)
+    args = (x, key, 0.3, 0) if name == "gaussian_dropout" else (x, key, 0.5, 2.0, None, 0)
+    torch.library.opcheck(ops.OPS[name], args)
