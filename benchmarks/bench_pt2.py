@@ -15,7 +15,7 @@
   place of dropout: that row is the floor the sum, the accumulation and the allocations put under any
   dropout on this machine.
 * **Gaussian dropout**: forward and forward+backward at 2^22 against torch's ``x * (1 + sigma * randn_like(x))``,
-  and the normals alone (``dropkit.kernels.normal`` against ``torch.randn``).
+  and the normals alone (``dropkit.kernels.for_device("cpu").normal`` against ``torch.randn``).
 
 Writes benchmarks/out/bench_pt2.json.
 """
@@ -65,11 +65,11 @@ class _PrevFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, seed):
         ctx.seed = seed
-        return kernels.dropout_mul(x.contiguous(), 0.5, 2.0, seed, 0, 0)
+        return kernels.for_device("cpu").dropout_mul(x.contiguous(), 0.5, 2.0, seed, 0, 0)
 
     @staticmethod
     def backward(ctx, g):
-        return kernels.dropout_mul(g.contiguous(), 0.5, 2.0, ctx.seed, 0, 0), None
+        return kernels.for_device("cpu").dropout_mul(g.contiguous(), 0.5, 2.0, ctx.seed, 0, 0), None
 
 
 def previous_path(x: torch.Tensor, seed: int = 7) -> torch.Tensor:
@@ -83,7 +83,7 @@ def previous_path(x: torch.Tensor, seed: int = 7) -> torch.Tensor:
     dropkit.rng.check_seed(seed)
     if torch.is_grad_enabled() and x.requires_grad:
         return _PrevFunction.apply(x, seed)
-    return kernels.dropout_mul(x.contiguous(), 0.5, 2.0, seed, 0, 0)
+    return kernels.for_device("cpu").dropout_mul(x.contiguous(), 0.5, 2.0, seed, 0, 0)
 
 
 def ratio_rows(st, pairs):
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         "torch gauss fwd": lambda: big * (1 + sigma * torch.randn_like(big)),
         "dk gauss": lambda: torch.autograd.grad(F.gaussian_dropout(big_g, 0.3), big_g, g),
         "torch gauss": lambda: torch.autograd.grad(big_g * (1 + sigma * torch.randn_like(big_g)), big_g, g),
-        "dk normal": lambda: kernels.normal(n, 7, 0, 0, "cpu"),
+        "dk normal": lambda: kernels.for_device("cpu").normal(n, 7, 0, 0, "cpu"),
         "torch randn": lambda: torch.randn(n),
     }
     st = interleaved(calls, rounds=rounds, repeats=5)

@@ -18,16 +18,15 @@ ISAS = [name for name in ("scalar", "avx2", "avx512", "neon") if name in cpu.sup
 
 
 @contextlib.contextmanager
-def backend(name: str, isa: str | None = None) -> Iterator[None]:
-    """Force ``kernels.set_backend(name)`` (and the CPU kernel's ``isa``) inside the block, then restore both."""
-    kernels.set_backend(name)
+def backend(name: str, isa: str | None = None) -> Iterator[kernels.Backend]:
+    """The backend ``name`` (``kernels.backend(name)``) with the CPU kernel's ``isa`` set inside the block."""
+    be = kernels.backend(name)
     before = cpu.isa() if isa else None
     if isa:
         cpu.set_isa(isa)
     try:
-        yield
+        yield be
     finally:
-        kernels.set_backend("auto")
         if isa:
             cpu.set_isa(before)
 

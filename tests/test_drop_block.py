@@ -152,8 +152,8 @@ def test_modules():
     seed=st.integers(0, 2**31),
 )
 def test_window_max_is_a_stride_one_max_pool(b, dims, sizes, rate, seed):
-    """The block grower (ops._window_max per spatial dim) equals torch's max_pool of kernel b, stride 1."""
-    from dropkit.ops import _window_max
+    """The block grower (ops.kernels.window_max per spatial dim) equals torch's max_pool of kernel b, stride 1."""
+    from dropkit.ops.kernels import window_max as _window_max
 
     spatial = [s + b - 1 for s in sizes[:dims]]  # at least b wide: the padded start grid always is
     x = (torch.rand([2, 3, *spatial], generator=torch.Generator().manual_seed(seed)) < rate).float()

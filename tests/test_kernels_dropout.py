@@ -89,7 +89,7 @@ def test_status_reports_the_compiled_backend():
     name, reason = cpu.status()
     assert name == f"cpu-{cpu.isa()}" and name in {f"cpu-{i}" for i in ISAS}
     assert "loaded from" in reason and Path(reason.split("loaded from ")[1].split(" (")[0]).is_file()
-    info = kernels.backend_info("cpu")
+    info = dropkit.backend_info("cpu")
     assert info == {"backend": name, "reason": reason}
     assert "scalar" in cpu.supported_isas()
 
@@ -175,7 +175,10 @@ def test_dropout_mul_partially_overlapping_out_and_non_contiguous_x():
 @needs_kernel
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_public_op_uses_the_kernel_and_matches_the_reference_backend(dtype):
-    """dropkit.functional.dropout on non-contiguous and misaligned inputs, forward and backward."""
+    """dropkit.functional.dropout on non-contiguous and misaligned inputs, forward and backward, against the
+    op's implementation over the reference backend."""
+    ref = kernels.backend("reference")
+    key, scale = dropkit.rng.key_tensor(11, 2), dropkit.rng.inverted_scale(0.3)
     base = special_values(3 * 61 * 47 + 1, dtype)
     inputs = {
         "transposed": base[1:].view(3, 61, 47).transpose(0, 2),
@@ -185,12 +188,8 @@ def test_public_op_uses_the_kernel_and_matches_the_reference_backend(dtype):
     for name, x in inputs.items():
         xr = x.detach().clone().requires_grad_()
         y = dropkit.functional.dropout(xr, 0.3, seed=dropkit.rng.key_tensor(11, 2))
-        kernels.set_backend("reference")
-        try:
-            want = dropkit.functional.dropout(x, 0.3, seed=dropkit.rng.key_tensor(11, 2))
-            gwant = dropkit.functional.dropout(torch.ones_like(x), 0.3, seed=dropkit.rng.key_tensor(11, 2))
-        finally:
-            kernels.set_backend("auto")
+        want = dropkit.ops.kernels.IMPLS["dropout"](ref, x, key, 0.3, scale, None, 0)
+        gwant = dropkit.ops.kernels.IMPLS["dropout"](ref, torch.ones_like(x), key, 0.3, scale, None, 0)
         assert_same_bits(y.detach(), want, x)
         if xr.requires_grad:
             (g,) = torch.autograd.grad(y, xr, torch.ones_like(y))
@@ -267,13 +266,13 @@ _CASES = textwrap.dedent(
     with warnings.catch_warnings(record=True) as caught:
         import dropkit
         from dropkit import kernels
-        info = kernels.backend_info("cpu")
+        info = dropkit.backend_info("cpu")
         out = {}
         for i, dtype in enumerate([torch.float32, torch.float64, torch.float16, torch.bfloat16]):
             x = (torch.arange(5003, dtype=torch.float64).sin() * 100).to(dtype)
             x[7] = float("inf")
-            y = kernels.dropout_mul(x, 0.3, 1 / 0.7, 2**64 - 5, 9, 12345 + i, None)
-            m = kernels.keep_mask(70001, 0.3, 2**64 - 5, 9, 3 + i, torch.device("cpu"))
+            y = kernels.for_device("cpu").dropout_mul(x, 0.3, 1 / 0.7, 2**64 - 5, 9, 12345 + i, None)
+            m = kernels.for_device("cpu").keep_mask(70001, 0.3, 2**64 - 5, 9, 3 + i, torch.device("cpu"))
             out[str(dtype)] = [hashlib.sha256(y.numpy().tobytes() if dtype != torch.bfloat16
                                               else y.view(torch.int16).numpy().tobytes()).hexdigest(),
                                hashlib.sha256(m.numpy().tobytes()).hexdigest()]
@@ -284,7 +283,9 @@ _CASES = textwrap.dedent(
 
 
 #: Makes a subprocess ignore the library built into the package, to exercise the first-use build.
-NO_PACKAGED = "import dropkit.kernels.cpu._abi as _c; _c._packaged_library = lambda: None\n"
+#: Makes the loader skip the library built into the package (extra build flags: a first-use build), so that
+#: the build path runs at ``import dropkit``, where the ops register their CPU kernel.
+NO_PACKAGED = {"DROPKIT_CPU_CFLAGS": "-O0"}
 
 
 def _run(env_extra: dict[str, str], prelude: str = "") -> dict:
@@ -317,12 +318,12 @@ def test_fallback_equals_kernel_and_says_why():
 
 
 def test_build_failure_falls_back_with_one_warning(tmp_path):
-    res = _run({"CC": "false", "DROPKIT_CACHE_DIR": str(tmp_path)}, NO_PACKAGED)
+    res = _run({"CC": "false", "DROPKIT_CACHE_DIR": str(tmp_path), **NO_PACKAGED})
     assert res["info"]["backend"] == "reference"
     assert "failed" in res["info"]["reason"] and "reference" in res["info"]["reason"]
     assert len(res["warnings"]) == 1 and "compiled CPU kernel unavailable" in res["warnings"][0]
     assert "wheel built for this platform" in res["warnings"][0]  # says how to get the fast path
-    res = _run({"CC": "no-such-compiler-dropkit", "DROPKIT_CACHE_DIR": str(tmp_path)}, NO_PACKAGED)
+    res = _run({"CC": "no-such-compiler-dropkit", "DROPKIT_CACHE_DIR": str(tmp_path), **NO_PACKAGED})
     assert "no C compiler found" in res["info"]["reason"] and len(res["warnings"]) == 1
     assert not list(tmp_path.rglob("*.so"))
 

@@ -1,5 +1,5 @@
-"""The dispatch layer's primitives beyond the mask: ``kernels.uniform``, ``kernels.normal``,
-``kernels.fused_bias_act_dropout_add``, the backends' capabilities and the counter range.
+"""The backends' primitives beyond the mask: ``uniform``, ``normal``, ``fused_bias_act_dropout_add``,
+the backend each device's ops registered, and the counter range.
 
 Every backend must return the bits of the definitions in :mod:`dropkit.rng` (uniform,
 normal) and of the torch reference (fused op).
@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import dropkit
 from dropkit import kernels, rng
 from dropkit.kernels import cpu, reference
 from backend_helpers import ISAS, backend
@@ -30,45 +31,47 @@ def _backends():
 
 
 BACKENDS = list(_backends())
+#: The backend the ops registered for CPU tensors.
+B = kernels.for_device("cpu")
 IDS = [f"{b}-{i}" if i else b for b, i in BACKENDS]
 
 
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
 def test_uniform_is_rng_uniform_bit_for_bit(be, isa):
-    with backend(be, isa):
+    with backend(be, isa) as B:
         for k, offset in enumerate(OFFSETS):
             seed, stream = KEYS[k % len(KEYS)]
             for n in SIZES:
                 for dtype in UNIFORM_DTYPES:
-                    got = kernels.uniform(n, seed, stream, offset, CPU, dtype)
+                    got = B.uniform(n, seed, stream, offset, CPU, dtype)
                     want = rng.uniform((n,), seed, stream, offset, dtype=dtype)
                     assert got.dtype == dtype and got.shape == (n,)
                     assert torch.equal(got, want), (n, offset, dtype)
-        assert kernels.uniform(5, 1, 0, 0, CPU).dtype == torch.float64  # the default dtype
+        assert B.uniform(5, 1, 0, 0, CPU).dtype == torch.float64  # the default dtype
 
 
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
 def test_normal_is_rng_normal_bit_for_bit(be, isa):
-    with backend(be, isa):
+    with backend(be, isa) as B:
         for k, offset in enumerate(OFFSETS + [2**64 - 70001]):
             seed, stream = KEYS[k % len(KEYS)]
             for n in (0, 1, 2, 3, 5, 7, 63, 65, 4097, 20001, 70001):
                 for dtype in (torch.float32, torch.float64):
-                    got = kernels.normal(n, seed, stream, offset, CPU, dtype)
+                    got = B.normal(n, seed, stream, offset, CPU, dtype)
                     want = rng.normal((n,), seed, stream, offset, dtype=dtype)
                     assert got.dtype == dtype and got.shape == (n,)
                     view = torch.int32 if dtype == torch.float32 else torch.int64
                     assert torch.equal(got.view(view), want.view(view)), (n, offset, dtype)
-        assert kernels.normal(3, 1, 0, 0, CPU).dtype == torch.float32  # the default dtype
+        assert B.normal(3, 1, 0, 0, CPU).dtype == torch.float32  # the default dtype
 
 
 def test_uniform_values_are_in_the_open_interval_and_uniform():
     n = 1 << 18
-    u = kernels.uniform(n, 2024, 1, 0, CPU)
+    u = B.uniform(n, 2024, 1, 0, CPU)
     assert float(u.min()) > 0.0 and float(u.max()) < 1.0
     # mean of n U(0,1): sd = sqrt(1/12/n); 6 sigma
     assert abs(float(u.mean()) - 0.5) < 6 * math.sqrt(1 / 12 / n)
-    z = kernels.normal(n, 2024, 1, 0, CPU, torch.float64)
+    z = B.normal(n, 2024, 1, 0, CPU, torch.float64)
     assert abs(float(z.mean())) < 6 / math.sqrt(n)
     assert abs(float(z.var()) - 1.0) < 6 * math.sqrt(2 / n)
 
@@ -84,26 +87,27 @@ def test_uniform_thread_count_invariance():
 
 
 # ---------------------------------------------------------------------------
-# Capabilities and dispatch
+# The registered backend, and a primitive the compiled kernel lacks
 # ---------------------------------------------------------------------------
-def test_capabilities_name_known_primitives_and_reference_has_all():
-    assert reference.CAPABILITIES == kernels.PRIMITIVES
-    assert cpu.CAPABILITIES <= kernels.PRIMITIVES
-    assert kernels.capabilities("cpu") <= kernels.PRIMITIVES
-    with backend("reference"):
-        assert kernels.capabilities("cpu") == kernels.PRIMITIVES
-    if ISAS:
-        assert {"keep_mask", "dropout_mul", "uniform", "normal", "gaussian_mul", "mask_fold"} <= kernels.capabilities("cpu")
+def test_cpu_registers_the_compiled_kernel_where_it_loads():
+    assert B.name == dropkit.backend_info("cpu")["backend"]
+    assert (B.module is cpu) == cpu.available()
+    assert kernels.for_device("meta").module is reference and kernels.backend("reference").module is reference
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        kernels.backend("cuda")
 
 
-def test_a_primitive_the_backend_lacks_is_served_by_the_reference(monkeypatch):
+def test_the_fused_op_on_the_cpu_backend_uses_its_mask(monkeypatch):
+    """The compiled kernel has no fused op: the reference's torch ops run over the kernel's own keep mask."""
     if not ISAS:
         pytest.skip("no compiled kernel")
     calls = []
-    monkeypatch.setattr(cpu, "CAPABILITIES", frozenset({"keep_mask", "dropout_mul", "mask_fold"}))
-    monkeypatch.setattr(cpu, "uniform", lambda *a, **k: calls.append(a))
-    got = kernels.uniform(100, 1, 2, 3, CPU, torch.float32)
-    assert not calls and torch.equal(got, rng.uniform((100,), 1, 2, 3))
+    real = cpu.keep_mask
+    monkeypatch.setattr(cpu, "keep_mask", lambda *a: calls.append(a) or real(*a))
+    x = torch.randn(4, 8)
+    got = kernels.backend("cpu").fused_bias_act_dropout_add(x, x, None, "relu", False, 0.5, 2.0, 1, 2, 3)
+    assert calls == [(32, 0.5, 1, 2, 3, x.device)]
+    assert torch.equal(got, reference.fused_bias_act_dropout_add(x, x, None, "relu", False, 0.5, 2.0, 1, 2, 3))
 
 
 @pytest.mark.parametrize("activation", reference.FUSED_ACTIVATIONS)
@@ -115,7 +119,7 @@ def test_fused_dispatch_matches_the_reference_math(activation, dtype, backward):
     a = torch.randn(37, 33, generator=g).to(dtype)
     b = torch.randn(33, generator=g).to(dtype)
     p, scale, seed, stream, offset = 0.3, 1 / 0.7, 2**64 - 3, 1, 17
-    got = kernels.fused_bias_act_dropout_add(a, x, b, activation, backward, p, scale, seed, stream, offset)
+    got = B.fused_bias_act_dropout_add(a, x, b, activation, backward, p, scale, seed, stream, offset)
     # written out: the reference op with the NumPy mask
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     keep = torch.from_numpy(rng.keep_mask_numpy(x.numel(), p, seed, stream, offset)).view(x.shape)
@@ -126,17 +130,17 @@ def test_fused_dispatch_matches_the_reference_math(activation, dtype, backward):
     else:
         want = a.to(cdt) + reference._act(h, activation) * factor
     assert got.dtype == dtype and torch.equal(got, want.to(dtype))
-    no_bias = kernels.fused_bias_act_dropout_add(a, x, None, activation, backward, p, scale, seed, stream, offset)
-    with backend("reference"):
+    no_bias = B.fused_bias_act_dropout_add(a, x, None, activation, backward, p, scale, seed, stream, offset)
+    with backend("reference") as R:
         assert torch.equal(
-            no_bias, kernels.fused_bias_act_dropout_add(a, x, None, activation, backward, p, scale, seed, stream, offset)
+            no_bias, R.fused_bias_act_dropout_add(a, x, None, activation, backward, p, scale, seed, stream, offset)
         )
 
 
 def test_fused_rejects_unknown_activation():
     x = torch.zeros(4, 4)
     with pytest.raises(ValueError, match="`activation` must be one of .*received 'tanh'"):
-        kernels.fused_bias_act_dropout_add(x, x, None, "tanh", False, 0.5, 2.0, 1, 0, 0)
+        B.fused_bias_act_dropout_add(x, x, None, "tanh", False, 0.5, 2.0, 1, 0, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -145,29 +149,29 @@ def test_fused_rejects_unknown_activation():
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
 def test_counter_range_ends_at_2_pow_64(be, isa):
     top = 1 << 64
-    with backend(be, isa):
+    with backend(be, isa) as B:
         # the last valid elements agree with the NumPy definition
-        got = kernels.keep_mask(5, 0.5, 9, 1, top - 5, CPU)
+        got = B.keep_mask(5, 0.5, 9, 1, top - 5, CPU)
         assert torch.equal(got, torch.from_numpy(rng.keep_mask_numpy(5, 0.5, 9, 1, top - 5)))
-        assert torch.equal(kernels.uniform(3, 9, 1, top - 3, CPU), rng.uniform((3,), 9, 1, top - 3, dtype=torch.float64))
+        assert torch.equal(B.uniform(3, 9, 1, top - 3, CPU), rng.uniform((3,), 9, 1, top - 3, dtype=torch.float64))
         # normal contract v2: normals use the element indices themselves (4 per Philox block)
-        assert torch.equal(kernels.normal(3, 9, 1, top - 3, CPU), rng.normal((3,), 9, 1, top - 3))
+        assert torch.equal(B.normal(3, 9, 1, top - 3, CPU), rng.normal((3,), 9, 1, top - 3))
         want = reference.gaussian_mul(torch.ones(5), 0.5, 9, 1, top - 5)
-        assert torch.equal(kernels.gaussian_mul(torch.ones(5), 0.5, 9, 1, top - 5), want)
+        assert torch.equal(B.gaussian_mul(torch.ones(5), 0.5, 9, 1, top - 5), want)
         for call in (
-            lambda: kernels.keep_mask(6, 0.5, 9, 1, top - 5, CPU),
-            lambda: kernels.dropout_mul(torch.ones(6), 0.5, 2.0, 9, 1, top - 5),
-            lambda: kernels.uniform(4, 9, 1, top - 3, CPU),
-            lambda: kernels.normal(4, 9, 1, top - 3, CPU),
-            lambda: kernels.gaussian_mul(torch.ones(6), 0.5, 9, 1, top - 5),
-            lambda: kernels.keep_mask(1, 0.5, 9, 1, -1, CPU),
+            lambda: B.keep_mask(6, 0.5, 9, 1, top - 5, CPU),
+            lambda: B.dropout_mul(torch.ones(6), 0.5, 2.0, 9, 1, top - 5),
+            lambda: B.uniform(4, 9, 1, top - 3, CPU),
+            lambda: B.normal(4, 9, 1, top - 3, CPU),
+            lambda: B.gaussian_mul(torch.ones(6), 0.5, 9, 1, top - 5),
+            lambda: B.keep_mask(1, 0.5, 9, 1, -1, CPU),
         ):
             with pytest.raises(ValueError, match=r"element indices of a call must stay in \[0, 2\*\*64\)"):
                 call()
         with pytest.raises(ValueError, match="`seed` and `stream` must be ints in"):
-            kernels.keep_mask(1, 0.5, top, 0, 0, CPU)
+            B.keep_mask(1, 0.5, top, 0, 0, CPU)
         with pytest.raises(ValueError, match="`seed` and `stream` must be ints in"):
-            kernels.uniform(1, 0, -1, 0, CPU)
+            B.uniform(1, 0, -1, 0, CPU)
 
 
 # ---------------------------------------------------------------------------
@@ -184,10 +188,10 @@ def test_16_bit_nan_results_have_one_bit_pattern(be, isa, dtype, bits):
     raw = torch.tensor(payloads * (n // len(payloads) + 1), dtype=torch.int32)[:n].to(torch.int16)
     x = raw.view(dtype)
     assert bool(torch.isnan(x).all())
-    with backend(be, isa):
+    with backend(be, isa) as B:
         for p in (0.0, 0.5, 1.0):
-            y = kernels.dropout_mul(x, p, 1 / (1 - p) if p < 1 else 0.0, 11, 0, 3)
+            y = B.dropout_mul(x, p, 1 / (1 - p) if p < 1 else 0.0, 11, 0, 3)
             assert bool((y.view(torch.int16) == torch.tensor(bits, dtype=torch.int16)).all()), (p, y.view(torch.int16).unique())
         big = torch.full((2,), torch.finfo(dtype).max, dtype=dtype)
-        inf = kernels.dropout_mul(big, 0.0, 4.0, 1, 0, 0)  # overflow to inf stays inf, not NaN
+        inf = B.dropout_mul(big, 0.0, 4.0, 1, 0, 0)  # overflow to inf stays inf, not NaN
         assert bool(torch.isinf(inf).all())

@@ -1,7 +1,7 @@
 """The Triton backend against the reference backend, bit for bit.
 
 Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU
-tensors, with the backend forced by ``dropkit.kernels.set_backend("triton")``; results are
+tensors, with the ops' CPU kernels replaced by their implementations over the Triton backend; results are
 compared with :mod:`dropkit.kernels.reference` through integer views of the output bits.
 A compile test lowers every kernel to a cubin for sm_80 / sm_90 (no GPU needed), which
 catches what the interpreter accepts but the compiler rejects. Tests marked ``cuda`` run
@@ -10,8 +10,11 @@ the compiled kernels and are skipped without a CUDA device.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -33,16 +36,28 @@ FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SEEDS = [0, 0x0123456789ABCDEF, 2**64 - 1]
 
 
+@contextlib.contextmanager
+def _registered_on_cpu(name: str):
+    """The ``dropkit::`` ops' CPU kernels are their implementations over backend ``name`` inside the block (a
+    scoped registration: leaving it restores the kernels registered at import)."""
+    be = kernels.backend(name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Overriding a previously registered kernel", UserWarning)
+        with torch.library._scoped_library("dropkit", "IMPL") as lib:
+            for op, impl in dropkit.ops.kernels.IMPLS.items():
+                lib.impl(op, functools.partial(impl, be), "CPU")
+            yield be
+
+
 @pytest.fixture
 def interpreter():
-    """Triton's interpreter on and the Triton backend forced, for one test."""
-    saved_env, saved_forced = os.environ.get("TRITON_INTERPRET"), kernels._forced
+    """Triton's interpreter on and the ops' CPU kernels running the Triton backend, for one test."""
+    saved_env = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
-    kernels.set_backend("triton")
     try:
-        yield
+        with _registered_on_cpu("triton"):
+            yield
     finally:
-        kernels._forced = saved_forced
         if saved_env is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
@@ -52,7 +67,7 @@ def interpreter():
 # --------------------------------------------------------------------------- availability
 def test_status_and_available(interpreter):
     assert tk.available()
-    assert dropkit.backend_info("cpu")["backend"] == "triton-interpreter"
+    assert dropkit.backend_info("cpu")["backend"] != "triton"  # registered at import: the C kernel or the reference
     name, reason = tk.status()
     assert name == "triton-interpreter" and "TRITON_INTERPRET" in reason
 
@@ -64,7 +79,7 @@ def test_without_triton_the_backend_steps_aside(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     assert not tk.available()
     assert tk.status() == ("reference", "Triton is not installed (pip install 'dropkit[triton]')")
-    assert dropkit.backend_info("cuda")["backend"] == "reference"
+    assert kernels._chosen("cuda").module is reference  # what a process without Triton registers for CUDA
 
 
 def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
@@ -156,12 +171,8 @@ def test_empty(interpreter):
 
 # --------------------------------------------------------------------------- the public op
 def _with_backend(name: str, fn):
-    saved = kernels._forced
-    kernels.set_backend(name)
-    try:
+    with _registered_on_cpu(name):
         return fn()
-    finally:
-        kernels._forced = saved
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
@@ -254,7 +265,7 @@ def test_uniform_matches_rng_bit_for_bit(interpreter, dtype, n, offset):
         got = tk.uniform(n, seed, stream, offset, CPU, dtype)
         assert got.dtype == dtype and got.shape == (n,)
         assert_same_bits(got, dropkit.rng.uniform((n,), seed, stream, offset, dtype=dtype))
-    assert_same_bits(kernels.uniform(n, 3, 4, offset, CPU, dtype), reference.uniform(n, 3, 4, offset, CPU, dtype))
+    assert_same_bits(kernels.backend("triton").uniform(n, 3, 4, offset, CPU, dtype), reference.uniform(n, 3, 4, offset, CPU, dtype))
     if n:  # in the open interval (0, 1), float64: exact multiples of 2**-33, odd
         u = tk.uniform(n, 5, 0, offset, CPU)
         assert bool((u > 0).all() and (u < 1).all())
@@ -268,7 +279,7 @@ def test_normal_matches_rng_bit_for_bit(interpreter, n, offset):
         got = tk.normal(n, seed, stream, offset, CPU)
         assert got.dtype == torch.float32 and got.shape == (n,)
         assert torch.equal(got.view(torch.int32), dropkit.rng.normal((n,), seed, stream, offset).view(torch.int32))
-    assert torch.equal(kernels.normal(n, 3, 4, offset, CPU, torch.float64), dropkit.rng.normal((n,), 3, 4, offset, dtype=torch.float64))
+    assert torch.equal(kernels.backend("triton").normal(n, 3, 4, offset, CPU, torch.float64), dropkit.rng.normal((n,), 3, 4, offset, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -278,7 +289,7 @@ def test_gaussian_mul_matches_reference(interpreter, dtype, n, offset):
     for sigma in (0.25, 1.5275252316519468):
         assert_same_bits(tk.gaussian_mul(x, sigma, SEEDS[1], 5, offset), reference.gaussian_mul(x, sigma, SEEDS[1], 5, offset))
     out = torch.empty_like(x)
-    assert kernels.gaussian_mul(x, 0.5, 1, 2, offset, out=out) is out
+    assert kernels.backend("triton").gaussian_mul(x, 0.5, 1, 2, offset, out=out) is out
     assert_same_bits(out, reference.gaussian_mul(x, 0.5, 1, 2, offset))
     y = DF.gaussian_dropout(x.view(1, -1).expand(2, -1), 0.3, seed=9)  # the public op, a strided input
     assert_same_bits(y, reference.gaussian_mul(x.view(1, -1).expand(2, -1).contiguous(), math.sqrt(0.3 / 0.7), 9, 0, 0))
@@ -370,10 +381,10 @@ def test_kernels_compile_for_gpu(arch, fp_fusion, key_in_memory, monkeypatch):
 def test_cuda_matches_cpu_reference(dtype, n, offset):
     dev = torch.device("cuda")
     assert dropkit.backend_info(dev)["backend"] == "triton"
-    mask = kernels.keep_mask(n, 0.1, SEEDS[1], 3, offset, dev)
+    mask = kernels.for_device(dev).keep_mask(n, 0.1, SEEDS[1], 3, offset, dev)
     assert torch.equal(mask.cpu(), reference.keep_mask(n, 0.1, SEEDS[1], 3, offset, CPU))
     x = special_input(n, dtype)
-    got = kernels.dropout_mul(x.to(dev), 0.1, 1 / 0.9, SEEDS[1], 3, offset).cpu()
+    got = kernels.for_device(dev).dropout_mul(x.to(dev), 0.1, 1 / 0.9, SEEDS[1], 3, offset).cpu()
     assert_same_bits(got, reference.dropout_mul(x, 0.1, 1 / 0.9, SEEDS[1], 3, offset))
 
 

@@ -234,17 +234,16 @@ def test_folded_consistent_masks(monkeypatch):
 def test_reference_fold_through_predict(monkeypatch):
     """With no compiler the fold is off; the torch reference of mask_fold still gives the same samples."""
     model, x = built_cnn(seed=1, shape=(2, 1, 8, 8))
-    kernels.set_backend("reference")
-    try:
-        ref = mc.predict(model, x, samples=5, seed=0, output=None)
-        monkeypatch.setattr(kernels, "mask_fold_compiled", lambda device="cpu": True)
-        folds = []
-        real = _mc_fold.run_fold
-        monkeypatch.setattr(_mc_sample, "run_fold", lambda *a: folds.append(1) or real(*a))
-        folded = mc.predict(model, x, samples=5, seed=0, output=None)
-        assert folds
-    finally:
-        kernels.set_backend("auto")
+    monkeypatch.setattr(kernels, "mask_fold_compiled", lambda device="cpu": False)
+    ref = mc.predict(model, x, samples=5, seed=0, output=None)
+    # the fold on, its kernel the torch reference (kernels.mask_fold runs the module for_device("cpu") names)
+    monkeypatch.setattr(kernels, "mask_fold_compiled", lambda device="cpu": True)
+    monkeypatch.setattr(kernels, "for_device", lambda device: kernels.backend("reference"))
+    folds = []
+    real = _mc_fold.run_fold
+    monkeypatch.setattr(_mc_sample, "run_fold", lambda *a: folds.append(1) or real(*a))
+    folded = mc.predict(model, x, samples=5, seed=0, output=None)
+    assert folds
     torch.testing.assert_close(folded.samples, ref.samples, rtol=1e-4, atol=1e-5)
 
 

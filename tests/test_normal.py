@@ -4,7 +4,7 @@
 * its accuracy against float64 ``sqrt(-2 ln u1) * cos/sin(theta)`` on the same ``u1``, ``theta``;
 * known answers derived from the definition (exact angles, the extreme ``u1``);
 * statistics of the samples (mean, variance, KS, 3-sigma tail, independence of the two halves);
-* ``kernels.gaussian_mul`` on every backend and ISA against the reference and against the rounding
+* ``gaussian_mul`` on every backend and ISA against the reference and against the rounding
   rule written out in NumPy float32, with broadcast, strided, ``out=`` and in-place inputs;
 * thread-count invariance of the compiled kernel.
 """
@@ -22,6 +22,8 @@ from dropkit.kernels import cpu, reference
 from backend_helpers import ISAS, assert_same_bits, backend, special_input
 
 CPU = torch.device("cpu")
+#: The backend the ops registered for CPU tensors.
+B = kernels.for_device("cpu")
 BACKENDS = [("reference", None)] + [("cpu", isa) for isa in ISAS]
 IDS = [f"{b}-{i}" if i else b for b, i in BACKENDS]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -139,7 +141,7 @@ def _short_hex(c: np.float32) -> str:
 def test_normal_statistics(seed):
     scipy_stats = pytest.importorskip("scipy.stats")
     n = 1 << 20
-    z = kernels.normal(n, seed, 3, 0, CPU, torch.float64).numpy()
+    z = B.normal(n, seed, 3, 0, CPU, torch.float64).numpy()
     assert abs(z.mean()) < 5 / math.sqrt(n)  # SE of the mean: 1 / sqrt(n)
     assert abs(z.var() - 1.0) < 5 * math.sqrt(2 / n)  # SE of the variance: sqrt(2 / n)
     assert scipy_stats.kstest(z, "norm").pvalue > 1e-6
@@ -159,7 +161,7 @@ def test_the_two_halves_of_a_pair_are_independent(seed):
     """Box-Muller's cos and sin halves share r: they are independent normals, so both their
     correlation and the correlation of their squares are ~0 (within 5 / sqrt(pairs))."""
     n = 1 << 20
-    z = kernels.normal(n, seed, 0, 0, CPU, torch.float64).numpy()
+    z = B.normal(n, seed, 0, 0, CPU, torch.float64).numpy()
     c, s = z[0::2], z[1::2]
     bound = 5 / math.sqrt(c.size)
     assert abs(np.corrcoef(c, s)[0, 1]) < bound
@@ -202,11 +204,11 @@ def test_gaussian_mul_reference_is_the_written_out_rule(dtype):
 @pytest.mark.parametrize(("be", "isa"), BACKENDS, ids=IDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_gaussian_mul_matches_the_reference_bit_for_bit(be, isa, dtype):
-    with backend(be, isa):
+    with backend(be, isa) as B:
         for k, (n, offset) in enumerate([(0, 0), (1, 0), (3, 1), (7, 3), (64, 2), (4097, 1), (70001, 6), (9, 2**64 - 9)]):
             x = special_input(n, dtype, seed=k)
             for sigma in (0.1, 1.0, 3.0000001):
-                got = kernels.gaussian_mul(x, sigma, 2**63 + k, k, offset)
+                got = B.gaussian_mul(x, sigma, 2**63 + k, k, offset)
                 assert got.dtype == dtype and got.shape == x.shape
                 assert_same_bits(got, reference.gaussian_mul(x, sigma, 2**63 + k, k, offset), (n, offset, sigma))
 
@@ -215,22 +217,22 @@ def test_gaussian_mul_matches_the_reference_bit_for_bit(be, isa, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
 def test_gaussian_mul_layouts_out_and_inplace(be, isa, dtype):
     base = special_input(3 * 4111, dtype, seed=7).view(3, 4111)
-    with backend(be, isa):
+    with backend(be, isa) as B:
         want = reference.gaussian_mul(base.t().contiguous(), 0.5, 1, 2, 3)
-        assert_same_bits(kernels.gaussian_mul(base.t(), 0.5, 1, 2, 3), want)  # strided: row-major logical order
+        assert_same_bits(B.gaussian_mul(base.t(), 0.5, 1, 2, 3), want)  # strided: row-major logical order
         one = torch.tensor(-1.5, dtype=dtype)
         bc = one.expand(70001)  # one value broadcast (the gradient of a sum)
         want_bc = reference.gaussian_mul(bc.contiguous(), 0.5, 1, 2, 3)
-        assert_same_bits(kernels.gaussian_mul(bc, 0.5, 1, 2, 3), want_bc)
+        assert_same_bits(B.gaussian_mul(bc, 0.5, 1, 2, 3), want_bc)
         out = torch.empty(70001, dtype=dtype)
-        assert kernels.gaussian_mul(bc, 0.5, 1, 2, 3, out=out) is out
+        assert B.gaussian_mul(bc, 0.5, 1, 2, 3, out=out) is out
         assert_same_bits(out, want_bc)
         x = base.reshape(-1).clone()
         want_x = reference.gaussian_mul(x, 0.5, 1, 2, 3)
-        assert kernels.gaussian_mul(x, 0.5, 1, 2, 3, out=x) is x  # in place
+        assert B.gaussian_mul(x, 0.5, 1, 2, 3, out=x) is x  # in place
         assert_same_bits(x, want_x)
         strided = torch.empty(x.numel(), 2, dtype=dtype)[:, 0]
-        assert kernels.gaussian_mul(want_x, 0.5, 1, 2, 3, out=strided) is strided
+        assert B.gaussian_mul(want_x, 0.5, 1, 2, 3, out=strided) is strided
         assert_same_bits(strided.contiguous(), reference.gaussian_mul(want_x, 0.5, 1, 2, 3))
 
 
@@ -240,25 +242,25 @@ def test_gaussian_mul_thread_count_invariance():
     x = torch.randn(n)
     want = reference.gaussian_mul(x, 0.8, 5, 6, 13)
     for isa in ISAS:
-        with backend("cpu", isa):
+        with backend("cpu", isa) as B:
             for threads in (1, 2, 3):
                 torch.set_num_threads(threads)  # restored by conftest
-                assert_same_bits(kernels.gaussian_mul(x, 0.8, 5, 6, 13), want, (isa, threads))
-                assert_same_bits(kernels.gaussian_mul(torch.tensor(2.0).expand(n), 0.8, 5, 6, 13),
+                assert_same_bits(B.gaussian_mul(x, 0.8, 5, 6, 13), want, (isa, threads))
+                assert_same_bits(B.gaussian_mul(torch.tensor(2.0).expand(n), 0.8, 5, 6, 13),
                                  reference.gaussian_mul(torch.full((n,), 2.0), 0.8, 5, 6, 13), (isa, threads))
 
 
 def test_gaussian_mul_rejects_bad_counters():
     with pytest.raises(ValueError, match=r"element indices of a call must stay in \[0, 2\*\*64\)"):
-        kernels.gaussian_mul(torch.ones(3), 0.5, 1, 0, 2**64 - 2)
+        B.gaussian_mul(torch.ones(3), 0.5, 1, 0, 2**64 - 2)
     with pytest.raises(ValueError, match="`seed` and `stream` must be ints in"):
-        kernels.gaussian_mul(torch.ones(3), 0.5, -1, 0, 0)
+        B.gaussian_mul(torch.ones(3), 0.5, -1, 0, 0)
 
 
 def test_gaussian_dropout_op_is_one_gaussian_mul():
     """The registered op returns kernels.gaussian_mul's bits, and its factor (vmap path) gives the same."""
     import dropkit.functional as F
-    from dropkit import ops
+    from dropkit.ops.kernels import gaussian_factor
 
     for dtype in FLOAT_DTYPES:
         x = special_input(1037, dtype, seed=11).view(17, 61)
@@ -267,5 +269,5 @@ def test_gaussian_dropout_op_is_one_gaussian_mul():
         assert_same_bits(y, reference.gaussian_mul(x, sigma, 5, 0, 0))
         key = rng.key_tensor(5, 0)
         cdt = rng.compute_dtype(dtype)
-        via_factor = kernels.round_to(x.to(cdt) * ops._gaussian_factor(key, sigma, x.shape, 0, CPU, cdt), dtype)
+        via_factor = kernels.round_to(x.to(cdt) * gaussian_factor(key, sigma, x.shape, 0, CPU, cdt), dtype)
         assert_same_bits(via_factor, y)

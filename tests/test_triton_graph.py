@@ -203,15 +203,15 @@ def test_switch_off_keeps_the_ops_whole(graph_on_cpu, monkeypatch):
 
 
 def test_graph_launches_serve_compiled_cuda_kernels_only(monkeypatch):
-    """No graph launches for CPU tensors, the interpreter, or another forced backend."""
+    """No graph launches for CPU tensors, the interpreter, or CUDA ops registered on the reference (no Triton)."""
     assert kernels.graph_kernels(torch.device("cpu")) is None
-    monkeypatch.setattr(tk, "available", lambda: True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("DROPKIT_TRITON_GRAPH", raising=False)
+    assert kernels.for_device("cuda").module is tk  # Triton is installed: registered for CUDA at import
     assert kernels.graph_kernels(torch.device("cuda")) is graph
-    monkeypatch.setattr(kernels, "_forced", "reference")
+    monkeypatch.setitem(kernels._CHOSEN, "cuda", kernels.backend("reference"))
     assert kernels.graph_kernels(torch.device("cuda")) is None
-    monkeypatch.setattr(kernels, "_forced", None)
+    monkeypatch.setitem(kernels._CHOSEN, "cuda", kernels.backend("triton"))
     monkeypatch.setenv("DROPKIT_TRITON_GRAPH", "0")
     assert kernels.graph_kernels(torch.device("cuda")) is None
     monkeypatch.delenv("DROPKIT_TRITON_GRAPH")

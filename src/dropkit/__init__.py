@@ -15,7 +15,7 @@ import importlib
 
 from dropkit import functional, kernels, nn, ops, rng, seed
 from dropkit.seed import SeedGenerator
-from dropkit.kernels import backend_info
+from dropkit.ops import backend_info
 
 #: Submodules imported on first attribute access (PEP 562).
 _LAZY = ("guard", "mc", "metrics", "lint", "schedules", "viz", "memory", "scratch")

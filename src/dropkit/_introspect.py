@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode  # no public API: the class has no public home
 
 
 __all__ = [
@@ -130,9 +130,16 @@ RANDOM_METHODS = frozenset(
 )
 
 
+#: torch's dropout modules (their common base class, ``_DropoutNd``, is private).
+_TORCH_DROPOUTS = (
+    torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)  # fmt: skip
+
+
 def is_dropout_module(module: torch.nn.Module) -> bool:
     """``True`` for torch's and dropkit's dropout modules and DropPath / DropBlock-like layers."""
-    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+    if isinstance(module, _TORCH_DROPOUTS):
         return True
     return any(c.__name__ in DROPOUT_CLASS_NAMES or _DROPOUT_NAME.search(c.__name__) for c in type(module).__mro__[:-1])
 

@@ -212,7 +212,7 @@ def _check_mesh_and_placements(x) -> None:
 def _local_box(input):
     """``(mesh, placements, global shape, local tensor, box shape, box offset)`` of a DTensor: where this rank's
     local tensor lies in the global one (raises if the local shape is not torch's sharding of the global one)."""
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # no public API for a box
 
     mesh, placements, gshape = input.device_mesh, tuple(input.placements), tuple(input.shape)
     local = input.to_local()

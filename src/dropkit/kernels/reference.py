@@ -1,8 +1,8 @@
 """The portable backend: the mask contract in plain torch integer ops (any device).
 
-This is the fallback every fast backend is tested against bit for bit. It computes every
-primitive of :mod:`dropkit.kernels` (:data:`CAPABILITIES`); a fast backend that lacks one
-is served from here.
+This is the fallback every fast backend is tested against bit for bit, and the implementation the
+``dropkit::`` ops register for devices without a fast backend. It computes every primitive of
+:mod:`dropkit.kernels`; a fast backend that lacks one (the C kernel's fused op) is served from here.
 """
 
 from __future__ import annotations
@@ -34,12 +34,9 @@ __all__ = [
     "round_to",
     "NAN_BITS",
     "mask_fold",
-    "CAPABILITIES",
     "FUSED_ACTIVATIONS",
 ]
 
-#: The primitives this backend computes (all of them).
-CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "uniform", "normal", "gaussian_mul", "fused", "mask_fold"})
 #: Activations of the fused op (``"gelu"`` is the exact, erf-based GELU).
 FUSED_ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 
@@ -179,7 +176,7 @@ def fused_bias_act_dropout_add(
 
     Forward (``a`` = residual): ``residual + act(h) * factor``; backward (``a`` = the output's
     gradient): ``grad * factor * act'(h)``, the gradient of ``x``; ``factor = keep ? scale : 0``
-    with the mask bits from ``keep_mask`` (the dispatcher passes the fastest backend's).
+    with the mask bits from ``keep_mask`` (a backend without a fused kernel passes its own).
     """
     cdt = compute_dtype(x.dtype)
     h = x.to(cdt)

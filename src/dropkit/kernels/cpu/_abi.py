@@ -302,8 +302,9 @@ def _warn_at_user(msg: str) -> None:
     f: types.FrameType | None = sys._getframe(1)
     level = 2
     while f is not None and f.f_code.co_filename.startswith(internal):
+        # warnings.warn does not count importlib's frames (a warning raised during `import dropkit`)
+        level += not ("importlib" in f.f_code.co_filename and "_bootstrap" in f.f_code.co_filename)
         f = f.f_back
-        level += 1
     warnings.warn(msg, RuntimeWarning, stacklevel=level)
 
 

@@ -21,10 +21,15 @@ from dropkit.rng import threshold
 parallel_threshold = 1 << 15
 
 
+_HAS_CONST_PTR = hasattr(torch.Tensor, "const_data_ptr")
+
+
 def _read_ptr(t: torch.Tensor) -> int:
     """The address of an input the kernel only reads: ``const_data_ptr()``, which, unlike ``data_ptr()``, does
     not materialise a copy-on-write tensor (torch's stubs do not list it yet)."""
-    return t.const_data_ptr()  # type: ignore[attr-defined]
+    if _HAS_CONST_PTR:
+        return t.const_data_ptr()  # type: ignore[attr-defined]
+    return t.data_ptr()  # an older torch without Tensor.const_data_ptr: a copy-on-write input is materialised
 
 
 def available() -> bool:

@@ -11,8 +11,11 @@ The module imports without Triton; the kernels (``_kernels.py``) load on first u
 * CUDA tensors run the compiled kernels;
 * with ``TRITON_INTERPRET=1`` in the environment the kernels run under Triton's
   interpreter, which also accepts CPU tensors. That is how CI checks the kernels
-  bit for bit against :mod:`dropkit.kernels.reference` without a GPU (force this
-  backend with ``dropkit.kernels.set_backend("triton")``).
+  bit for bit against :mod:`dropkit.kernels.reference` without a GPU (the tests register the
+  ops' implementations over this backend for CPU tensors in a scoped ``torch.library`` registration).
+
+:mod:`dropkit.ops` registers this backend as the ``CUDA`` kernel of every ``dropkit::`` op when Triton is
+installed (decided once, at import); :func:`dropkit.backend_info` reports it.
 
 Besides the two primitives every backend provides (:func:`keep_mask`,
 :func:`dropout_mul`) it offers the fused bias + activation + dropout + residual kernels
@@ -50,11 +53,8 @@ __all__ = [
     "gaussian_mul",
     "interpreter_enabled",
     "ACTIVATIONS",
-    "CAPABILITIES",
 ]
 
-#: The primitives of :mod:`dropkit.kernels` this backend computes itself.
-CAPABILITIES = frozenset({"keep_mask", "dropout_mul", "fused", "uniform", "normal", "gaussian_mul"})
 
 #: Activation names of the fused kernels and their kernel codes.
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}

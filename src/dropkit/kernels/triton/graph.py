@@ -11,9 +11,8 @@ whose values are unknown while tracing: these launches copy the int64 key ``(4,)
 and the kernels read it there (``KEY_IN_MEMORY``). Masks and values are the eager launches' bits: the same
 kernels, and no result depends on the compile options (``_kernels._mad``).
 
-``torch.export`` keeps the ops whole (``torch._functorch.config.decompose_custom_triton_ops`` is off
-there, as for ``triton_op``): an exported program names ``dropkit::dropout``, not a Triton kernel.
-Set ``DROPKIT_TRITON_GRAPH=0`` to keep the ops whole in compiled graphs too (each is then an opaque
+``torch.export`` keeps the ops whole (as it keeps ``triton_op``s, :mod:`dropkit.ops.graph`): an exported
+program names ``dropkit::dropout``, not a Triton kernel. Set ``DROPKIT_TRITON_GRAPH=0`` to keep the ops whole in compiled graphs too (each is then an opaque
 call into the eager launch).
 """
 
@@ -38,8 +37,8 @@ __all__ = [
 
 def enabled() -> bool:
     """Graph launches are on unless ``DROPKIT_TRITON_GRAPH`` is ``0`` / ``false`` / ``off`` / ``no``, or this
-    torch predates them (``torch.library.wrap_triton`` and export's switch for triton ops: torch 2.6)."""
-    if not hasattr(torch.library, "wrap_triton") or not hasattr(torch._functorch.config, "decompose_custom_triton_ops"):
+    torch predates them (``torch.library.wrap_triton``: torch 2.6)."""
+    if not hasattr(torch.library, "wrap_triton"):
         return False
     return os.environ.get("DROPKIT_TRITON_GRAPH", "1").strip().lower() not in ("0", "false", "off", "no")
 
