@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -36,6 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # no public API: the
 
 
 __all__ = [
+    "flatten",
+    "map_tensors",
     "DROPOUT_CLASS_NAMES",
     "is_dropout_module",
     "drop_rate",
@@ -135,6 +137,36 @@ _TORCH_DROPOUTS = (
     torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
     torch.nn.FeatureAlphaDropout,
 )  # fmt: skip
+
+
+def flatten(obj: Any) -> tuple[list[Any], Any]:
+    """``(leaves, structure)`` of a model's inputs or outputs: tuples, lists and mappings (``dict``, transformers'
+    ``ModelOutput``) are walked, anything else is a leaf; two objects have equal ``structure`` iff they nest the
+    same containers with the same keys. (torch's pytree does this too, but only as a private module.)"""
+    leaves: list[Any] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, (list, tuple)):
+            return (type(o), tuple(walk(v) for v in o))
+        if isinstance(o, Mapping):
+            return (type(o), tuple((k, walk(o[k])) for k in o))
+        leaves.append(o)
+        return None
+
+    return leaves, walk(obj)
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor inside its tuples, lists and dicts (named tuples kept)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(map_tensors(fn, v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(fn, v) for v in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, map_tensors(fn, v)) for k, v in obj.items())
+    return obj
 
 
 def is_dropout_module(module: torch.nn.Module) -> bool:

@@ -413,7 +413,7 @@ def _file_ops() -> frozenset[str]:
     """aten ops with an argument named ``filename`` (they open files: ``from_file``, ``save``)."""
     return frozenset(
         s.name.split("::", 1)[1]
-        for s in torch._C._jit_get_all_schemas()
+        for s in torch._C._jit_get_all_schemas()  # no public API lists the registered op schemas
         if s.name.startswith("aten::") and any(a.name == "filename" for a in s.arguments)
     )
 

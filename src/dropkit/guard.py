@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
 
 from dropkit._validation import check_int
 from dropkit._introspect import (
+    flatten,
+    map_tensors,
     RandomCallMode,
     drop_rate,
     is_dropout_module,
@@ -144,8 +145,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _same(a: Any, b: Any) -> bool:
-    la, sa = tree_flatten(a)
-    lb, sb = tree_flatten(b)
+    la, sa = flatten(a)
+    lb, sb = flatten(b)
     if sa != sb or len(la) != len(lb):
         return False
     for x, y in zip(la, lb, strict=True):
@@ -160,7 +161,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _clone(inputs: tuple) -> tuple:
-    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, inputs)
+    return map_tensors(torch.Tensor.clone, inputs)
 
 
 def check_inference(model: Any, example_inputs: Sequence[Any], runs: int = 5) -> InferenceReport:

@@ -75,7 +75,7 @@ _CHANNELWISE = (
     torch.nn.AvgPool2d,
     torch.nn.AvgPool3d,
 )
-_BATCHNORM = (torch.nn.modules.batchnorm._BatchNorm,)
+_BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)

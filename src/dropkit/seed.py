@@ -47,7 +47,6 @@ from types import CodeType, FrameType
 
 import torch
 import torch.utils.checkpoint as _checkpoint
-from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from dropkit.rng import check_key_args, check_seed, key_tensor
 
@@ -178,29 +177,8 @@ def resolve_key(
         words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64)
         return torch.cat([words, torch.zeros(2, dtype=torch.int64)])
     check_key_args(None, generator)
-    if plain_eager():  # the same two draws as randint, one op instead of three
-        key = torch.zeros(4, dtype=torch.int64)
-        key[:2].random_(0, 1 << 32, generator=generator)  # a slice: cheaper than narrow here
-        return key
     words = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator)
     return torch.cat([words, torch.zeros(2, dtype=torch.int64)])
-
-
-def plain_eager() -> bool:
-    """No dispatch mode, tracer or torch.func transform is watching: nothing can tell one
-    sequence of eager ops from another that computes the same values."""
-    return (
-        _tracing_state() is None
-        and not _torch_function_mode_enabled()
-        and _current_dispatch_mode() is None
-        and not _functorch_transforms_active()
-    )
-
-
-# bound once: this runs on every eager call, where attribute lookups are a measurable share of a small call
-_tracing_state = torch._C._get_tracing_state
-_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
-_functorch_transforms_active = torch._C._are_functorch_transforms_active
 
 
 def check_seed_arg(seed: object, generator: object = None) -> None:
@@ -331,7 +309,7 @@ def _regions() -> tuple[list[object], tuple[object, object] | None]:
                 return [], None  # the reentrant node's own backward of the recomputed graph: not its recompute
             else:  # _REC_REENTRANT: one recompute per backward pass (graph task) of the CheckpointFunction node
                 # private: no public API names the running backward pass (torch's own checkpoint uses it too)
-                return forward, (f.f_locals["ctx"], torch._C._current_graph_task_id())
+                return forward, (f.f_locals["ctx"], torch._C._current_graph_task_id())  # no public API: which backward
         child, f = f, f.f_back
     return forward, None
 
@@ -379,7 +357,7 @@ def next_key_impl(state: torch.Tensor) -> torch.Tensor:
     k = plan.k
     if k is None:
         # private: no public API tells whether autograd's engine is running (torch's checkpoint uses it too)
-        if torch._C._current_graph_task_id() != -1:
+        if torch._C._current_graph_task_id() != -1:  # no public API tells whether backward is running
             raise RuntimeError(
                 "dropkit: a seeded dropout (seed=<SeedGenerator> / a module built with seed=) was called during "
                 "backward outside a torch.utils.checkpoint recompute, so its forward call cannot be identified "

@@ -62,6 +62,7 @@ __all__ = [
 #: The backends :func:`backend` builds.
 BACKENDS = ("reference", "cpu", "triton")
 
+
 class Backend:
     """The primitives of one backend module (``reference``, ``cpu`` or ``triton``), each checking its counters.
 

@@ -110,6 +110,11 @@ class ForeignCheckpoint(ValueError):
     user_facing = True
 
 
+#: Layers whose weight a max-norm constraint bounds (torch's convolutions share only a private base class).
+_WEIGHTED = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
+             torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)  # fmt: skip
+
+
 def run_identity(run_dir: Path, config: dict, *, create: bool) -> dict:
     """``{"run_id", "config_sha256"}`` of the run in ``run_dir``: the id is drawn once, when the run starts, and
     kept in ``run_dir/run_id``; the hash is the SHA-256 of the run's canonical config JSON. Every checkpoint
@@ -342,7 +347,7 @@ def lr_at(spec: RunSpec, step: int, total: int) -> float:
 def apply_max_norm(model: torch.nn.Module, c: float) -> None:
     """Rescale each unit's incoming weight vector (row of a Linear, filter of a Conv) to L2 norm <= ``c``."""
     for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and m.weight is not None:
+        if isinstance(m, _WEIGHTED) and m.weight is not None:
             w = m.weight
             norms = w.reshape(w.shape[0], -1).norm(dim=1).clamp_min(1e-12)
             scale = (c / norms).clamp(max=1.0)

@@ -43,9 +43,9 @@ class _Probe:
 
 
 def _flat_tensors(out) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
+    from dropkit._introspect import flatten
 
-    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    return [t for t in flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
 #: Probe results per model: {model: (fingerprint, ProbeResult)}.
