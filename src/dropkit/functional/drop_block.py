@@ -24,7 +24,6 @@ def _cover_histogram(size: int, block: int) -> collections.Counter:
     return collections.Counter(min(i, size - block) - max(i - block + 1, 0) + 1 for i in range(size))
 
 
-@functools.lru_cache(maxsize=256)
 def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> float:
     r"""The rate :math:`\gamma` of block centres for which the expected dropped fraction is exactly ``p``.
 
@@ -34,7 +33,20 @@ def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> floa
     Solved by bisection (plain Python numbers: a constant under torch.compile). The paper's
     closed form :math:`\gamma = \frac{p}{b^{d}} \prod_d \frac{L_d}{L_d - b + 1}` is the
     first-order approximation; it drops noticeably less than ``p`` once blocks overlap.
+
+    Eager calls are cached (``functools.lru_cache``); under torch.compile the solve is traced
+    into constants instead (Dynamo does not trace through an ``lru_cache`` wrapper reliably).
+
+    Example:
+        >>> 0.1 / 9 < block_seed_rate(0.1, (8, 8), 3) < 0.1  # more than the paper's first-order value
+        True
     """
+    if torch.compiler.is_compiling():
+        return _solve_seed_rate(p, tuple(spatial), block_size)
+    return _cached_seed_rate(p, tuple(spatial), block_size)
+
+
+def _solve_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> float:
     hist = collections.Counter({1: 1})
     for size in spatial:  # k(i) is the product of the per-dimension counts
         hist = _product(hist, _cover_histogram(size, block_size))
@@ -47,6 +59,9 @@ def block_seed_rate(p: float, spatial: tuple[int, ...], block_size: int) -> floa
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+_cached_seed_rate = functools.lru_cache(maxsize=256)(_solve_seed_rate)
 
 
 def _product(a: collections.Counter, b: collections.Counter) -> collections.Counter:

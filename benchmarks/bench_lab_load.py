@@ -1,0 +1,111 @@
+"""The lab on a shared machine: `dropkit compare --seeds 2` alone, then beside two CPU-bound processes.
+
+One run times the command (a subprocess with its own ``--out`` in a temporary folder) on the quiet
+machine, then starts ``--busy`` busy loops (``python -c "while True: pass"``), times it again and
+kills them. The ratio loaded / quiet is the figure of merit: a fair share of 2 cores beside 2 busy
+processes is 2x; a thread team spinning on cores it does not hold makes it 10-20x. It also times
+``import torch`` and ``import dropkit`` in fresh processes (median of ``--imports``), the start-up
+cost of every command. Prints a table and writes ``benchmarks/out/lab_load-<label>.json``.
+
+    python benchmarks/bench_lab_load.py [--src PATH/src] [--label after] [--busy 2] [--imports 5]
+
+``--src`` picks the tree whose ``python -m dropkit`` runs (PYTHONPATH), e.g. a checkout of the code
+before a change, so both are measured by the same script; ``-- ARGS`` replaces the compare flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import print_table, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(src: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(src)
+    return env
+
+
+def time_compare(src: Path, args: list[str]) -> dict:
+    """Wall time of ``python -m dropkit compare ARGS --out <tmp>`` (seconds) and the load average before it."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench_lab_load-") as tmp:
+        cmd = [sys.executable, "-m", "dropkit", "compare", *args, "--quiet", "--out", str(Path(tmp) / "out")]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, env=_env(src), capture_output=True, text=True, cwd=tmp)
+        wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    return {"wall_s": wall, "load_before": load}
+
+
+def time_imports(src: Path, n: int) -> dict:
+    """Median wall time of ``import torch`` and ``import dropkit`` in ``n`` fresh processes each (interleaved)."""
+    times: dict[str, list[float]] = {"torch": [], "dropkit": []}
+    code = "import time; t = time.perf_counter(); import {m}; print(time.perf_counter() - t)"
+    for _ in range(n):
+        for m in times:
+            r = subprocess.run(
+                [sys.executable, "-c", code.format(m=m)], env=_env(src), capture_output=True, text=True, check=True
+            )
+            times[m].append(float(r.stdout.strip()))
+    return {m: statistics.median(v) for m, v in times.items()} | {f"{m}_all": v for m, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", type=Path, default=ROOT / "src", help="the src/ folder whose dropkit runs")
+    parser.add_argument("--label", default="after", help="name of this measurement (JSON file name)")
+    parser.add_argument("--busy", type=int, default=2, help="CPU-bound processes beside the loaded run")
+    parser.add_argument("--imports", type=int, default=5, help="fresh processes per import timing (0: skip)")
+    parser.add_argument("compare_args", nargs="*", default=["--seeds", "2"], help="flags of dropkit compare")
+    a = parser.parse_args()
+    src = a.src.resolve()
+
+    imports = time_imports(src, a.imports) if a.imports else None
+    quiet = time_compare(src, a.compare_args)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy)]
+    try:
+        time.sleep(1.0)  # let them take their cores
+        loaded = time_compare(src, a.compare_args)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    ratio = loaded["wall_s"] / quiet["wall_s"]
+    rows = [
+        ["quiet", f"{quiet['wall_s']:.1f}", f"{quiet['load_before']:.2f}", "1.00"],
+        [f"beside {a.busy} busy loops", f"{loaded['wall_s']:.1f}", f"{loaded['load_before']:.2f}", f"{ratio:.2f}"],
+    ]
+    print_table(
+        ["dropkit compare " + " ".join(a.compare_args), "wall (s)", "load before", "x quiet"],
+        rows,
+        title=f"{a.label}: {src}",
+    )
+    if imports:
+        print(
+            f"\nimport torch {imports['torch']:.2f} s, import dropkit {imports['dropkit']:.2f} s "
+            f"(+{imports['dropkit'] - imports['torch']:.2f} s), median of {a.imports}"
+        )
+    write_json(
+        f"lab_load-{a.label}",
+        [{"case": "quiet", **quiet}, {"case": f"busy{a.busy}", **loaded, "ratio": ratio}],
+        src=str(src),
+        compare_args=a.compare_args,
+        imports=imports,
+        usable_cores=len(os.sched_getaffinity(0)),
+    )
+
+
+if __name__ == "__main__":
+    main()
