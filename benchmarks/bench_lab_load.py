@@ -7,10 +7,11 @@ processes is 2x; a thread team spinning on cores it does not hold makes it 10-20
 ``import torch`` and ``import dropkit`` in fresh processes (median of ``--imports``), the start-up
 cost of every command. Prints a table and writes ``benchmarks/out/lab_load-<label>.json``.
 
-    python benchmarks/bench_lab_load.py [--src PATH/src] [--label after] [--busy 2] [--imports 5]
+    python benchmarks/bench_lab_load.py [--src PATH/src] [--before OLD/src] [--label after] [--busy 2] [--imports 5]
 
-``--src`` picks the tree whose ``python -m dropkit`` runs (PYTHONPATH), e.g. a checkout of the code
-before a change, so both are measured by the same script; ``-- ARGS`` replaces the compare flags.
+``--src`` picks the tree whose ``python -m dropkit`` runs (PYTHONPATH); ``--before`` adds a second
+tree (e.g. a checkout of the code before a change), timed in the same phases, so both see the same
+machine; ``-- ARGS`` replaces the compare flags.
 """
 
 from __future__ import annotations
@@ -65,42 +66,70 @@ def time_imports(src: Path, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the src/ folder whose dropkit runs")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="also time this src/ folder (the code before a change), interleaved"
+    )
     parser.add_argument("--label", default="after", help="name of this measurement (JSON file name)")
     parser.add_argument("--busy", type=int, default=2, help="CPU-bound processes beside the loaded run")
     parser.add_argument("--imports", type=int, default=5, help="fresh processes per import timing (0: skip)")
     parser.add_argument("compare_args", nargs="*", default=["--seeds", "2"], help="flags of dropkit compare")
     a = parser.parse_args()
-    src = a.src.resolve()
+    trees = {a.label: a.src.resolve()}
+    if a.before is not None:
+        trees = {"before": a.before.resolve(), **trees}
 
-    imports = time_imports(src, a.imports) if a.imports else None
-    quiet = time_compare(src, a.compare_args)
+    def note(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.2f}] {text}", file=sys.stderr, flush=True)
+
+    imports = {}
+    for name, src in trees.items():
+        if a.imports:
+            imports[name] = time_imports(src, a.imports)
+            note(
+                f"{name}: import torch {imports[name]['torch']:.2f} s, import dropkit {imports[name]['dropkit']:.2f} s"
+            )
+    quiet, loaded = {}, {}
+    for name, src in trees.items():
+        quiet[name] = time_compare(src, a.compare_args)
+        note(f"{name}: quiet {quiet[name]['wall_s']:.1f} s")
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy)]
     try:
         time.sleep(1.0)  # let them take their cores
-        loaded = time_compare(src, a.compare_args)
+        for name, src in trees.items():
+            loaded[name] = time_compare(src, a.compare_args)
+            note(f"{name}: beside {a.busy} busy loops {loaded[name]['wall_s']:.1f} s")
     finally:
         for p in busy:
             p.kill()
             p.wait()
-    ratio = loaded["wall_s"] / quiet["wall_s"]
-    rows = [
-        ["quiet", f"{quiet['wall_s']:.1f}", f"{quiet['load_before']:.2f}", "1.00"],
-        [f"beside {a.busy} busy loops", f"{loaded['wall_s']:.1f}", f"{loaded['load_before']:.2f}", f"{ratio:.2f}"],
-    ]
+    rows, records = [], []
+    for name in trees:
+        ratio = loaded[name]["wall_s"] / quiet[name]["wall_s"]
+        rows.append(
+            [
+                name,
+                f"{quiet[name]['wall_s']:.1f} (load {quiet[name]['load_before']:.1f})",
+                f"{loaded[name]['wall_s']:.1f} (load {loaded[name]['load_before']:.1f})",
+                f"{ratio:.2f}",
+            ]
+        )
+        records += [
+            {"tree": name, "src": str(trees[name]), "case": "quiet", **quiet[name]},
+            {"tree": name, "src": str(trees[name]), "case": f"busy{a.busy}", **loaded[name], "ratio": ratio},
+        ]
     print_table(
-        ["dropkit compare " + " ".join(a.compare_args), "wall (s)", "load before", "x quiet"],
+        ["tree", "alone: wall s (load before)", f"beside {a.busy} busy loops", "ratio"],
         rows,
-        title=f"{a.label}: {src}",
+        title="dropkit compare " + " ".join(a.compare_args),
     )
-    if imports:
+    for name, t in imports.items():
         print(
-            f"\nimport torch {imports['torch']:.2f} s, import dropkit {imports['dropkit']:.2f} s "
-            f"(+{imports['dropkit'] - imports['torch']:.2f} s), median of {a.imports}"
+            f"{name}: import torch {t['torch']:.2f} s, import dropkit {t['dropkit']:.2f} s "
+            f"(+{t['dropkit'] - t['torch']:.2f} s), median of {a.imports}"
         )
     write_json(
         f"lab_load-{a.label}",
-        [{"case": "quiet", **quiet}, {"case": f"busy{a.busy}", **loaded, "ratio": ratio}],
-        src=str(src),
+        records,
         compare_args=a.compare_args,
         imports=imports,
         usable_cores=len(os.sched_getaffinity(0)),

@@ -127,6 +127,9 @@ def run_tune(
     """Run trials into the study until it holds exactly ``trials`` COMPLETE trials; return the study."""
     import optuna
 
+    from dropkit.lab.cores import thread_share
+
+    torch.set_num_threads(thread_share(1))  # the cores this process may use; OMP_NUM_THREADS caps it
     direction: Literal["minimize", "maximize"] = "maximize" if score == "acc" else "minimize"
     study = open_study(storage, direction, heartbeat)
     ident = {k: v for k, v in config.items() if k not in ("trials",)}
@@ -298,9 +301,10 @@ def plot_history(done: list[dict], score: str, path: Path, name: str):
     best = [pick(ys[: i + 1]) for i in range(len(ys))]
     fig = _figure(1, width=6.0)
     ax = fig.subplots()
-    ax.plot(xs, ys, "o", label=f"trial ({unit})")
+    ax.plot(xs, ys, "o", label="complete trial")
     ax.step(xs, best, where="post", color="C3", label=f"best so far ({'highest' if score == 'acc' else 'lowest'})")
     ax.set(xlabel="trial", ylabel=unit, title=f"{name}: optimisation history ({unit})")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # trial numbers
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
