@@ -51,16 +51,26 @@ def time_compare(src: Path, args: list[str]) -> dict:
 
 
 def time_imports(src: Path, n: int) -> dict:
-    """Median wall time of ``import torch`` and ``import dropkit`` in ``n`` fresh processes each (interleaved)."""
-    times: dict[str, list[float]] = {"torch": [], "dropkit": []}
-    code = "import time; t = time.perf_counter(); import {m}; print(time.perf_counter() - t)"
+    """Median wall and CPU (user + system) time of ``import torch`` and ``import dropkit`` in ``n`` fresh
+    processes each, interleaved; CPU time is the steadier figure on a shared machine."""
+    times: dict[str, list[tuple[float, float]]] = {"torch": [], "dropkit": []}
+    code = (
+        "import time; w, c = time.perf_counter(), time.process_time(); import {m}; "
+        "print(time.perf_counter() - w, time.process_time() - c)"
+    )
     for _ in range(n):
         for m in times:
             r = subprocess.run(
                 [sys.executable, "-c", code.format(m=m)], env=_env(src), capture_output=True, text=True, check=True
             )
-            times[m].append(float(r.stdout.strip()))
-    return {m: statistics.median(v) for m, v in times.items()} | {f"{m}_all": v for m, v in times.items()}
+            wall, cpu = (float(v) for v in r.stdout.split())
+            times[m].append((wall, cpu))
+    out: dict = {}
+    for m, v in times.items():
+        out[m] = statistics.median(w for w, _ in v)
+        out[f"{m}_cpu"] = statistics.median(c for _, c in v)
+        out[f"{m}_all"] = v
+    return out
 
 
 def main() -> None:
@@ -72,6 +82,7 @@ def main() -> None:
     parser.add_argument("--label", default="after", help="name of this measurement (JSON file name)")
     parser.add_argument("--busy", type=int, default=2, help="CPU-bound processes beside the loaded run")
     parser.add_argument("--imports", type=int, default=5, help="fresh processes per import timing (0: skip)")
+    parser.add_argument("--imports-only", action="store_true", help="time the imports only")
     parser.add_argument("compare_args", nargs="*", default=["--seeds", "2"], help="flags of dropkit compare")
     a = parser.parse_args()
     trees = {a.label: a.src.resolve()}
@@ -85,9 +96,14 @@ def main() -> None:
     for name, src in trees.items():
         if a.imports:
             imports[name] = time_imports(src, a.imports)
+            t = imports[name]
             note(
-                f"{name}: import torch {imports[name]['torch']:.2f} s, import dropkit {imports[name]['dropkit']:.2f} s"
+                f"{name}: import torch {t['torch']:.2f} s (CPU {t['torch_cpu']:.2f} s), import dropkit "
+                f"{t['dropkit']:.2f} s (CPU {t['dropkit_cpu']:.2f} s), median of {a.imports}"
             )
+    if a.imports_only:
+        write_json(f"imports-{a.label}", [], imports=imports, usable_cores=len(os.sched_getaffinity(0)))
+        return
     quiet, loaded = {}, {}
     for name, src in trees.items():
         quiet[name] = time_compare(src, a.compare_args)
@@ -125,7 +141,8 @@ def main() -> None:
     for name, t in imports.items():
         print(
             f"{name}: import torch {t['torch']:.2f} s, import dropkit {t['dropkit']:.2f} s "
-            f"(+{t['dropkit'] - t['torch']:.2f} s), median of {a.imports}"
+            f"(+{t['dropkit'] - t['torch']:.2f} s; CPU {t['torch_cpu']:.2f} / {t['dropkit_cpu']:.2f} s), "
+            f"median of {a.imports}"
         )
     write_json(
         f"lab_load-{a.label}",
