@@ -20,6 +20,9 @@ NETS = textwrap.dedent('''
             n *= s
         return nn.Sequential(nn.Flatten(), nn.Linear(n, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 16),
                              nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, num_classes))
+
+    def broken(in_shape):
+        raise KeyError("hidden_size")
 ''')
 TINY = ["--epochs", "2", "--seeds", "1", "--quiet"]
 
@@ -53,6 +56,12 @@ def test_wrong_number_of_rates_for_a_user_model_reports_the_rates_typed(nets, ca
                   *TINY, "--out", "o"], capsys)
     assert "Received: p=0.2,0.5,0.7" in cap.err and "p=0,0,0" not in cap.err
     assert "expected one rate or 2 rates" in cap.err and not (nets / "o").exists()
+
+
+def test_a_factory_that_raises_is_one_line_naming_it_and_where(nets, capsys):
+    cap = _fails(["compare", "--dataset", "overfit", "--model", "msgnets_mod:broken", *TINY, "--out", "o"], capsys)
+    assert "msgnets_mod:broken raised KeyError: 'hidden_size' (at " in cap.err and "msgnets_mod.py:" in cap.err
+    assert "internal error" not in cap.err and "Traceback" not in cap.err and not (nets / "o").exists()
 
 
 def test_mc_on_own_npz_data_works_or_refuses_up_front_naming_the_flag(nets, capsys, monkeypatch):
