@@ -86,6 +86,8 @@ def test_compare_runs_with_a_passive_openmp_team_and_its_share_of_threads(tmp_pa
     pid, seen = _compare_with_probe(tmp_path, {})
     assert seen and all(s["pid"] == pid for s in seen)  # re-executed in place: the same process
     assert all(s["wait"] == "PASSIVE" and s["threads"] <= usable_cores() for s in seen)
+    env = json.loads((tmp_path / "out0" / "env.json").read_text())
+    assert env["omp_wait_policy"] == "PASSIVE" and env["usable_cores"] == usable_cores()
 
     pid, seen = _compare_with_probe(tmp_path, {"OMP_WAIT_POLICY": "ACTIVE"}, "--jobs", "2")
     workers = [s for s in seen if s["pid"] != pid]

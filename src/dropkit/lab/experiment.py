@@ -107,6 +107,7 @@ def environment(device: str) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "world_size": dist_info()[1],
