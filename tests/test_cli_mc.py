@@ -18,7 +18,7 @@ def test_mc_default_folder_is_compares_and_table_has_what_help_promises(tmp_path
     capsys.readouterr()
     assert main(["mc", "--samples", "4"]) == 0
     out = capsys.readouterr().out
-    assert "Brier eval" in out and "AUROC H" in out and "(1/2 runs)" in out
+    assert "Brier eval" in out and "AUROC H" in out and "(1/1 runs with dropout)" in out and "skipped by design" in out
     row = json.loads((tmp_path / "runs/compare-digits-mlp/runs/p0.5/seed-0/mc.json").read_text())
     assert 0.0 <= row["entropy_auroc"] <= 1.0 and 0.0 <= row["mc_brier"] <= 2.0
     with pytest.raises(SystemExit):

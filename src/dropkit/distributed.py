@@ -34,10 +34,11 @@ data-dependent offset, which dropkit's ops take as an ``int``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +56,42 @@ CHECK_KEYS = True
 _MIN_BUDGET = 1 << 22
 
 
-def _run_eagerly(reason: str):
-    """``torch.compiler.disable`` with its ``reason`` where torch takes one (torch >= 2.7), without it before."""
+def _disable(fn: Callable, reason: str) -> Callable:
+    """``torch.compiler.disable(fn)`` with its ``reason`` where torch takes one (torch >= 2.7), without it before."""
     if "reason" in inspect.signature(torch.compiler.disable).parameters:
-        return torch.compiler.disable(reason=reason)
-    return torch.compiler.disable()
+        return torch.compiler.disable(fn, reason=reason)
+    return torch.compiler.disable(fn)
+
+
+def _run_eagerly(reason: str) -> Callable[[Callable], Callable]:
+    """``torch.compiler.disable(fn, reason=reason)``, applied when ``fn`` is first called.
+
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (about 1.2 s), which ``import dropkit``
+    must not pay: a DTensor exists only after ``torch.distributed.tensor`` is imported, so the
+    first DTensor call pays it. It is applied at once when ``torch._dynamo`` is already imported.
+    Under ``torch.compile`` the call is a graph break either way; with ``fullgraph=True`` the
+    error names ``reason`` once the function has been wrapped (after an eager call, or when
+    ``torch._dynamo`` was imported before dropkit), otherwise the skipped ``torch.compiler.disable``.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        eager: list[Callable] = []
+
+        def resolve() -> Callable:
+            if not eager:
+                eager.append(_disable(fn, reason))
+            return eager[0]
+
+        if "torch._dynamo" in sys.modules:
+            resolve()
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return resolve()(*args, **kwargs)
+
+        return call
+
+    return wrap
 
 
 def is_dtensor(x: object) -> bool:
@@ -246,7 +278,7 @@ def _check_keys_agree(key: torch.Tensor, mesh) -> None:
 
 
 @_run_eagerly(
-    "dropkit's DTensor dropout runs eagerly: this rank's box in the global mask is a data-dependent "
+    reason="dropkit's DTensor dropout runs eagerly: this rank's box in the global mask is a data-dependent "
     "offset that dropkit's ops take as an int"
 )
 def dtensor_dropout(
@@ -319,7 +351,7 @@ def dtensor_dropout(
     return input.copy_(out) if inplace else out
 
 
-@_run_eagerly("dropkit's DTensor variants run eagerly: this rank's offset in the global noise is data-dependent")
+@_run_eagerly(reason="dropkit's DTensor variants run eagerly: this rank's offset in the global noise is data-dependent")
 def dtensor_variant(
     input,
     call,

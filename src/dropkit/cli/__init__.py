@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import traceback
@@ -16,6 +17,9 @@ from collections.abc import Sequence
 
 #: Subcommand modules under dropkit.cli, in the order ``--help`` lists them.
 SUBCOMMANDS = ["demo", "guard", "mc", "lint", "masks", "compare", "sweep", "tune", "report"]
+
+#: Commands that train or sample for seconds to hours: they run with OpenMP's passive wait policy.
+COMPUTE_COMMANDS = frozenset({"compare", "sweep", "tune", "mc"})
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -101,12 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rerun_with_passive_openmp(command: str | None) -> None:
+    """Run a compute command again in this process (``os.execv``, same pid) with ``OMP_WAIT_POLICY=PASSIVE``.
+
+    libgomp reads the variable once, when ``import dropkit`` loads torch, which is before this code
+    can run; without it torch's threads spin at every barrier and, when another process holds a
+    core, a training run slows down 10-20x (see :mod:`dropkit.lab.cores`). A user's own
+    ``OMP_WAIT_POLICY`` is kept, and nothing is re-run when torch's parallel backend is not OpenMP.
+    """
+    from dropkit.lab.cores import WAIT_POLICY
+
+    if command not in COMPUTE_COMMANDS or WAIT_POLICY in os.environ:
+        return
+    os.environ[WAIT_POLICY] = "PASSIVE"
+    torch = sys.modules.get("torch")
+    if torch is None or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return  # read when torch is loaded, or not read at all
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``dropkit`` command; ``argv`` (default ``sys.argv[1:]``, where a compute command may re-run
+    itself with ``OMP_WAIT_POLICY=PASSIVE``, see :func:`_rerun_with_passive_openmp`)."""
     from dropkit._secrets import mask_credentials
     from dropkit.cli._errors import is_user_error
 
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv) or ["demo"])
+    if argv is None:
+        _rerun_with_passive_openmp(args.command)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head`

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from dropkit.cli._errors import user_input
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -45,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the MC masks (default: 0)")
     p.add_argument("--bins", type=int, default=15, help="ECE bins (default: 15)")
     p.add_argument("--batch", type=int, default=512, help="validation examples per predict call (default: 512)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="FILE",
+        help="runs trained on your own data: the data set (FILE.npz, or MODULE:FACTORY, which is imported and "
+        "called); a .npz must match the SHA-256 recorded with the run (default: the run's FILE.npz, as typed)",
+    )
     p.add_argument("--data-dir", default=None, help="folder with IDX files (mnist, fashion-mnist)")
     p.add_argument("--no-download", action="store_true", help="never download a dataset")
     p.add_argument(
@@ -52,12 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="MODULE:FACTORY",
         help="the model factory of runs made with your own model: imported only when named here, never from the folder",
-    )
-    p.add_argument(
-        "--dataset",
-        default=None,
-        metavar="MODULE:FACTORY",
-        help="the dataset factory of runs made with your own data: imported only when named here",
     )
     p.set_defaults(func=run)
 
@@ -87,9 +90,67 @@ def _data_settings(run: Path) -> dict:
                 if key in data and key not in settings and data[key] is not None:
                     settings[key] = data[key]
             settings.setdefault("dataset", data.get("dataset"))
+            for key in ("dataset_sha256", "task"):
+                if data.get(key) is not None:
+                    settings.setdefault(key, data[key])
     if not settings.get("dataset"):
         raise ValueError(f"{run}: no dataset named in config.json")
     return settings
+
+
+def _resolve_data(run: Path, args: argparse.Namespace) -> dict:
+    """The run's dataset settings with the data set to load (``--dataset`` for the user's own data),
+    checked before anything is computed: the file exists and is the one the run was trained on."""
+    from dropkit.lab.datasets import dataset_fingerprint
+    from dropkit.lab.user import is_user_target
+
+    settings = _data_settings(run)
+    name = settings["dataset"]
+    if settings.pop("task", "classification") != "classification":
+        raise ValueError(f"{run}: a {name} regression run has no class probabilities for MC dropout to calibrate")
+    own = is_user_target(name) or name.endswith(".npz")
+    sha = settings.pop("dataset_sha256", None)
+    if not own:
+        if args.dataset is not None:
+            raise ValueError(
+                f"Invalid value for `--dataset`: it names your own data; {run} was trained on the built-in "
+                f"{name!r}, which mc reloads itself. Received: --dataset {args.dataset}"
+            )
+        return settings
+    if args.dataset is None and is_user_target(name):
+        raise ValueError(
+            f"{run} was trained on the data of {name} (named in its config.json); mc does not import code named "
+            f"by a run folder: pass --dataset {name} to import and call it (only if you trust it)"
+        )
+    given = args.dataset or name
+    if given.endswith(".npz") != name.endswith(".npz"):
+        raise ValueError(
+            f"Invalid value for `--dataset`: {run} was trained on {name}; pass the same kind of data set "
+            f"({'a FILE.npz' if name.endswith('.npz') else 'MODULE:FACTORY'}). Received: --dataset {given}"
+        )
+    if given.endswith(".npz"):
+        if not Path(given).is_file():
+            raise ValueError(
+                f"{run} was trained on your own data {name}; {given} is not a file (from {Path.cwd()}): "
+                "pass --dataset FILE with the run's .npz file"
+            )
+        if sha is not None and dataset_fingerprint(given) != sha:
+            raise ValueError(
+                f"{given} is not the data {run} was trained on (its SHA-256 differs from the one recorded with "
+                "the run): pass --dataset FILE with the run's .npz file"
+            )
+    settings["dataset"] = given
+    return settings
+
+
+def _has_dropout(run: Path) -> bool:
+    """Whether the run's own config sets a dropout rate (the no-dropout runs of compare and sweep do not)."""
+    cfg = run / "config.json"
+    try:
+        spec = json.loads(cfg.read_text())
+        return bool(any(spec["p"]) or spec.get("input_p"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # not a lab run config: let MC dropout find out
 
 
 def _histogram(path: Path, entropy: torch.Tensor, correct: torch.Tensor, title: str) -> None:
@@ -129,16 +190,16 @@ def _auroc(score: torch.Tensor, positive: torch.Tensor) -> float:
 
 def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
     from dropkit import metrics
-    from dropkit.lab.datasets import load_dataset
+    from dropkit.lab.datasets import load_data
     from dropkit.lab.models import probabilities
-    from dropkit.lab.train import check_factory, load_model
+    from dropkit.lab.train import load_model
     from dropkit.mc import predict
 
-    settings = _data_settings(run)
-    name = settings.pop("dataset")
-    check_factory(name, args.dataset, run / "config.json", "--dataset", "mc")
+    with user_input():
+        settings = _resolve_data(run, args)
+        name = settings.pop("dataset")
+        data = load_data(name, data_dir=args.data_dir, download=not args.no_download, **settings)
     model = load_model(run, factory=args.model)  # refuses a model factory the user did not name
-    data = load_dataset(name, data_dir=args.data_dir, download=not args.no_download, **settings)
     x, y = data.x_val, data.y_val
     with torch.inference_mode():
         eval_probs = torch.cat(
@@ -195,27 +256,39 @@ def run(args: argparse.Namespace) -> int:
 
     require_matplotlib()
     runs = _runs(root)
+    with user_input():
+        for r in runs:
+            _resolve_data(r, args)  # every run's data found and checked before the table starts
+    plain = [r for r in runs if not _has_dropout(r)]
+    runs = [r for r in runs if r not in plain]
     print(
-        f"{'run':<40} {'acc eval':>8} {'acc MC':>7} {'NLL eval':>8} {'NLL MC':>7} {'Brier eval':>10} {'Brier MC':>8} "
+        f"{'run':<40} {'acc eval %':>10} {'acc MC %':>8} {'NLL eval':>8} {'NLL MC':>7} {'Brier eval':>10} {'Brier MC':>8} "
         f"{'ECE eval':>8} {'ECE MC':>7} {'H right':>7} {'H wrong':>7} {'AUROC H':>7} {'MI right':>8} {'MI wrong':>8}",
         flush=True,
     )
+    for r in plain:
+        print(f"{str(r.relative_to(root)) if r != root else r.name:<40} (trained without dropout: nothing to sample)")
     done = 0
     for r in runs:
         try:
             row = evaluate_run(r, args)
         except NoDropoutError:
-            print(f"{str(r.relative_to(root)) or '.':<40} (no dropout: skipped)")
+            print(f"{str(r.relative_to(root)) or '.':<40} (no dropout module in the model: skipped)")
             continue
         done += 1
         label = str(r.relative_to(root)) if r != root else r.name
         print(
-            f"{label:<40} {row['eval_acc']:8.3f} {row['mc_acc']:7.3f} {row['eval_nll']:8.3f} {row['mc_nll']:7.3f} "
+            f"{label:<40} {100 * row['eval_acc']:10.1f} {100 * row['mc_acc']:8.1f} {row['eval_nll']:8.3f} {row['mc_nll']:7.3f} "
             f"{row['eval_brier']:10.3f} {row['mc_brier']:8.3f} {row['eval_ece']:8.3f} {row['mc_ece']:7.3f} "
             f"{row['entropy_correct']:7.3f} {row['entropy_wrong']:7.3f} {row['entropy_auroc']:7.3f} "
             f"{row['mi_correct']:8.4f} {row['mi_wrong']:8.4f}"
         )
-        print(f"{'':<40} wrote {r / 'mc.json'} and {r / 'mc_uncertainty.png'} ({done}/{len(runs)} runs)", flush=True)
+        print(
+            f"{'':<40} wrote {r / 'mc.json'} and {r / 'mc_uncertainty.png'} ({done}/{len(runs)} runs with dropout)",
+            flush=True,
+        )
+    if plain:
+        print(f"{len(plain)} run(s) trained without dropout (the baseline) skipped by design: MC dropout needs dropout")
     if not done:
         raise ValueError(f"{root}: no run with dropout to sample")
     return 0

@@ -528,7 +528,7 @@ def load_npz(path: str | os.PathLike, task: str = "classification") -> Dataset:
 def _from_factory(target: str, task: str) -> Dataset:
     from dropkit.lab.user import call_with_known, load_callable
 
-    made = call_with_known(load_callable(target, "--dataset"), task=task)
+    made = call_with_known(load_callable(target, "--dataset"), target, task=task)
     if not (isinstance(made, tuple) and len(made) == 2):
         raise DatasetError(
             f"{target} must return (train, val), two map-style datasets of (input, target); "

@@ -35,6 +35,7 @@ import torch
 
 from dropkit._io import FILE_MODE, atomic_write_json, atomic_write_text
 from dropkit._secrets import mask_credentials
+from dropkit.lab.cores import passive_wait_env, thread_share, usable_cores
 from dropkit.lab.errors import ConfigError, reraise_as
 from dropkit.lab.plan import IDENTITY_KEYS, Point, identity, plan
 from dropkit.lab.report import write_report
@@ -106,6 +107,8 @@ def environment(device: str) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "world_size": dist_info()[1],
@@ -152,7 +155,7 @@ def init_distributed(device: str) -> str:
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(thread_share(int(os.environ.get("LOCAL_WORLD_SIZE", world))))  # ranks on this machine
     if device.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -371,6 +374,8 @@ def run_experiment(
     """
     out = Path(out)
     rank, world = dist_info()
+    if world == 1:  # under torchrun, init_distributed gave each rank its share
+        torch.set_num_threads(thread_share(1))
     ident = identity(config)
     if (out / "config.json").is_file():  # every process checks, so all refuse together, before any work
         check_config(out / "config.json", ident, "run folder")
@@ -380,7 +385,8 @@ def run_experiment(
     with config_checks():
         data = _cached_dataset(config["dataset"], data_kwargs)
         tasks = [(pt, spec, out / "runs" / pt.slug / f"seed-{spec.seed}") for pt, spec in run_specs(config)]
-        for _pt, spec, _ in tasks[:: config["seeds"]]:
+        # The dropout settings first: a wrong number of rates is reported with the rates typed, not the baseline's 0s.
+        for _pt, spec, _ in sorted(tasks[:: config["seeds"]], key=lambda t: not (any(t[1].p) or t[1].input_p)):
             _model_for(spec, data)
     findings = lint_findings(config, data) if rank == 0 else []
 
@@ -396,6 +402,7 @@ def run_experiment(
                 atomic_write_text(out / "command.txt", mask_credentials("\n".join(lines) + "\n"))
             env = environment(device)
             env["jobs"] = jobs
+            env["threads_per_run"] = thread_share(jobs) if jobs > 1 and world == 1 else torch.get_num_threads()
             atomic_write_json(out / "env.json", env, indent=2)
             atomic_write_json(out / "lint.json", findings)
         if world > 1:
@@ -415,11 +422,11 @@ def run_experiment(
                     )
                     bar.run_done(pt.label, spec.seed, res, skipped)
             else:
-                threads = max(1, (os.cpu_count() or 1) // jobs)
+                threads = thread_share(jobs)  # each worker its share of the cores
                 ctx = multiprocessing.get_context("spawn")
                 pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
                 try:
-                    with _sigint_blocked():  # every worker is started by these submits
+                    with _sigint_blocked(), passive_wait_env(threads):  # every worker is started by these submits
                         futures = {
                             pool.submit(
                                 _worker, spec.to_json(), str(run_dir), config["dataset"], data_kwargs, device, threads
@@ -454,7 +461,7 @@ def _nothing():
 
 
 def _progress_info(m: dict) -> str:
-    return f"val acc {m['val_acc']:.3f}" if "val_acc" in m else f"val loss {m['val_loss']:.4g}"
+    return f"val acc {100 * m['val_acc']:.1f} %" if "val_acc" in m else f"val loss {m['val_loss']:.4g}"
 
 
 def _epochs_done(run_dir: Path) -> int:

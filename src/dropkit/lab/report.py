@@ -178,13 +178,17 @@ def format_table(rows: list[dict]) -> str:
 
 
 def sweep_verdicts(rows: list[dict], gap_threshold: float = 0.05, underfit_threshold: float = 0.02) -> list[str]:
-    """Plain-language findings of a sweep or comparison.
+    """Plain-language findings of a sweep or comparison: one verdict per setting, then the best setting.
 
-    * overfitting: final train-validation gap above ``gap_threshold``;
-    * underfitting: training accuracy falls as p grows -- more than ``underfit_threshold``
-      below the highest training accuracy of a lower rate -- and validation accuracy is
-      below the best;
-    * the best rate by mean final validation accuracy.
+    Each setting (means over seeds) gets the first verdict that applies (the rule of docs/lab.md):
+
+    1. *overfits*: its final train - validation gap exceeds ``gap_threshold``;
+    2. *underfits*: its final training accuracy is more than ``underfit_threshold`` below the best
+       final validation accuracy of any setting (it fits its own training data worse than the best
+       setting predicts unseen data);
+    3. otherwise no flag.
+
+    The best setting has the highest mean final validation accuracy (lowest validation loss for regression).
     """
     done = [r for r in rows if "final_val_acc" in r]
     if not done:
@@ -197,19 +201,19 @@ def sweep_verdicts(rows: list[dict], gap_threshold: float = 0.05, underfit_thres
     out = []
     best = max(done, key=lambda r: r["final_val_acc"][0])
     best_val = best["final_val_acc"][0]
-    ordered = sorted(done, key=lambda r: r["rate"])
-    for i, r in enumerate(ordered):
+    for r in sorted(done, key=lambda r: r["rate"]):
         gap = r["final_gap"][0]
         train = r["final_train_acc"][0]
-        lower = [q["final_train_acc"][0] for q in ordered[:i]]
-        notes = []
         if gap > gap_threshold:
-            notes.append(f"overfits: gap {100 * gap:.1f} points > {100 * gap_threshold:.0f}")
-        if lower and max(lower) - train > underfit_threshold and r["final_val_acc"][0] < best_val:
-            notes.append(
-                f"underfits: train acc {100 * train:.1f} % is {100 * (max(lower) - train):.1f} points below a lower rate's"
+            verdict = f"overfits: gap {100 * gap:.1f} points > {100 * gap_threshold:g}"
+        elif best_val - train > underfit_threshold:
+            verdict = (
+                f"underfits: train acc {100 * train:.1f} % is {100 * (best_val - train):.1f} points below the best "
+                f"val acc ({100 * best_val:.1f} %, {best['label']})"
             )
-        out.append(f"{r['label']}: " + ("; ".join(notes) if notes else "no over- or underfitting flag"))
+        else:
+            verdict = "no over- or underfitting flag"
+        out.append(f"{r['label']}: {verdict}")
     std = best["final_val_acc"][1]
     out.append(f"best by validation accuracy: {best['label']} ({100 * best_val:.1f} ± {100 * std:.1f} %)")
     return out
@@ -234,8 +238,9 @@ def _figure(ncols: int, width: float = 5.0):
 
 
 def save_figure(fig, path: Path) -> None:
-    """``fig.savefig`` as PNG through :func:`dropkit._io.atomic_write_with`."""
-    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
+    """``fig.savefig`` as PNG through :func:`dropkit._io.atomic_write_with`, cropped to what is drawn
+    (``bbox_inches="tight"``: a legend or label outside the axes is never cut off)."""
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
 
 
 def plot_curves(points, path: Path, title: str) -> None:
@@ -328,7 +333,8 @@ class MissingExtra(RuntimeError):
     user_facing = True
 
 
-def _lint_lines(folder: Path) -> list[str]:
+def _lint_lines(folder: Path, model: str) -> list[str]:
+    """The report's *Lint* section; a finding about the whole model (path ``""``) names ``model``."""
     path = folder / "lint.json"
     if not path.is_file():
         return []
@@ -337,7 +343,12 @@ def _lint_lines(folder: Path) -> list[str]:
     if not findings:
         return head + ["- no finding", ""]
     return (
-        head + [f"- {f.get('code')} {f.get('severity')} `{f.get('path')}`: {f.get('message')}" for f in findings] + [""]
+        head
+        + [
+            f"- {f.get('code')} {f.get('severity')} `{f.get('path') or f'model {model}'}`: {f.get('message')}"
+            for f in findings
+        ]
+        + [""]
     )
 
 
@@ -409,7 +420,7 @@ def write_report(folder: str | Path) -> str:
         "",
         *[f"- {v}" for v in verdicts],
         "",
-        *_lint_lines(folder),
+        *_lint_lines(folder, config["model"]),
     ]
     if figures:
         md += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]

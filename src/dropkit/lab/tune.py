@@ -18,7 +18,7 @@ COMPLETE-or-RUNNING ones is PRUNED (user attribute ``surplus``), and a worker wa
 the running trials of others can still complete the study.
 
 :func:`write_tune_report` writes ``report.md`` (best rates, the trials table),
-``trials.json`` and Optuna's history and parameter-importance plots (matplotlib backend).
+``trials.json``, the history plot (scores in %, the best so far) and Optuna's parameter-importance plot.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dropkit._io import atomic_write_json, atomic_write_text
 from dropkit.lab.plan import Point
 from dropkit.lab.train import ConfigMismatch, train_run
 
-__all__ = ["SCORES", "open_study", "run_tune", "site_names", "write_tune_report"]
+__all__ = ["SCORES", "open_study", "plot_history", "run_tune", "site_names", "write_tune_report"]
 
 SCORES = ("acc", "loss")
 STUDY_NAME = "dropkit-tune"
@@ -167,6 +167,9 @@ def run_tune(
     """Run trials into the study until it holds exactly ``trials`` COMPLETE trials; return the study."""
     import optuna
 
+    from dropkit.lab.cores import thread_share
+
+    torch.set_num_threads(thread_share(1))  # the cores this process may use; OMP_NUM_THREADS caps it
     direction: Literal["minimize", "maximize"] = "maximize" if score == "acc" else "minimize"
     study = open_study(storage, direction, heartbeat)
     ident = {k: v for k, v in config.items() if k not in ("trials",)}
@@ -292,13 +295,10 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
         matplotlib.use("Agg")
         from optuna.visualization import matplotlib as ovm
 
+        plot_history(done, score, out / "plots" / "history.png", study.study_name)
+        figures.append("history.png")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's "experimental" warnings
-            ax = ovm.plot_optimization_history(study)
-            ax.set_title(f"optimisation history ({unit})")
-            _figure(ax).tight_layout()
-            save_figure(_figure(ax), out / "plots" / "history.png")
-            figures.append("history.png")
             if len(done) >= 2 and len(params) >= 2:
                 try:
                     ax = ovm.plot_param_importances(study)
@@ -331,6 +331,29 @@ def write_tune_report(study, out: Path, score: str, command: str) -> str:
     atomic_write_text(out / "report.md", mask_credentials("\n".join(md)))
     atomic_write_json(out / "trials.json", rows)
     return f"{table}\n\n{best_text}\ntrials: {state_text}"
+
+
+def plot_history(done: list[dict], score: str, path: Path, name: str):
+    """The complete trials' scores against the trial number (accuracy in %), and the best so far;
+    saved to ``path`` and returned (a matplotlib Figure). ``done``: rows of ``number`` and ``value``."""
+    from dropkit.lab.report import _figure, save_figure
+
+    scale, unit = (100.0, "val acc (%)") if score == "acc" else (1.0, "val loss")
+    pick = max if score == "acc" else min
+    xs = [r["number"] for r in sorted(done, key=lambda r: r["number"])]
+    ys = [scale * r["value"] for r in sorted(done, key=lambda r: r["number"])]
+    best = [pick(ys[: i + 1]) for i in range(len(ys))]
+    fig = _figure(1, width=6.0)
+    ax = fig.subplots()
+    ax.plot(xs, ys, "o", label="complete trial")
+    ax.step(xs, best, where="post", color="C3", label=f"best so far ({'highest' if score == 'acc' else 'lowest'})")
+    ax.set(xlabel="trial", ylabel=unit, title=f"{name}: optimisation history ({unit})")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # trial numbers
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig
 
 
 def default_storage(out: Path) -> str:

@@ -33,7 +33,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_user_model", "dropout_modules", "is_user_target", "load_callable"]
+__all__ = [
+    "UserCodeError",
+    "build_user_model",
+    "call_with_known",
+    "dropout_modules",
+    "is_user_target",
+    "load_callable",
+    "named_arguments",
+]
 
 
 def is_user_target(name: str) -> bool:
@@ -73,8 +81,10 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
             sys.modules[key] = module  # dataclasses and pickling look modules up here
             try:
                 spec.loader.exec_module(module)
-            except BaseException:
+            except BaseException as exc:
                 del sys.modules[key]
+                if isinstance(exc, Exception):
+                    raise _code_error(f"running {path}", exc) from exc
                 raise
     else:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the current folder is importable
@@ -84,6 +94,8 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
             raise ValueError(
                 f"Invalid value for `{flag}`: cannot import {module_name!r} ({exc}). Received: {flag}={target}"
             ) from None
+        except Exception as exc:
+            raise _code_error(f"importing {module_name}", exc) from exc
         finally:
             sys.path.remove(os.getcwd())
     obj = module
@@ -98,15 +110,63 @@ def load_callable(target: str, flag: str = "--model") -> Callable:
     return obj
 
 
-def call_with_known(fn: Callable, **available):
-    """Call ``fn`` with those of ``available`` that its signature names (all of them if it takes ``**kwargs``)."""
+class UserCodeError(RuntimeError):
+    """The user's factory (``--model``, ``--dataset``, ``dropkit lint``'s target) raised; the message
+    names the target, the exception and where in the user's file it was raised."""
+
+    user_facing = True
+
+
+def named_arguments(fn: Callable, available: Sequence[str]) -> set[str]:
+    """Those of ``available`` that ``fn``'s signature names (all of them if it takes ``**kwargs``)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return fn()
+        return set()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**available)
-    return fn(**{k: v for k, v in available.items() if k in params})
+        return set(available)
+    return {k for k in available if k in params}
+
+
+def call_with_known(fn: Callable, target: str = "the factory", **available):
+    """Call ``fn`` with those of ``available`` that its signature names (all of them if it takes ``**kwargs``).
+
+    A signature with a required argument outside ``available`` is a ``TypeError`` naming it and the
+    accepted ones; an exception raised by ``fn`` itself is a :class:`UserCodeError` naming ``target``
+    and the file and line where it was raised (chained to the original).
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        required = [
+            n
+            for n, p in sig.parameters.items()
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            and n not in available
+        ]
+        if required:
+            given = f"with keyword arguments among {', '.join(available)} only" if available else "with no arguments"
+            raise TypeError(
+                f"{target} requires {', '.join(required)}, but it is called {given}: give the others defaults. "
+                f"Received: a factory{sig}"
+            )
+    kwargs = {k: available[k] for k in named_arguments(fn, list(available))}
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        raise _code_error(target, exc) from exc
+
+
+def _code_error(what: str, exc: Exception) -> UserCodeError:
+    """``"<what> raised <Type>: <message> (at <file>:<line>, in <function>)"``, the innermost frame of ``exc``."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno}, in {frames[-1].name})" if frames else ""
+    return UserCodeError(f"{what} raised {type(exc).__name__}: {exc}{where}")
 
 
 def dropout_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -135,7 +195,7 @@ def build_user_model(
     """
     from dropkit._validation import check_p
 
-    made = call_with_known(load_callable(target), in_shape=tuple(in_shape), num_classes=num_classes)
+    made = call_with_known(load_callable(target), target, in_shape=tuple(in_shape), num_classes=num_classes)
     if isinstance(made, tuple) and made and isinstance(made[0], torch.nn.Module):
         made = made[0]  # the (model, example_inputs) form of `dropkit lint` factories
     if not isinstance(made, torch.nn.Module):
