@@ -172,12 +172,16 @@ def load_experiment_data(config: dict, data_dir=None, cache_dir=None, download: 
 def _cached_dataset(name: str, data_kwargs_json: str):
     """The dataset; a ``train_size`` / ``val_size`` larger than its split is refused (a subset cannot grow it)."""
     from dropkit.lab.datasets import load_data
+    from dropkit.lab.plan import size_cap
 
     kwargs = json.loads(data_kwargs_json)
     data = load_data(name, **kwargs)
     for split, flag in (("train", "--train-size"), ("val", "--val-size")):
         size, have = kwargs.get(f"{split}_size"), len(getattr(data, f"y_{split}"))
-        if size is not None and size > have:
+        if size is not None and size > have and size == size_cap(f"{split}_size"):
+            kwargs[f"{split}_size"] = None  # an environment cap above the split's size keeps the whole split
+            data = load_data(name, **kwargs)
+        elif size is not None and size > have:
             raise ValueError(
                 f"Invalid value for `{flag}`: the {split} split of {name} has {have} samples, so a subset of "
                 f"{size} cannot be drawn; pass at most {have}, or leave {flag} out to use them all. Received: {size}"

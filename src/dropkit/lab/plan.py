@@ -62,10 +62,17 @@ RECIPE_DEFAULTS = {
 }
 
 
+def size_cap(flag: str) -> int | None:
+    """The environment cap of a size flag (``"train_size"`` / ``"val_size"``), if one is set and valid."""
+    text = os.environ.get(LIMITS.get(flag, ""), "").strip()
+    return int(text) if text.isdigit() and int(text) >= 1 else None
+
+
 def apply_limits(args: object) -> None:
     """Cap the flags of :data:`LIMITS` that ``args`` (an ``argparse.Namespace``) has at the values of their
     environment variables, in place: ``flag = min(flag, cap)`` (a size flag left at ``None``, all samples,
-    becomes ``cap``); one line on stderr names each cap applied.
+    becomes ``cap``; a size cap above a split's size keeps the whole split); one line on stderr names each cap
+    applied.
     A capped value is what the experiment's config, command and folder record.
 
     Example: ``DROPKIT_LAB_MAX_EPOCHS=1 dropkit compare`` trains every run for 1 epoch.

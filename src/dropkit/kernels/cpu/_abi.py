@@ -13,22 +13,20 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import sys
 import threading
-import types
 import warnings
 from pathlib import Path
 
 import torch
 
+from dropkit.kernels.cpu import _build
+from dropkit.kernels.cpu._build import _HERE, _Unusable, _warn_at_user
 from dropkit.kernels.cpu import _sources
 
 #: The instruction sets the library has a body for (a CPU supports some of them; not an order).
 ISAS = ("scalar", "avx2", "avx512", "neon")
 #: The one :func:`set_isa` ``(None)`` picks: the first of these that the CPU supports.
 _PREFERENCE = ("avx512", "avx2", "neon", "scalar")
-_HERE = Path(__file__).resolve().parent
-_PKG_DIR = str(_HERE.parents[1]) + os.sep  # .../dropkit/
 
 _lock = threading.Lock()
 _state: dict = {
@@ -88,10 +86,6 @@ _ENV = _read_env()
 # ---------------------------------------------------------------------------
 # Opening a library
 # ---------------------------------------------------------------------------
-class _Unusable(Exception):
-    """A library file that loads but is not the current build (or not a dropkit kernel)."""
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     c = ctypes
     lib.dk_source_hash.restype = c.c_char_p
@@ -222,8 +216,6 @@ def _load_locked() -> None:
     if _ENV["no_kernel"]:
         _state["reason"] = "disabled by DROPKIT_NO_KERNEL=1; using the reference backend"
         return
-    from dropkit.kernels.cpu import _build
-
     src_hash = _build._current_hash()
     lib = None
     packaged = _packaged_library()
@@ -248,7 +240,7 @@ def _load_locked() -> None:
         try:
             if src_hash is None:
                 raise RuntimeError("the package has neither a built library nor the C sources")
-            lib, path, how = _build._build_and_load(src_hash)
+            lib, path, how = _build._build_and_load(src_hash, _open)
             how = note + how
         except Exception as exc:  # noqa: BLE001 - any failure means: fall back, and say why
             reason = f"compiled CPU kernel unavailable ({note}{type(exc).__name__}: {exc}); using the reference backend"
@@ -294,18 +286,6 @@ def _load_locked() -> None:
         )
         forced = None
     _apply_isa(forced)
-
-
-def _warn_at_user(msg: str) -> None:
-    """One ``RuntimeWarning`` attributed to the first caller outside dropkit and torch."""
-    internal = (_PKG_DIR, os.path.dirname(torch.__file__) + os.sep, "<frozen ")
-    f: types.FrameType | None = sys._getframe(1)
-    level = 2
-    while f is not None and f.f_code.co_filename.startswith(internal):
-        # warnings.warn does not count importlib's frames (a warning raised during `import dropkit`)
-        level += not ("importlib" in f.f_code.co_filename and "_bootstrap" in f.f_code.co_filename)
-        f = f.f_back
-    warnings.warn(msg, RuntimeWarning, stacklevel=level)
 
 
 _OPENMP_RUNTIMES = ("libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so", "libomp.dylib", "libiomp5.dylib")

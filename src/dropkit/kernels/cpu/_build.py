@@ -18,14 +18,39 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
+import types
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from dropkit._cache import cache_root, check_private_file, private_dir
 from dropkit.kernels.cpu import _sources
-from dropkit.kernels.cpu._abi import _HERE, _open, _Unusable, _warn_at_user
 
 _SOURCES = _sources.SOURCES
+
+
+_HERE = Path(__file__).resolve().parent
+_PKG_DIR = str(_HERE.parents[1]) + os.sep  # .../dropkit/
+
+
+class _Unusable(Exception):
+    """A library file that loads but is not the current build (or not a dropkit kernel)."""
+
+
+def _warn_at_user(msg: str) -> None:
+    """One ``RuntimeWarning`` attributed to the first caller outside dropkit and torch."""
+    internal = (_PKG_DIR, os.path.dirname(torch.__file__) + os.sep, "<frozen ")
+    f: types.FrameType | None = sys._getframe(1)
+    level = 2
+    while f is not None and f.f_code.co_filename.startswith(internal):
+        # warnings.warn does not count importlib's frames (a warning raised during `import dropkit`)
+        level += not ("importlib" in f.f_code.co_filename and "_bootstrap" in f.f_code.co_filename)
+        f = f.f_back
+    warnings.warn(msg, RuntimeWarning, stacklevel=level)
 
 
 def _find_compiler() -> list[str] | None:
@@ -78,7 +103,7 @@ def _compile(cc: list[str], flags: list[str], src_hash: str, folder: Path) -> Pa
     return Path(tmp)
 
 
-def _build_and_load(src_hash: str) -> tuple[ctypes.CDLL, Path, str]:
+def _build_and_load(src_hash: str, _open: Callable[[Path, str], ctypes.CDLL]) -> tuple[ctypes.CDLL, Path, str]:
     """First-use build: load the cached library of the current sources, else compile it.
 
     Returns the library, its path and how it got there.
