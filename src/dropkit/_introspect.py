@@ -45,6 +45,7 @@ __all__ = [
     "func_name",
     "dropout_call",
     "attention_dropout",
+    "DROPOUT_SIGNATURES",
     "classify_call",
     "RandomCallMode",
     "observe_dropkit_ops",
@@ -89,7 +90,8 @@ _DROPOUT_FUNCS = {
     F.dropout2d: True,
     F.dropout3d: True,
 }
-_SIGNATURES = {f: inspect.signature(f) for f in _DROPOUT_FUNCS}
+#: torch's signatures of the functional dropout family (bound by dropout_call and by dropkit.patch's routes).
+DROPOUT_SIGNATURES = {f: inspect.signature(f) for f in _DROPOUT_FUNCS}
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
 RANDOM_FUNCS = frozenset(
@@ -216,7 +218,7 @@ def dropout_call(func: Any, args: tuple, kwargs: dict) -> tuple[float, bool] | N
     if default is None:
         return None
     try:
-        bound = _SIGNATURES[func].bind(*args, **kwargs)
+        bound = DROPOUT_SIGNATURES[func].bind(*args, **kwargs)
     except TypeError:
         return None
     a = bound.arguments

@@ -47,8 +47,8 @@ import torch.nn.functional as tnf
 from torch.overrides import TorchFunctionMode
 
 from dropkit import functional as F
-from dropkit._introspect import attention_dropout
-from dropkit.seed import SeedGenerator
+from dropkit._introspect import DROPOUT_SIGNATURES, attention_dropout
+from dropkit.seed import SeedGenerator, check_seed_arg
 
 __all__ = ["patch"]
 
@@ -77,28 +77,26 @@ def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict[str,
     return bound
 
 
-_DROPOUT_NAMES = ("input", "p", "training", "inplace")
-
-
 class _PatchMode(TorchFunctionMode):
     def __init__(self, seed: SeedGenerator | None):
         super().__init__()
         self.seed = seed
         self.routes = {
-            tnf.dropout: (F.dropout, True),
-            tnf.dropout1d: (F.dropout1d, True),
-            tnf.dropout2d: (F.dropout2d, True),
-            tnf.dropout3d: (F.dropout3d, True),
-            tnf.alpha_dropout: (F.alpha_dropout, False),
-            tnf.feature_alpha_dropout: (F.feature_alpha_dropout, False),
+            tnf.dropout: F.dropout,
+            tnf.dropout1d: F.dropout1d,
+            tnf.dropout2d: F.dropout2d,
+            tnf.dropout3d: F.dropout3d,
+            tnf.alpha_dropout: F.alpha_dropout,
+            tnf.feature_alpha_dropout: F.feature_alpha_dropout,
         }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        route = self.routes.get(func)
-        if route is not None:
-            fn, training_default = route
-            a = _bind(args, kwargs, _DROPOUT_NAMES, {"p": 0.5, "training": training_default, "inplace": False})
+        fn = self.routes.get(func)
+        if fn is not None:
+            bound = DROPOUT_SIGNATURES[func].bind(*args, **kwargs)  # torch's own signature and defaults
+            bound.apply_defaults()
+            a = bound.arguments
             x = a["input"]
             if fn is F.dropout2d and isinstance(x, torch.Tensor) and x.dim() == 3:
                 fn = F.dropout1d  # torch reads a 3-D input of dropout2d as (N, C, L): channel-wise 1-D dropout
@@ -131,15 +129,10 @@ class patch:  # noqa: N801 - a context manager used like a function: ``with drop
     """
 
     def __init__(self, seed: int | SeedGenerator | None = None):
-        if seed is None or isinstance(seed, SeedGenerator):
-            self.generator = seed
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.generator = SeedGenerator(seed)
-        else:
-            raise TypeError(
-                f"`seed` must be None, an int in [0, 2**64) or a dropkit.SeedGenerator; received {seed!r} "
-                f"({type(seed).__name__})"
-            )
+        if isinstance(seed, torch.Tensor):
+            raise TypeError("`seed` must be None, an int in [0, 2**64) or a dropkit.SeedGenerator; received a tensor")
+        check_seed_arg(seed)
+        self.generator = SeedGenerator(seed) if isinstance(seed, int) else seed
         self._mode: _PatchMode | None = None
 
     def checkpoint_context_fn(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:

@@ -40,8 +40,8 @@ from dropkit.nn.drop_block import DropBlock2d, DropBlock3d
 from dropkit.nn.drop_path import DropPath
 from dropkit.nn.dropout import Dropout
 from dropkit.nn.spatial import Dropout1d, Dropout2d, Dropout3d
-from dropkit.rng import check_seed
-from dropkit.seed import SeedGenerator
+from dropkit.rng import check_seed, key_ints
+from dropkit.seed import SeedGenerator, check_seed_arg
 
 __all__ = ["replace_dropout", "ReplaceReport", "layer_seed"]
 
@@ -150,18 +150,13 @@ def _third_party() -> dict[type, Any]:
 
 
 def _root_seed(seed: int | SeedGenerator | None) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, SeedGenerator):
-        root = (seed.seed * 0x9E3779B97F4A7C15 + seed.calls) % _INT64  # a fresh root per conversion
-        seed.state[1] += 1
-        return root
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(
-            f"`seed` must be None, an int in [0, 2**64) or a dropkit.SeedGenerator; received {seed!r} "
-            f"({type(seed).__name__})"
-        )
-    return check_seed(seed)
+    if isinstance(seed, torch.Tensor):
+        raise TypeError("`seed` must be None, an int in [0, 2**64) or a dropkit.SeedGenerator; received a tensor")
+    check_seed_arg(seed)
+    if isinstance(seed, SeedGenerator):  # a fresh root per conversion: its next key, (seed, calls), mixed
+        s, stream = key_ints(seed.next_key())
+        return (s * 0x9E3779B97F4A7C15 + stream) % _INT64
+    return seed
 
 
 def replace_dropout(
