@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dispatch.py                          # this tree and torch, 1 and 2 threads
     python benchmarks/bench_dispatch.py --before /work/wt/before # and the tree at PATH, in a subprocess
+    python benchmarks/bench_dispatch.py --python-registration    # and this tree without the C++ registration
 
 Every call goes through the registered op ``dropkit::dropout`` (issue 20). For each thread count, in one
 process, interleaved with torch's own dropout: forward and forward+backward at 20, 2^10 and 2^22 elements
@@ -72,10 +73,14 @@ def measure_tree(threads: list[int], rounds: int) -> dict:
     return {"dropkit": dropkit.__file__, "machine": machine_info(), "rows": rows}
 
 
-def _before(path: str, threads: list[int], rounds: int) -> dict:
+def _before(path: str | None, threads: list[int], rounds: int) -> dict:
+    """The "before" columns, in a subprocess: the tree at ``path``, or (None) this tree with the Python registration."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "before.json"
-        env = {**os.environ, "PYTHONPATH": str(Path(path) / "src")}
+        if path is None:
+            env = {**os.environ, "DROPKIT_CPP_KERNELS": "0", "PYTHONPATH": str(HERE.parent / "src")}
+        else:
+            env = {**os.environ, "PYTHONPATH": str(Path(path) / "src")}
         cmd = [sys.executable, __file__, "--worker", str(out), "--rounds", str(rounds), "--threads", *map(str, threads)]
         subprocess.run(cmd, env=env, check=True)
         return json.loads(out.read_text())
@@ -94,7 +99,10 @@ def _cell(row: dict | None) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", metavar="PATH", help="a pre-change tree (PATH/src) to time in a subprocess")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--before", metavar="PATH", help="a pre-change tree (PATH/src) to time in a subprocess")
+    which.add_argument("--python-registration", action="store_true",
+                       help="before = this tree with the Python registration of the CPU kernels (DROPKIT_CPP_KERNELS=0)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)
@@ -103,7 +111,8 @@ def main(argv=None) -> int:
         Path(args.worker).write_text(json.dumps(measure_tree(args.threads, args.rounds)))
         return 0
     after = measure_tree(args.threads, args.rounds)
-    before = _before(args.before, args.threads, args.rounds) if args.before else None
+    compare = args.before or args.python_registration
+    before = _before(args.before, args.threads, args.rounds) if compare else None
     old = {(r["threads"], r["case"]): r for r in before["rows"]} if before else {}
     table = []
     for r in after["rows"]:
@@ -112,7 +121,11 @@ def main(argv=None) -> int:
         table.append([r["threads"], r["case"], torch_time, *_cell(r), *_cell(b)])
     print_table(["threads", "case", "torch", "after", "after vs torch", "before", "before vs torch"], table,
                 title=f"dropkit.functional.dropout through the dispatcher ({after['machine']['cpu']})")  # fmt: skip
-    write_json("bench_dispatch", after["rows"], before=before, after_tree=after["dropkit"])
+    import dropkit
+
+    write_json("bench_dispatch", after["rows"], before=before, after_tree=after["dropkit"],
+               registration=dropkit.backend_info("cpu")["registration"],
+               before_is="python registration" if args.python_registration else args.before)  # fmt: skip
     return 0
 
 

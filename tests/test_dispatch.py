@@ -208,17 +208,19 @@ def test_backend_info_agrees_with_the_registration(monkeypatch):
     assert (registered["CPU"].module is cpu) == cpu.available()
     assert registered["CompositeExplicitAutograd"].module is reference
     assert dropkit.backend_info("meta") == {
-        "backend": "reference", "reason": "no fast backend for device type 'meta'; torch integer ops"
+        "backend": "reference", "reason": "no fast backend for device type 'meta'; torch integer ops",
+        "registration": "Python: torch.library kernels",
     }
     cuda = dropkit.backend_info("cuda")["backend"]
     assert cuda == ("triton" if registered["CUDA"].module is not reference else "reference")
-    # the registered CPU kernel is the one that runs
+    # the registered CPU kernel is the one that runs: the Python kernel's primitive, unless C++ registered dropout
     calls = []
     module = registered["CPU"].module
     real = module.dropout_mul
     monkeypatch.setattr(module, "dropout_mul", lambda *a: calls.append(a) or real(*a))
     F.dropout(torch.randn(100), 0.5, seed=1)
-    assert len(calls) == 1
+    assert len(calls) == (0 if "dropout" in ops.kernels.CPP_REGISTERED else 1)
+    assert ("C++ for dropout" in info["registration"]) == ("dropout" in ops.kernels.CPP_REGISTERED)
 
 
 def test_without_the_library_the_reference_is_registered_and_gives_the_same_bits():

@@ -34,7 +34,7 @@ NO_PACKAGED = ""
 #: The cache of the tests that do not choose one (one first-use build for all of them).
 _SHARED_CACHE = tempfile.mkdtemp(prefix="dropkit-test-cache-")
 #: First-use builds in these tests skip optimisation (5x faster to compile; the bits are the same).
-FAST_BUILD = {"DROPKIT_CPU_CFLAGS": "-O0"}
+FAST_BUILD = {"DROPKIT_CPU_CFLAGS": "-O0", "DROPKIT_CPP_KERNELS": "0"}  # the C++ registration: tests/test_native.py
 
 _SCRIPT = textwrap.dedent(
     """

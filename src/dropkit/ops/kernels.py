@@ -131,7 +131,19 @@ def _normal(be: Backend, key, shape, offset, dtype, device):
     return target.normal(n, seed, stream, offset, torch.device(device), dtype).view(tuple(shape))
 
 
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_floating(x: torch.Tensor, op: str) -> None:
+    """The element-wise ops take floating tensors (the C++ registration checks the same, with the same words)."""
+    if x.dtype not in _FLOATING:
+        raise TypeError(
+            f"dropkit::{op} takes a floating tensor (float16, bfloat16, float32, float64); received {x.dtype}"
+        )
+
+
 def _dropout(be: Backend, x, key, p, scale, noise_shape, offset):
+    _check_floating(x, "dropout")
     seed, stream = key_ints(key)
     if noise_shape is None:
         if x.is_contiguous():  # the common case: the kernel's output already has x's layout
@@ -142,6 +154,7 @@ def _dropout(be: Backend, x, key, p, scale, noise_shape, offset):
 
 
 def _dropout_inplace(be: Backend, x, key, p, scale, noise_shape, offset):
+    _check_floating(x, "dropout")
     if noise_shape is None and x.is_contiguous():
         seed, stream = key_ints(key)
         be.dropout_mul(x, p, scale, seed, stream, offset, out=x)
@@ -151,6 +164,7 @@ def _dropout_inplace(be: Backend, x, key, p, scale, noise_shape, offset):
 
 
 def _gaussian_dropout(be: Backend, x, key, sigma, offset):
+    _check_floating(x, "gaussian_dropout")
     # one pass over the whole tensor; the same bits as x * gaussian_factor(...)
     seed, stream = key_ints(key)
     return into_layout(x, be.gaussian_mul(x, sigma, seed, stream, offset))
@@ -213,9 +227,24 @@ REGISTERED: dict[str, Backend] = {
     "CompositeExplicitAutograd": kernels.backend("reference"),
 }
 
+
+def _cpp_registered() -> tuple[str, ...]:
+    """The ops whose CPU kernel the C++ registration serves (:mod:`dropkit.kernels.cpu._torch`): where the compiled
+    C kernel is the CPU backend and the C++ library builds and loads; else none (their Python kernels serve)."""
+    if REGISTERED["CPU"].module is kernels.reference:
+        return ()
+    from dropkit.kernels.cpu import _torch, parallel_threshold
+
+    return _torch.register(parallel_threshold)
+
+
+#: The ops whose CPU kernel is registered from C++ (the same bits as their Python kernel, without its trip).
+CPP_REGISTERED = _cpp_registered()
+
 for _key, _be in REGISTERED.items():
     for _name, _impl in IMPLS.items():
-        LIB.impl(_name, _bind(_impl, _be), _key)
+        if not (_key == "CPU" and _name in CPP_REGISTERED):
+            LIB.impl(_name, _bind(_impl, _be), _key)
 LIB.impl("next_key", next_key_impl, "CompositeExplicitAutograd")
 
 
@@ -231,28 +260,41 @@ LIB.impl("dropout_", _dropout_inplace_negative, "Negative")
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 
 
+_PYTHON_REGISTRATION = "Python: torch.library kernels"
+
+
 def backend_info(device: torch.device | str = "cpu") -> dict[str, str]:
-    """Which backend the ``dropkit::`` ops have registered for ``device`` and why: ``{"backend": ..., "reason": ...}``.
+    """Which backend the ``dropkit::`` ops have registered for ``device``, how, and why:
+    ``{"backend": ..., "reason": ..., "registration": ...}``.
 
     ``backend`` is ``"cpu-<isa>"`` (the compiled kernel), ``"triton"``, or ``"reference"``; ``reason`` says why
-    (for the reference on CPU: why the compiled library is not available).
+    (for the reference on CPU: why the compiled library is not available). ``registration`` says how the
+    kernels reach the dispatcher: from C++ for ``dropout``, ``dropout_`` and ``gaussian_dropout`` on CPU where
+    :mod:`dropkit.kernels.cpu._torch` built and loaded (else why not), from Python for everything else.
 
     Example:
-        >>> dropkit.backend_info("cpu")
-        {'backend': 'cpu-avx2', 'reason': 'compiled kernel loaded from ...'}
+        >>> dropkit.backend_info("cpu")["registration"]
+        'C++ for dropout, dropout_, gaussian_dropout (C++ registration from ...); Python for the other ops'
     """
     device = torch.device(device)
     be = REGISTERED[_DISPATCH_KEY.get(device.type, "CompositeExplicitAutograd")]
+    registration = _PYTHON_REGISTRATION
     if device.type == "cpu" and be.module is not kernels.reference:
         from dropkit.kernels import cpu
+        from dropkit.kernels.cpu import _torch
 
         name, reason = cpu.status()  # the ISA in use now (dropkit.kernels.cpu.set_isa may change it)
-        return {"backend": name, "reason": reason}
-    if be.module is kernels.reference and device.type not in _DISPATCH_KEY:
-        return {"backend": "reference", "reason": f"no fast backend for device type {device.type!r}; torch integer ops"}
-    if be.name == "triton":
+        ops, how = _torch.status()
+        if ops:
+            registration = f"C++ for {', '.join(ops)} ({how}); Python for the other ops"
+        else:
+            registration = f"{_PYTHON_REGISTRATION} (C++ registration not in use: {how})"
+    elif be.module is kernels.reference and device.type not in _DISPATCH_KEY:
+        name, reason = "reference", f"no fast backend for device type {device.type!r}; torch integer ops"
+    elif be.name == "triton":
         from dropkit.kernels import triton as tk
 
-        name, reason = tk.status()
-        return {"backend": "triton", "reason": reason}
-    return {"backend": be.name, "reason": be.reason}
+        name, reason = "triton", tk.status()[1]
+    else:
+        name, reason = be.name, be.reason
+    return {"backend": name, "reason": reason, "registration": registration}

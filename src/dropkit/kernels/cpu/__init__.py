@@ -20,6 +20,11 @@ The package is split in three:
   not the current build is rebuilt.
 * :mod:`~dropkit.kernels.cpu._abi` -- the ctypes signatures, the digest check and loading,
   the ISA and thread-team selection (:data:`~dropkit.kernels.cpu._abi._state`).
+* :mod:`~dropkit.kernels.cpu._torch` -- the C++ registration (``dk_torch.cpp``) of the CPU kernels of
+  ``dropkit::dropout``, ``dropout_`` and ``gaussian_dropout``: built at first import against the torch in
+  use (torch's C++ ABI changes between versions), cached and verified like a first-use build, then
+  registered with the dispatcher over this library's entry points; where it cannot be built, the Python
+  registration (:mod:`dropkit.ops.kernels` over the wrappers below) serves the same bits.
 * :mod:`~dropkit.kernels.cpu._wrappers` -- the Python functions re-exported here:
   :func:`keep_mask`, :func:`dropout_mul`, :func:`uniform`, :func:`normal`, :func:`gaussian_mul`,
   :func:`mask_fold`, :func:`available`, :func:`status`, :func:`isa`, :func:`set_isa`,
@@ -40,6 +45,8 @@ naming the variable and ignored):
 * ``DROPKIT_NO_KERNEL=1``: do not build or load the kernel (the reference backend serves CPU).
 * ``DROPKIT_CPU_ISA=scalar|avx2|avx512|neon``: run this ISA (for tests; the best one if the CPU lacks it).
 * ``CC``: the C compiler of a first-use build (default ``cc``, then ``gcc``, then ``clang``).
+* ``CXX``: the C++ compiler of the C++ registration (default ``c++``, then ``g++``, then ``clang++``).
+* ``DROPKIT_CPP_KERNELS=0``: do not build or load the C++ registration (the Python registration serves).
 * ``DROPKIT_CPU_POOL=pthread``: use the kernel's own thread pool instead of torch's OpenMP team.
 * ``DROPKIT_CPU_SPIN_US``: how long an idle worker of the own pool spins before it sleeps (default 200).
 * ``DROPKIT_CPU_CFLAGS``: extra flags of a first-use build (e.g. ``-fsanitize=address``; also makes

@@ -53,12 +53,13 @@ def _warn_at_user(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=level)
 
 
-def _find_compiler() -> list[str] | None:
-    cc = os.environ.get("CC")
+def _find_compiler(var: str = "CC", names: tuple[str, ...] = ("cc", "gcc", "clang")) -> list[str] | None:
+    """The compiler in ``$var`` (None when it names none that exists), else the first of ``names`` on PATH."""
+    cc = os.environ.get(var)
     if cc:
         parts = shlex.split(cc)
         return parts if parts and shutil.which(parts[0]) else None
-    for name in ("cc", "gcc", "clang"):
+    for name in names:
         path = shutil.which(name)
         if path:
             return [path]
@@ -79,18 +80,30 @@ def _current_hash() -> str | None:
 
 def _library_name(cc: list[str], flags: list[str], src_hash: str) -> str:
     """File name of a first-use build: keyed by the sources, the compiler, the flags and the machine."""
+    return library_name("dropkit_cpu", cc, src_hash, flags)
+
+
+def library_name(prefix: str, cc: list[str], *key: object) -> str:
+    """``<prefix>-<hash>.so``, the hash over ``key``, the compiler (its path, size and mtime) and the machine."""
     h = hashlib.sha256()
     cc_real = os.path.realpath(shutil.which(cc[0]) or cc[0])
     st = os.stat(cc_real)
-    h.update(repr((src_hash, cc, cc_real, st.st_size, st.st_mtime_ns, flags, platform.machine())).encode())
-    return f"dropkit_cpu-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
+    h.update(repr((key, cc, cc_real, st.st_size, st.st_mtime_ns, platform.machine())).encode())
+    return f"{prefix}-{h.hexdigest()[:20]}{'.dll' if os.name == 'nt' else '.so'}"
 
 
 def _compile(cc: list[str], flags: list[str], src_hash: str, folder: Path) -> Path:
     """Compile the sources into a new file in ``folder`` (mode 0700); returns its path."""
-    fd, tmp = tempfile.mkstemp(prefix="dropkit_cpu.", suffix=".tmp.so", dir=folder)
+    args = [*flags, f'-DDK_SOURCE_HASH="{src_hash}"', f"-I{_HERE}", *(str(_HERE / s) for s in _SOURCES)]
+    return compile_library([*cc, *args], "dropkit_cpu.", folder)
+
+
+def compile_library(cmd: list[str], prefix: str, folder: Path) -> Path:
+    """Run ``cmd -o <new file in folder>`` (a compiler linking a shared library); returns the file (mode 0700).
+    A failed compiler run raises ``RuntimeError`` with the end of its output."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp.so", dir=folder)
     os.close(fd)
-    cmd = [*cc, *flags, f'-DDK_SOURCE_HASH="{src_hash}"', f"-I{_HERE}", *(str(_HERE / s) for s in _SOURCES), "-o", tmp]
+    cmd = [*cmd, "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -112,14 +125,35 @@ def _build_and_load(src_hash: str, _open: Callable[[Path, str], ctypes.CDLL]) ->
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
     flags = [*_sources.CFLAGS, "-shared", *_extra_cflags()]
-    name = _library_name(cc, flags, src_hash)
+    return cached_build(
+        "cpu-kernel",
+        _library_name(cc, flags, src_hash),
+        lambda folder: _compile(cc, flags, src_hash, folder),
+        lambda path: _open(path, src_hash),
+        "the CPU kernel",
+    )
+
+
+def cached_build(
+    subfolder: str,
+    name: str,
+    compile_into: Callable[[Path], Path],
+    open_library: Callable[[Path], ctypes.CDLL],
+    what: str,
+) -> tuple[ctypes.CDLL, Path, str]:
+    """The library ``name`` from ``<cache>/<subfolder>``, verified, else compiled there by ``compile_into(folder)``
+    (which returns a new file in ``folder``) and recorded with its SHA-256; ``open_library`` loads and checks it.
+
+    Returns the library, its path and how it got there. Without a usable cache folder the library is compiled
+    into a private temporary folder, removed after loading (``what`` names it in the warning).
+    """
     try:
-        folder: Path | None = private_dir(cache_root() / "cpu-kernel")
+        folder: Path | None = private_dir(cache_root() / subfolder)
         note = ""
     except OSError as exc:
         folder, note = None, f"cache folder refused ({exc}); "
         _warn_at_user(
-            f"dropkit: the kernel cache folder is refused ({exc}); the CPU kernel is compiled in a private "
+            f"dropkit: the kernel cache folder is refused ({exc}); {what} is compiled in a private "
             f"temporary folder instead, once per process. Fix the folder's owner and mode, or set "
             f"DROPKIT_CACHE_DIR to a folder of your own."
         )
@@ -129,15 +163,15 @@ def _build_and_load(src_hash: str, _open: Callable[[Path, str], ctypes.CDLL]) ->
         if os.path.lexists(lib_path):
             try:
                 _check_cached(lib_path, digest_path)
-                return _open(lib_path, src_hash), lib_path, "cached first-use build"
+                return open_library(lib_path), lib_path, "cached first-use build"
             except (OSError, _Unusable) as exc:  # corrupt, stale or not ours: rebuild it
                 note = f"rebuilt the cached library ({type(exc).__name__}: {exc}); "
         try:
-            tmp = _compile(cc, flags, src_hash, folder)
+            tmp = compile_into(folder)
         except RuntimeError as exc:
             raise RuntimeError(f"{note}{exc}") from None
         try:
-            lib = _open(tmp, src_hash)  # loaded from its unique name, so no stale handle is reused
+            lib = open_library(tmp)  # loaded from its unique name, so no stale handle is reused
             digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
             os.replace(tmp, lib_path)
             fd, tmp_digest = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=folder)
@@ -151,8 +185,8 @@ def _build_and_load(src_hash: str, _open: Callable[[Path, str], ctypes.CDLL]) ->
     # No usable cache folder: a fresh private folder for this process only (mkdtemp creates it 0700).
     tmpdir = tempfile.mkdtemp(prefix="dropkit-kernel-")
     try:
-        path = _compile(cc, flags, src_hash, Path(tmpdir))
-        lib = _open(path, src_hash)
+        path = compile_into(Path(tmpdir))
+        lib = open_library(path)
     except RuntimeError as exc:
         raise RuntimeError(f"{note}{exc}") from None
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from dropkit.kernels.cpu import _torch
 from dropkit.kernels.cpu._abi import ISAS, _apply_isa, _load, _state
 from dropkit.rng import threshold
 
@@ -67,6 +68,7 @@ def set_isa(name: str | None = None) -> str:
     if name is not None and name not in _state["supported"]:
         raise ValueError(f"ISA {name!r} is not supported by this CPU; it supports {_state['supported']}")
     _apply_isa(name)
+    _torch.set_isa(_state["isa"])
     return _state["isa_name"]
 
 

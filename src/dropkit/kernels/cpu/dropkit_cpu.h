@@ -38,7 +38,9 @@ DK_API int dk_keep_mask(uint8_t *out, int64_t n, uint32_t thr, uint64_t seed, ui
 
 /* out = x * (keep ? scale : 0) elementwise for dtype DK_F32/F64/F16/BF16. The product is
  * taken in float32 (float64 for F64), scale rounded to float32 first, and rounded once to
- * the dtype. out may equal x. Returns as dk_keep_mask. */
+ * the dtype. out may equal x. An out of 4 MiB or more that is not x gets madvise(MADV_HUGEPAGE) on its
+ * 2 MiB-aligned interior before the first write (Linux; a fresh output then faults in 2 MiB pages, not 4 KiB
+ * ones). Returns as dk_keep_mask. */
 DK_API int dk_dropout_mul(int dtype, const void *x, void *out, int64_t n, uint32_t thr, double scale, uint64_t seed,
                           uint64_t stream, uint64_t offset, int isa, int nthreads);
 
@@ -55,7 +57,8 @@ DK_API int dk_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint
 /* out = x * (1 + sigma * z) elementwise, z the normals of dk_normal, for dtype DK_F32/F64/F16/BF16:
  * in float32 with sigma rounded to float32 once (float64 for F64: x * (1 + sigma * (double)z)),
  * rounded once to the dtype (16-bit NaN rule). x_stride 1: x has n elements; 0: x is one value,
- * broadcast. out may equal x. Returns as dk_keep_mask (-1 also for an x_stride other than 0, 1). */
+ * broadcast. out may equal x; huge-page advice as dk_dropout_mul. Returns as dk_keep_mask (-1 also for an
+ * x_stride other than 0, 1). */
 DK_API int dk_gaussian_mul(int dtype, const void *x, int64_t x_stride, void *out, int64_t n, double sigma, uint64_t seed,
                            uint64_t stream, uint64_t offset, int isa, int nthreads);
 

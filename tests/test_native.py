@@ -1,0 +1,191 @@
+"""The C++ registration of the CPU kernels (kernels/cpu/dk_torch.cpp, built by kernels/cpu/_torch.py) against the
+Python registration it replaces: the same bits for every input the ops take, the same errors, the same ISA.
+
+The Python registration runs in a subprocess with ``DROPKIT_CPP_KERNELS=0`` (the registration is chosen once, at
+import); both sides compute the same cases and the outputs are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import dropkit
+from dropkit import ops
+from dropkit.kernels import cpu
+from dropkit.kernels.cpu import _torch
+from dropkit.rng import key_tensor
+
+SRC = str(Path(dropkit.__file__).resolve().parent.parent)
+NATIVE = "dropout" in ops.kernels.CPP_REGISTERED
+needs_native = pytest.mark.skipif(not NATIVE, reason=f"C++ registration not in use: {_torch.status()[1]}")
+
+_CASES = textwrap.dedent(
+    """
+    import torch, dropkit.functional as F
+    from dropkit.rng import key_tensor
+
+    def cases():
+        out = {}
+        dropout, dropout_, gaussian = (torch.ops.dropkit.dropout, torch.ops.dropkit.dropout_,
+                                       torch.ops.dropkit.gaussian_dropout)
+        key = key_tensor(12345, 678)
+        g = torch.Generator().manual_seed(0)
+        for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            for shape in ((0,), (7,), (3, 5, 4), (1 << 15) + 3):
+                x = torch.randn(shape, generator=g).to(dt)
+                if x.numel() > 2:
+                    x.view(-1)[1] = float("nan")
+                    x.view(-1)[2] = float("inf")
+                for p in (0.0, 0.3, 0.5, 1.0):
+                    out[f"dropout {dt} {shape} {p}"] = dropout(x, key, p, 1.0 / (1.0 - p) if p < 1 else 0.0, None, 5)
+                out[f"gaussian {dt} {shape}"] = gaussian(x, key, 0.4, 3)
+                y = x.clone()
+                dropout_(y, key, 0.25, 4.0 / 3.0, None, 0)
+                out[f"inplace {dt} {shape}"] = y
+            x = torch.randn(4, 6, 5, 3, generator=g).to(dt)
+            out[f"transposed {dt}"] = dropout(x.transpose(1, 3), key, 0.5, 2.0, None, 0)
+            out[f"channels_last {dt}"] = dropout(x.to(memory_format=torch.channels_last), key, 0.5, 2.0, None, 0)
+            out[f"noise_shape {dt}"] = dropout(x, key, 0.5, 2.0, [4, 6, 1, 1], 11)
+            out[f"gaussian transposed {dt}"] = gaussian(x.transpose(0, 2), key, 0.4, 0)
+            out[f"gaussian broadcast {dt}"] = gaussian(torch.ones((), dtype=dt).expand(3, 4), key, 0.4, 0)
+            y2 = x.transpose(0, 1)
+            dropout_(y2, key, 0.5, 2.0, None, 7)
+            out[f"inplace transposed {dt}"] = y2
+            z = x.clone()
+            dropout_(z, key, 0.5, 2.0, [1, 6, 5, 1], 0)
+            out[f"inplace noise_shape {dt}"] = z
+        xg = torch.randn(50, 40, generator=g, requires_grad=True)
+        y = F.dropout(xg, 0.4, seed=3) + F.gaussian_dropout(xg, 0.3, seed=4) + F.dropout2d(xg[None], 0.5, seed=5)[0]
+        out["grad"] = torch.autograd.grad((y * torch.arange(2000.0).view(50, 40)).sum(), xg)[0]
+        out["functional inplace"] = F.dropout(torch.randn(9, generator=g), 0.5, inplace=True, seed=8)
+        return {k: v.detach() for k, v in out.items()}
+    """
+)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of ``t`` (NaN payloads included), in row-major order."""
+    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.contiguous().view(view)
+
+
+@needs_native
+def test_cpp_registration_gives_the_bits_of_the_python_registration(tmp_path):
+    out_file = tmp_path / "python_registration.pt"
+    script = _CASES + f"\nimport dropkit, json\ntorch.save(cases(), {str(out_file)!r})\n" \
+        "print(json.dumps(dropkit.backend_info('cpu')))\n"  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "DROPKIT_CPP_KERNELS"}
+    env.update(DROPKIT_CPP_KERNELS="0", PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "C++ registration not in use: disabled by DROPKIT_CPP_KERNELS=0" in info["registration"]
+    python_side = torch.load(out_file)
+    namespace: dict = {}
+    exec(_CASES, namespace)
+    here = namespace["cases"]()
+    assert set(here) == set(python_side)
+    for name, want in python_side.items():
+        got = here[name]
+        assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride(), name
+        assert torch.equal(_bits(got), _bits(want)), name
+
+
+@needs_native
+def test_backend_info_names_the_cpp_registration():
+    info = dropkit.backend_info("cpu")
+    assert info["registration"].startswith("C++ for dropout, dropout_, gaussian_dropout (C++ registration from ")
+    assert ops.kernels.CPP_REGISTERED == _torch.OPS
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3), k[:3], 0.5, 2.0, None, 0), ValueError,
+         r"a dropkit key is an int64 tensor of shape \(4,\)"),
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3), k.float(), 0.5, 2.0, None, 0), ValueError,
+         r"a dropkit key is an int64 tensor of shape \(4,\)"),
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3), k * 0 - 1, 0.5, 2.0, None, 0), ValueError,
+         r"a dropkit key is 4 int64 words in \[0, 2\*\*32\)"),
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3), k, 1.5, 2.0, None, 0), ValueError,
+         r"`p` must be a real number in \[0, 1\] \(the probability of dropping\); received p=1.5"),
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3), k, float("nan"), 2.0, None, 0), ValueError,
+         r"`p` must be a real number in \[0, 1\]"),
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3), k, 0.5, 2.0, None, -1), ValueError,
+         r"need `offset` >= 0"),
+        (lambda k: torch.ops.dropkit.gaussian_dropout(torch.ones(3), k, 0.5, -2), ValueError, r"need `offset` >= 0"),
+        (lambda k: torch.ops.dropkit.dropout(torch.ones(3, dtype=torch.int32), k, 0.5, 2.0, None, 0), TypeError,
+         r"dropkit::dropout takes a floating tensor"),
+        (lambda k: torch.ops.dropkit.dropout_(torch.ones(3, dtype=torch.int64), k, 0.5, 2.0, [1], 0), TypeError,
+         r"dropkit::dropout takes a floating tensor"),
+        (lambda k: torch.ops.dropkit.gaussian_dropout(torch.ones(3, dtype=torch.uint8), k, 0.5, 0), TypeError,
+         r"dropkit::gaussian_dropout takes a floating tensor"),
+    ],
+)  # fmt: skip
+def test_cpp_kernels_refuse_bad_arguments_with_the_python_words(call, error, match):
+    with pytest.raises(error, match=match):
+        call(key_tensor(1, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_the_python_registration_refuses_integer_tensors_too(dtype):
+    with pytest.raises(TypeError, match="dropkit::dropout takes a floating tensor"):
+        ops.kernels._dropout(ops.kernels.REGISTERED["CompositeExplicitAutograd"], torch.ones(3, dtype=dtype),
+                             key_tensor(1, 2), 0.5, 2.0, None, 0)  # fmt: skip
+
+
+@needs_native
+def test_every_isa_gives_the_same_bits_through_the_cpp_kernels():
+    x = torch.randn((1 << 16) + 5)
+    key = key_tensor(7, 9)
+    best = cpu.isa()
+    try:
+        results = {}
+        for isa in cpu.supported_isas():
+            cpu.set_isa(isa)
+            results[isa] = (torch.ops.dropkit.dropout(x, key, 0.5, 2.0, None, 3),
+                            torch.ops.dropkit.gaussian_dropout(x, key, 0.2, 3))  # fmt: skip
+    finally:
+        cpu.set_isa(best)
+    first = results[cpu.supported_isas()[0]]
+    for isa, (d, gd) in results.items():
+        assert torch.equal(d, first[0]) and torch.equal(gd, first[1]), isa
+
+
+@needs_native
+def test_a_damaged_cached_cpp_library_is_rebuilt_not_opened(tmp_path):
+    """A fresh cache builds and registers; the next process loads the cached build; a truncated one is rebuilt."""
+    script = "import json, dropkit; print(json.dumps(dropkit.backend_info('cpu')['registration']))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPKIT_")}
+    env.update(DROPKIT_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""))
+
+    def run() -> str:
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert "(compiled at first use)" in run()
+    assert "(cached first-use build)" in run()
+    (lib,) = (tmp_path / "cache" / "cpu-torch").glob("dk_torch-*.so")
+    lib.write_bytes(lib.read_bytes()[: 4096])
+    again = run()
+    assert "rebuilt the cached library (_Unusable:" in again and "does not match its SHA-256" in again
+    assert again.startswith("C++ for dropout")
+
+
+def test_a_bad_cpp_kernels_setting_is_reported_and_ignored():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPKIT_")}
+    env.update(DROPKIT_CPP_KERNELS="maybe", PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""))
+    script = "import warnings; warnings.simplefilter('always'); import dropkit; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "DROPKIT_CPP_KERNELS='maybe' is not valid" in proc.stderr
