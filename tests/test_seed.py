@@ -515,3 +515,16 @@ def test_a_reused_generator_draws_consecutive_streams():
     for k, out in enumerate(outs):
         assert torch.equal(out, F.dropout(x, 0.5, seed=rng.key_tensor(21, k)))
     assert dropkit.SeedGenerator is SeedGenerator and gen.calls == 3
+
+
+def test_next_key_returns_a_fresh_tensor_not_the_shared_key_cache():
+    """An op's output is its caller's: compiled code writes later results into a dead output's memory (AOTInductor
+    reused next_key's output for a cat), which must not rewrite the key that key_tensor shares for eager calls."""
+    state = torch.tensor([3, 0], dtype=torch.int64)
+    key = torch.ops.dropkit.next_key(state)
+    assert torch.equal(key, dropkit.rng.key_tensor(3, 0)) and key is not dropkit.rng.key_tensor(3, 0)
+    key.fill_(7)  # what a reused output buffer receives
+    assert dropkit.rng.key_tensor(3, 0).tolist() == list(dropkit.rng.key_words(3, 0))
+    x = torch.ones(64)
+    assert torch.equal(dropkit.functional.dropout(x, 0.5, seed=3), torch.ops.dropkit.dropout(
+        x, torch.tensor(dropkit.rng.key_words(3, 0)), 0.5, 2.0, None, 0))  # fmt: skip

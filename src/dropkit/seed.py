@@ -48,7 +48,7 @@ from types import CodeType, FrameType
 import torch
 import torch.utils.checkpoint as _checkpoint
 
-from dropkit.rng import check_key_args, check_seed, key_tensor
+from dropkit.rng import check_key_args, check_seed, key_tensor, key_words
 
 __all__ = [
     "SeedGenerator",
@@ -372,7 +372,9 @@ def next_key_impl(state: torch.Tensor) -> torch.Tensor:
         if region is None:
             region = _REGIONS[region_obj] = _Region()
         region.drawn.setdefault(id(state), (state, []))[1].append(k)
-    return key_tensor(seed, k)
+    # A fresh tensor, never key_tensor's shared one: an op's output is its caller's to reuse (Inductor and
+    # AOTInductor write later results into a dead output's memory), which would rewrite a cached key.
+    return torch.tensor(key_words(seed, k), dtype=torch.int64)
 
 
 def _advance(state: torch.Tensor) -> None:
