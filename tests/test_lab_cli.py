@@ -28,7 +28,7 @@ def test_compare_writes_table_folder_and_report(tmp_path, capsys):
     assert {"torch", "dropkit", "python", "date", "platform"} <= set(env)
     run = out / "runs" / "p0.3" / "seed-1"
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and {"epoch", "train_acc", "val_acc", "gap", "val_loss", "dropout_loss"} <= set(json.loads(lines[0]))
+    assert len(lines) == 3 and {"epoch", "train_acc", "val_acc", "gap", "val_loss", "train_loss_running"} <= set(json.loads(lines[0]))
     assert {"checkpoint.pt", "model.pt", "result.json", "config.json"} <= {p.name for p in run.iterdir()}
     report = (out / "report.md").read_text()
     assert "dropkit compare --dataset overfit" in (out / "command.txt").read_text()
@@ -138,7 +138,7 @@ def test_jobs_runs_points_in_processes_with_the_same_results(tmp_path, capsys):
         assert [m["epoch"] for m in ra] == [m["epoch"] for m in rb]
         for ma, mb in zip(ra, rb):
             assert ma["val_acc"] == pytest.approx(mb["val_acc"], abs=1e-3)
-            assert ma["dropout_loss"] == pytest.approx(mb["dropout_loss"], rel=1e-4)
+            assert ma["train_loss_running"] == pytest.approx(mb["train_loss_running"], rel=1e-4)
 
 
 def test_schedule_steps_the_dropout_runs_and_is_checkpointed(tmp_path, capsys):

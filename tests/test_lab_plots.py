@@ -37,3 +37,19 @@ def test_gap_axis_includes_zero_and_says_when_within_noise(figures, tmp_path):
     gap, acc = figures["gap.png"].axes
     assert gap.get_ylim()[0] < 0 < gap.get_ylim()[1]
     assert "within seed noise" in acc.get_title()
+
+
+def test_running_train_metrics_are_dotted_lines_beside_the_eval_mode_ones(figures, tmp_path):
+    def hist(seed):
+        return [dict(m, train_acc_running=0.7 + 0.01 * seed, train_loss_running=2 / m["epoch"]) for m in _hist(0.9, seed)]
+
+    report.plot_curves([(Point("dropout p=0.5", (0.5,), 0.0, 3), [hist(s) for s in range(3)])], tmp_path / "c.png", "t")
+    acc, loss = figures["c.png"].axes
+    # mean over the 3 seeds: running acc 70, 71, 72 % -> 71; eval-mode train acc 90, 91, 92 % -> 91
+    expected = {acc: ([71.0] * 3, [91.0] * 3), loss: ([2.0, 1.0, 2 / 3], [1.0, 0.5, 1 / 3])}
+    for ax, (running, train) in expected.items():
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        dotted, dashed = lines["dropout p=0.5 (running train)"], lines["dropout p=0.5 (train)"]
+        assert dotted.get_linestyle() == ":" and dashed.get_linestyle() == "--"
+        assert list(dotted.get_ydata()) == pytest.approx(running) and list(dashed.get_ydata()) == pytest.approx(train)
+    assert "running" in acc.get_ylabel()

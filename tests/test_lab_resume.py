@@ -63,5 +63,6 @@ def test_sigkill_mid_epoch_and_mid_sweep_then_resume_gives_identical_metrics(tmp
     assert _cli(killed, extra=extra).wait() == 0
     for run in sorted((ref / "runs").glob("*/seed-*")):
         rel = run.relative_to(ref)
+        assert '"train_acc_running"' in (run / "metrics.jsonl").read_text()  # the epoch's running sums are redone too
         assert (killed / rel / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text(), rel
     assert not list(killed.rglob("*.tmp")), "a temporary checkpoint file was left behind after completion"

@@ -111,6 +111,9 @@ def test_regression_npz_reports_loss_only(nets, capsys):
     assert "val loss" in text and "val acc" not in text and "best by validation loss: p=" in text
     hist = json.loads((out / "runs" / "p0" / "seed-0" / "result.json").read_text())["history"]
     assert "val_acc" not in hist[0] and hist[-1]["val_loss"] < hist[0]["val_loss"] * 1.5
+    # the running (dropout-active) training loss is kept, and no running accuracy is made up
+    assert "train_loss_running" in hist[0] and not any("acc" in k for k in hist[0])
+    assert "running train loss" in text and "running train acc" not in text
 
 
 @pytest.mark.parametrize("override, message", [

@@ -28,15 +28,19 @@ from dropkit.lab.train import metrics_text, summarise
 
 __all__ = ["aggregate", "format_table", "load_folder", "plot_curves", "plot_gap", "sweep_verdicts", "write_report"]
 
-#: Columns of the table: (key in the per-run summary, header, percent?).
+#: Columns of the table: (key in the per-run summary, header, percent?). "train ..." is measured in eval mode after
+#: the epoch; "running train ..." is Keras's ``fit`` number: the mean over the epoch's batches with dropout active.
 COLUMNS = (
     ("final_train_acc", "train acc", True),
+    ("final_train_acc_running", "running train acc", True),
     ("best_train_acc", "best train acc", True),
     ("final_val_acc", "val acc", True),
     ("best_val_acc", "best val acc", True),
     ("final_gap", "gap (train-val)", True),
+    ("final_gap_running", "gap (running-val)", True),
     ("best_epoch", "best epoch", False),
     ("final_train_loss", "train loss", False),
+    ("final_train_loss_running", "running train loss", False),
     ("final_val_loss", "val loss", False),
 )
 
@@ -146,8 +150,8 @@ def aggregate(points: list[tuple[Point, list[list[dict]]]]) -> list[dict]:
         }
         if complete:
             sums = [summarise(_epochs(h)) for h in complete]
-            for key, _, _ in COLUMNS:
-                if key in sums[0]:
+            for key in sums[0]:
+                if key != "epochs" and all(key in s for s in sums):
                     row[key] = _mean_std([s[key] for s in sums])
         rows.append(row)
     return rows
@@ -244,8 +248,9 @@ def save_figure(fig, path: Path) -> None:
 
 
 def plot_curves(points, path: Path, title: str) -> None:
-    """Train (dashed) vs validation (solid) accuracy (%) and loss per epoch: mean over seeds,
-    the band spans the seeds' min to max; one colour per setting."""
+    """Train (dashed, eval mode after the epoch), running train (dotted: the mean over the epoch's batches with
+    dropout active, Keras's ``fit`` number) and validation (solid) accuracy (%) and loss per epoch: mean over
+    seeds, the band spans the seeds' min to max; one colour per setting."""
     has_acc = any("val_acc" in _epochs(h)[0] for _, hs in points for h in hs)
     fig = _figure(2 if has_acc else 1)
     axes = fig.subplots(1, 2) if has_acc else [None, fig.subplots()]
@@ -255,20 +260,30 @@ def plot_curves(points, path: Path, title: str) -> None:
         if not hs:
             continue
         color = f"C{i % 10}"
-        panels = [("train_loss", ax_loss, "--", "train", 1.0), ("val_loss", ax_loss, "-", "val", 1.0)]
+        panels = [
+            ("train_loss", ax_loss, "--", "train", 1.0),
+            ("train_loss_running", ax_loss, ":", "running train", 1.0),
+            ("val_loss", ax_loss, "-", "val", 1.0),
+        ]
         if has_acc:
-            panels = [("train_acc", ax_acc, "--", "train", 100.0), ("val_acc", ax_acc, "-", "val", 100.0)] + panels
+            panels = [
+                ("train_acc", ax_acc, "--", "train", 100.0),
+                ("train_acc_running", ax_acc, ":", "running train", 100.0),
+                ("val_acc", ax_acc, "-", "val", 100.0),
+            ] + panels
         for key, ax, style, what, scale in panels:
+            if not all(key in m for h in hs for m in _epochs(h)):
+                continue  # a history written before the running metrics existed
             xs, mean, lo, hi = _curves(hs, key, scale)
             ax.plot(xs, mean, style, color=color, label=f"{pt.label} ({what})")
             if len(hs) > 1:
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
     spread = f"; band: min-max over {seeds} seeds" if seeds > 1 else ""
     if has_acc:
-        ax_acc.set(xlabel="epoch", ylabel="accuracy (%, eval mode)", title="accuracy" + spread)
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%; dotted: running, dropout on)", title="accuracy" + spread)
         ax_acc.legend(fontsize=7)
         ax_acc.grid(alpha=0.3)
-    ax_loss.set(xlabel="epoch", ylabel="loss (eval mode)", title="loss" + spread)
+    ax_loss.set(xlabel="epoch", ylabel="loss (dotted: running, dropout on)", title="loss" + spread)
     ax_loss.legend(fontsize=7)
     ax_loss.grid(alpha=0.3)
     fig.suptitle(title)
@@ -411,8 +426,11 @@ def write_report(folder: str | Path) -> str:
         md.append(f"- restarted from scratch after a corrupt checkpoint: {', '.join(restarted)}")
     md += [
         "",
-        "Accuracies in %, mean ± std over seeds; train metrics measured in eval mode after each epoch; "
-        "gap = train acc - val acc at the last epoch; best epoch = epoch of the best validation accuracy.",
+        "Accuracies in %, mean ± std over seeds; train acc / loss measured in eval mode after each epoch; "
+        "running train acc / loss = what Keras's `fit` logs: the mean over the epoch's mini-batches (weighted by "
+        "batch size) of the training-mode forward passes, dropout active, that the optimiser steps used; "
+        "gap = train acc - val acc and running gap = running train acc - val acc at the last epoch; "
+        "best epoch = epoch of the best validation accuracy.",
         "",
         table,
         "",

@@ -7,10 +7,14 @@
 * ``run_id`` -- a random id drawn when the run starts: with the SHA-256 of ``config.json``
   it is the run's identity, which every checkpoint carries (another run's checkpoint is
   refused, naming both runs);
-* ``metrics.jsonl`` (+ ``metrics.jsonl.sha256``) -- one JSON object per completed epoch (train /
-  validation loss and accuracy measured in eval mode, the gap, the mean training loss under
-  dropout, the learning rate); regression runs have losses only. The report reads it only
-  after its digest matched, or recomputes it from the verified checkpoint;
+* ``metrics.jsonl`` (+ ``metrics.jsonl.sha256``) -- one JSON object per completed epoch: train /
+  validation loss and accuracy measured in eval mode after the epoch and the gap (``train_acc -
+  val_acc``); the *running* training loss and accuracy as Keras's ``fit`` logs them
+  (``train_loss_running``, ``train_acc_running``: the mean over the epoch's mini-batches, weighted
+  by batch size, of the training-mode forward pass -- dropout active -- that each optimiser step
+  used, taken before that step) and their gap ``gap_running`` (``train_acc_running - val_acc``);
+  the learning rate. Regression runs have losses only. The report reads it only after its digest
+  matched, or recomputes it from the verified checkpoint;
 * ``checkpoint.pt`` (+ ``checkpoint.pt.sha256``) -- after every epoch: model, optimiser,
   epoch, history, torch's global RNG state (dropout masks draw their keys from it), the
   data-order generator's state and the dropout schedule. It is loaded only after its
@@ -37,7 +41,9 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) each global batch is split across the pr
 and the model is wrapped in ``DistributedDataParallel``; each process runs its shard inside
 :func:`dropkit.rng.batch_shard` (its first global sample index), so the dropout masks are
 those a single process would draw for the whole batch, and the loss is scaled so that the
-averaged gradient equals the single-process one.
+averaged gradient equals the single-process one. The running loss and correct-prediction count of
+each shard are summed over the processes (one ``all_reduce`` per epoch), so ``train_loss_running``
+and ``train_acc_running`` are means over every sample of the epoch, as in a single process.
 """
 
 from __future__ import annotations
@@ -280,9 +286,11 @@ def _loss_sum(out: torch.Tensor, y: torch.Tensor, task: str = "classification") 
     return F.cross_entropy(out, y, reduction="sum")
 
 
-def _correct(out: torch.Tensor, y: torch.Tensor) -> int:
+def _correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions (a 0-d integer tensor on ``out``'s device): argmax of the logits, or
+    ``logit > 0`` for a single binary logit."""
     pred = (out.reshape(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(-1)
-    return int((pred == y).sum())
+    return (pred == y).sum()
 
 
 @torch.no_grad()
@@ -297,7 +305,7 @@ def evaluate(
         out = model(x[i : i + batch])
         loss += float(_loss_sum(out, y[i : i + batch], task))
         if task != "regression":
-            correct += _correct(out, y[i : i + batch])
+            correct += int(_correct(out, y[i : i + batch]))
     model.train(was)
     return loss / len(y), (None if task == "regression" else correct / len(y))
 
@@ -311,7 +319,8 @@ def _best(history: list[dict]) -> dict:
 
 def summarise(history: list[dict]) -> dict:
     """Final and best metrics of a run's per-epoch history (best = highest validation accuracy,
-    or lowest validation loss for regression)."""
+    or lowest validation loss for regression); ``best_train_acc`` and ``best_train_acc_running`` are
+    the highest over the epochs. The ``..._running`` keys are present when the history has them."""
     best = _best(history)
     last = history[-1]
     out = {
@@ -321,6 +330,8 @@ def summarise(history: list[dict]) -> dict:
         "best_epoch": best["epoch"],
         "min_val_loss": min(m["val_loss"] for m in history),
     }
+    if "train_loss_running" in last:
+        out["final_train_loss_running"] = last["train_loss_running"]
     if "val_acc" in last:
         out.update(
             {
@@ -331,6 +342,14 @@ def summarise(history: list[dict]) -> dict:
                 "best_val_acc": best["val_acc"],
             }
         )
+        if "train_acc_running" in last:
+            out.update(
+                {
+                    "final_train_acc_running": last["train_acc_running"],
+                    "final_gap_running": last["gap_running"],
+                    "best_train_acc_running": max(m["train_acc_running"] for m in history),
+                }
+            )
     return out
 
 
@@ -473,7 +492,8 @@ def train_run(
             break
         model.train()
         perm = torch.randperm(n, generator=order).to(device)
-        loss_total = torch.zeros((), dtype=torch.float64)
+        # this process's sums over the epoch of [loss, correct predictions] of the training-mode passes
+        running = torch.zeros(2, dtype=torch.float64, device=device)
         step = (epoch - 1) * steps_per_epoch
         for i in range(0, n, spec.batch_size):
             idx = perm[i : i + spec.batch_size]
@@ -493,22 +513,32 @@ def train_run(
                 apply_max_norm(model, spec.max_norm)
             if sched is not None:
                 sched.step()
-            batch_loss = loss_sum.detach().to("cpu", torch.float64)
-            if world > 1:
-                torch.distributed.all_reduce(batch_loss)
-            loss_total += batch_loss
+            running[0] += loss_sum.detach().double()
+            if spec.task != "regression":
+                running[1] += _correct(out.detach(), ys_tr[idx[lo:hi]])
+        if world > 1:
+            torch.distributed.all_reduce(running)  # the shards' sums: every sample of the epoch
+        loss_running, correct_running = running.tolist()
         if delay:
             time.sleep(delay)
         train_loss, train_acc = evaluate(model, xs_tr, ys_tr, task=spec.task)
         val_loss, val_acc = evaluate(model, xs_va, ys_va, task=spec.task)
         metrics: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
         if train_acc is not None and val_acc is not None:  # classification (regression has no accuracy)
+            acc_running = correct_running / n
             metrics.update(
-                {"train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "gap": train_acc - val_acc}
+                {
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "gap": train_acc - val_acc,
+                    "train_acc_running": acc_running,
+                    "gap_running": acc_running - val_acc,
+                }
             )
         else:
             metrics["val_loss"] = val_loss
-        metrics.update({"dropout_loss": float(loss_total) / n, "lr": lr})
+        metrics.update({"train_loss_running": loss_running / n, "lr": lr})
         history.append(metrics)
         if rank == 0:
             if spec.early_stopping and _best(history)["epoch"] == epoch:
