@@ -2,7 +2,8 @@
 
 For each model of :mod:`dropkit.lab.zoo` (tiny configurations of transformers' BERT / GPT-2, timm's ViT,
 torchvision's EfficientNet) and a torchvision DropBlock2d CNN: the step (forward, cross-entropy, backward) of the
-original and of a copy converted with ``dropkit.nn.replace_dropout`` and run inside ``dropkit.patch``, eager and
+original and of a copy converted with ``dropkit.nn.replace_dropout`` (and run inside ``dropkit.patch`` where the
+model calls functional dropout: the transformers' and the ViT's attention), eager and
 under ``torch.compile``, timed interleaved; and the bytes autograd saves for backward in one step (every saved
 tensor's storage once, ``torch.autograd.graph.saved_tensors_hooks``). Ratios > 1 mean dropkit is faster.
 
@@ -34,13 +35,16 @@ def _dropblock_cnn(in_shape, num_classes):
     )  # fmt: skip
 
 
+#: name -> (factory, input shape, whether its step makes functional dropout calls: attention's dropout, which only
+#: ``dropkit.patch`` reaches; the others' dropout is all modules, which ``replace_dropout`` converts, so they run
+#: without the function mode and its per-call cost on every torch function).
 MODELS = {
-    "BERT (SDPA)": (lambda: zoo.tiny_bert((64,), 10), (64,)),
-    "BERT (eager attention)": (lambda: zoo.tiny_bert((64,), 10, attn_implementation="eager"), (64,)),
-    "GPT-2 (SDPA)": (lambda: zoo.tiny_gpt2((64,), 10), (64,)),
-    "ViT (timm, drop_path)": (lambda: zoo.tiny_vit((3, 32, 32), 10), (3, 32, 32)),
-    "EfficientNet-B0 (torchvision)": (lambda: zoo.tiny_efficientnet((3, 32, 32), 10), (3, 32, 32)),
-    "CNN + DropBlock2d (torchvision)": (lambda: _dropblock_cnn((3, 32, 32), 10), (3, 32, 32)),
+    "BERT (SDPA)": (lambda: zoo.tiny_bert((64,), 10), (64,), True),
+    "BERT (eager attention)": (lambda: zoo.tiny_bert((64,), 10, attn_implementation="eager"), (64,), True),
+    "GPT-2 (SDPA)": (lambda: zoo.tiny_gpt2((64,), 10), (64,), True),
+    "ViT (timm, drop_path)": (lambda: zoo.tiny_vit((3, 32, 32), 10), (3, 32, 32), True),
+    "EfficientNet-B0 (torchvision)": (lambda: zoo.tiny_efficientnet((3, 32, 32), 10), (3, 32, 32), False),
+    "CNN + DropBlock2d (torchvision)": (lambda: _dropblock_cnn((3, 32, 32), 10), (3, 32, 32), False),
 }
 
 
@@ -99,7 +103,7 @@ def main() -> None:
         write_json("bench_models", [], batch=args.batch, attention=attention)
         return
     rows, json_rows = [], []
-    for name, (make, shape) in MODELS.items():
+    for name, (make, shape, functional) in MODELS.items():
         torch.manual_seed(0)
         original = make().train()
         converted = copy.deepcopy(original)
@@ -119,12 +123,12 @@ def main() -> None:
 
             return step
 
-        fns = {"torch": step_of(original, False), "dropkit": step_of(converted, True)}
+        fns = {"torch": step_of(original, False), "dropkit": step_of(converted, functional)}
         if not args.no_compile:
             torch._dynamo.reset()
             c_orig, c_conv = torch.compile(original), torch.compile(converted)
             fns["torch compiled"] = step_of(c_orig, False)
-            fns["dropkit compiled"] = step_of(c_conv, True)
+            fns["dropkit compiled"] = step_of(c_conv, functional)
         stats = interleaved(fns, rounds=args.rounds, repeats=5, min_sample_s=0.05)
         saved_t = _saved_bytes(fns["torch"])
         saved_d = _saved_bytes(fns["dropkit"])

@@ -3,9 +3,11 @@
 AOTAutograd traces a graph under ``FunctionalTensorMode``; there an op served by the Triton kernels becomes
 its kernel launches (:mod:`dropkit.kernels.triton.graph`: ``torch.library.wrap_triton``, the key read on the
 device), so Inductor compiles them into the graph's code; the composite ops (word dropout, DropBlock,
-noise_shape dropout) become torch ops over those. torch.export keeps the ops whole, as it keeps
-``torch.library.triton_op``s (``decompose_custom_triton_ops`` is off there); so do CPU tensors (the C kernel
-is the op's implementation) and ``DROPKIT_TRITON_GRAPH=0``.
+noise_shape dropout) become torch ops over those. On CPU tensors the composite ops become torch ops over the
+registered ``keep_mask`` / ``uniform`` ops (Inductor fuses the rest with its neighbours); the element-wise ops
+stay whole (the C kernel is their implementation). torch.export keeps every op whole, as it keeps
+``torch.library.triton_op``s (``decompose_custom_triton_ops`` is off there); so does ``DROPKIT_TRITON_GRAPH=0``
+on CUDA.
 """
 
 from __future__ import annotations
@@ -103,10 +105,23 @@ def _drop_block_graph(g, x, key, gamma, block_size, seed_shape, dims, offset):
     return into_layout(x, x.to(cdt) * f)
 
 
+def _cpu_composite(func, device: torch.device, types, args) -> bool:
+    """A composite op on CPU tensors in a compiled graph: its torch ops go to Inductor (which fuses them with their
+    neighbours), its random draw (``keep_mask`` / ``uniform``) stays the registered op. Export keeps it whole."""
+    if device.type != "cpu" or _exporting():
+        return False
+    if any(not issubclass(t, FakeTensor) and t not in (torch.Tensor, FunctionalTensor) for t in types):
+        return False
+    if func in _COMPOSITE:
+        return True
+    return func in _MASKED and args[4] is not None  # dropout / dropout_ with a noise_shape
+
+
 def _register_graph(op, decompose, device_of: Callable) -> None:
     def rule(mode, func, types, args, kwargs):
-        g = _graph_launches(torch.device(device_of(*args)), types)
-        if g is None:
+        device = torch.device(device_of(*args))
+        g = _graph_launches(device, types)
+        if g is None and not _cpu_composite(func, device, types, args):
             return mode.__torch_dispatch__(func, types, args, kwargs)
         with mode:
             return decompose(g, *args, **kwargs)
@@ -134,5 +149,7 @@ _DECOMPOSITIONS = {
     "embedding_dropout": (_embedding_graph, _first_device),
     "drop_block": (_drop_block_graph, _first_device),
 }
+_COMPOSITE = (OPS["drop_block"], OPS["embedding_dropout"])
+_MASKED = (OPS["dropout"], OPS["dropout_"])
 for _name, (_decompose, _device_of) in _DECOMPOSITIONS.items():
     _register_graph(OPS[_name], _decompose, _device_of)
