@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import dropkit
+import dropkit.functional as F
 from dropkit import ops
 from dropkit.kernels import cpu
 from dropkit.kernels.cpu import _torch
@@ -189,3 +190,27 @@ def test_a_bad_cpp_kernels_setting_is_reported_and_ignored():
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "DROPKIT_CPP_KERNELS='maybe' is not valid" in proc.stderr
+
+
+@pytest.mark.parametrize("registration", ["C++", "Python"])
+def test_in_place_on_an_inference_tensor_outside_inference_mode_is_refused_as_torch_refuses(registration):
+    """torch's F.dropout(inplace=True) refuses an inference tensor outside inference mode (after writing it); both
+    registrations refuse it before writing."""
+    if registration == "C++" and not NATIVE:
+        pytest.skip("C++ registration not in use")
+    with torch.inference_mode():
+        x, t = torch.ones(8), torch.ones(8)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        torch.nn.functional.dropout(t, 0.5, inplace=True)
+    kernel = ops.OPS["dropout_"] if registration == "C++" else (
+        lambda *a: ops.kernels._dropout_inplace(ops.kernels.REGISTERED["CPU"], *a))  # fmt: skip
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        kernel(x, key_tensor(1, 2), 0.5, 2.0, None, 0)
+    assert torch.equal(x, torch.ones(8))
+    gen = dropkit.SeedGenerator(5)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        F.dropout(x, 0.5, inplace=True, seed=gen)  # refused before the key is drawn
+    assert gen.calls == 0 and torch.equal(x, torch.ones(8))
+    with torch.inference_mode():
+        kernel(x, key_tensor(1, 2), 0.5, 2.0, None, 0)  # inside inference mode: allowed, as torch allows it
+    assert set(x.unique().tolist()) <= {0.0, 2.0}

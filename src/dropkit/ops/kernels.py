@@ -155,6 +155,11 @@ def _dropout(be: Backend, x, key, p, scale, noise_shape, offset):
 
 def _dropout_inplace(be: Backend, x, key, p, scale, noise_shape, offset):
     _check_floating(x, "dropout")
+    if x.is_inference() and not torch.is_inference_mode_enabled():  # what torch's version counter (and C++) says
+        raise RuntimeError(
+            "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get a "
+            "normal tensor before doing inplace update."
+        )
     if noise_shape is None and x.is_contiguous():
         seed, stream = key_ints(key)
         be.dropout_mul(x, p, scale, seed, stream, offset, out=x)

@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -179,6 +180,10 @@ at::Tensor dropout(const at::Tensor &x, const at::Tensor &key, double p, double 
 void dropout_(at::Tensor &x, const at::Tensor &key, double p, double scale, at::OptionalSymIntArrayRef noise_shape,
               int64_t offset) {
     dtype_code(x, "dropout");
+    // before anything is written (the version counter would refuse only after the kernel wrote x)
+    TORCH_CHECK(!x.is_inference() || c10::InferenceMode::is_enabled(),
+                "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get "
+                "a normal tensor before doing inplace update.");
     const Key k = key_ints(key);
     const uint32_t thr = threshold(p);
     if (!noise_shape.has_value() && x.is_contiguous()) {
