@@ -66,6 +66,20 @@ def _torch_paths() -> tuple[Path, list[Path]]:
     return root / "lib", [include, include / "torch" / "csrc" / "api" / "include"]
 
 
+def _torch_build_id() -> tuple:
+    """Which build of torch is installed: size and mtime of its C++ libraries (a reinstall of the same version
+    string from another wheel, e.g. a CPU and a CUDA build, gets a library of its own)."""
+    lib_dir = _torch_paths()[0]
+    ids = []
+    for name in ("libc10.so", "libtorch_cpu.so"):
+        try:
+            st = os.stat(lib_dir / name)
+            ids.append((name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            ids.append((name, None, None))
+    return tuple(ids)
+
+
 def _compile_args(src_hash: str) -> list[str]:
     lib_dir, includes = _torch_paths()
     abi = int(torch.compiled_with_cxx11_abi())
@@ -111,7 +125,7 @@ def _build_and_load() -> tuple[ctypes.CDLL, Path, str]:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
     src_hash = source_hash()
     args = _compile_args(src_hash)
-    name = _build.library_name("dk_torch", cxx, src_hash, torch.__version__, args)
+    name = _build.library_name("dk_torch", cxx, src_hash, torch.__version__, _torch_build_id(), args)
     return _build.cached_build(
         "cpu-torch",
         name,
