@@ -119,12 +119,14 @@ def refuse_shape_trace(what: str) -> None:
 
 def check_inplace(x: torch.Tensor) -> None:
     """Raise torch's in-place error before any data is written (not after, as a failed ``mark_dirty`` would)."""
+    if torch.compiler.is_compiling():  # Dynamo cannot trace is_inference(); the compiled op's kernel checks it
+        return
     if x.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(
             "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get a "
             "normal tensor before doing inplace update."
         )
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if not torch.is_grad_enabled():
         return
     base = x._base if x._is_view() and x._base is not None else x
     if base.is_leaf and base.requires_grad:
