@@ -70,7 +70,7 @@ def _torch_build_id() -> tuple:
     """Which build of torch is installed: size and mtime of its C++ libraries (a reinstall of the same version
     string from another wheel, e.g. a CPU and a CUDA build, gets a library of its own)."""
     lib_dir = _torch_paths()[0]
-    ids = []
+    ids: list[tuple[str, int | None, int | None]] = []
     for name in ("libc10.so", "libtorch_cpu.so"):
         try:
             st = os.stat(lib_dir / name)
