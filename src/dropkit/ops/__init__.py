@@ -37,7 +37,7 @@ import torch
 
 from dropkit.ops import graph  # noqa: F401 - registers the graph decompositions
 from dropkit.ops.autograd import apply_fused, apply_linear, dropout_inplace
-from dropkit.ops.kernels import backend_info
+from dropkit.ops.kernels import backend_info, refuse_inference_write
 from dropkit.ops.schemas import OPS
 
 __all__ = [
@@ -121,11 +121,7 @@ def check_inplace(x: torch.Tensor) -> None:
     """Raise torch's in-place error before any data is written (not after, as a failed ``mark_dirty`` would)."""
     if torch.compiler.is_compiling():  # Dynamo cannot trace is_inference(); the compiled op's kernel checks it
         return
-    if x.is_inference() and not torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get a "
-            "normal tensor before doing inplace update."
-        )
+    refuse_inference_write(x)
     if not torch.is_grad_enabled():
         return
     base = x._base if x._is_view() and x._base is not None else x

@@ -153,13 +153,19 @@ def _dropout(be: Backend, x, key, p, scale, noise_shape, offset):
     return into_layout(x, x.to(cdt) * mask_factor(key, p, scale, noise_shape, offset, x.device, cdt))
 
 
-def _dropout_inplace(be: Backend, x, key, p, scale, noise_shape, offset):
-    _check_floating(x, "dropout")
-    if x.is_inference() and not torch.is_inference_mode_enabled():  # what torch's version counter (and C++) says
+def refuse_inference_write(x: torch.Tensor) -> None:
+    """torch's version-counter error for an in-place write to an inference tensor outside inference mode, raised
+    before anything is written (dk_torch.cpp checks the same, with the same words)."""
+    if x.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(
             "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get a "
             "normal tensor before doing inplace update."
         )
+
+
+def _dropout_inplace(be: Backend, x, key, p, scale, noise_shape, offset):
+    _check_floating(x, "dropout")
+    refuse_inference_write(x)
     if noise_shape is None and x.is_contiguous():
         seed, stream = key_ints(key)
         be.dropout_mul(x, p, scale, seed, stream, offset, out=x)

@@ -48,13 +48,20 @@ def _env_warning(var: str, value: str, accepted: str, effect: str) -> None:
     warnings.warn(f"dropkit: {var}={value!r} is not valid ({accepted}); {effect}", RuntimeWarning, stacklevel=3)
 
 
+def _env_flag(var: str, effect: str) -> bool | None:
+    """A 1/0, true/false, yes/no, on/off variable; None when unset, or invalid (one warning naming ``effect``)."""
+    raw = os.environ.get(var, "").strip()
+    value = raw.lower()
+    if value not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        _env_warning(var, raw, "accepted: 1/0, true/false, yes/no, on/off", effect)
+        value = ""
+    return None if value == "" else value in ("1", "true", "yes", "on")
+
+
 def _read_env() -> dict:
     env: dict = {}
-    raw = os.environ.get("DROPKIT_NO_KERNEL", "").strip()
-    if raw.lower() not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-        _env_warning("DROPKIT_NO_KERNEL", raw, "accepted: 1/0, true/false, yes/no, on/off", "the kernel stays enabled")
-        raw = ""
-    env["no_kernel"] = raw.lower() in ("1", "true", "yes", "on")
+    env["no_kernel"] = _env_flag("DROPKIT_NO_KERNEL", "the kernel stays enabled") is True
+    env["cpp_kernels"] = _env_flag("DROPKIT_CPP_KERNELS", "the C++ registration stays enabled") is not False
     raw = os.environ.get("DROPKIT_CPU_ISA", "").strip()
     if raw and raw not in ISAS:
         _env_warning("DROPKIT_CPU_ISA", raw, f"accepted: {', '.join(ISAS)}", "the best ISA of this CPU is used")

@@ -20,12 +20,12 @@ import ctypes
 import hashlib
 import os
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
 from dropkit.kernels.cpu import _build
+from dropkit.kernels.cpu._abi import _ENV
 from dropkit.kernels.cpu._abi import _state as _c_state
 from dropkit.kernels.cpu._build import _HERE, _Unusable
 
@@ -37,19 +37,6 @@ CXXFLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-w")
 
 _lock = threading.Lock()
 _state: dict = {"ops": (), "reason": "not registered yet", "lib": None, "path": None}
-
-
-def _enabled() -> bool:
-    raw = os.environ.get("DROPKIT_CPP_KERNELS", "").strip().lower()
-    if raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-        warnings.warn(
-            f"dropkit: DROPKIT_CPP_KERNELS={raw!r} is not valid (accepted: 1/0, true/false, yes/no, on/off); "
-            "the C++ registration stays enabled",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return True
-    return raw not in ("0", "false", "no", "off")
 
 
 def source_hash() -> str:
@@ -144,7 +131,7 @@ def register(parallel_threshold: int) -> tuple[str, ...]:
         if _c_state["lib"] is None:
             _state["reason"] = "the compiled C kernel is not loaded"
             return ()
-        if not _enabled():
+        if not _ENV["cpp_kernels"]:
             _state["reason"] = "disabled by DROPKIT_CPP_KERNELS=0"
             return ()
         try:

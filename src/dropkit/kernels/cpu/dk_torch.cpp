@@ -134,9 +134,8 @@ at::Tensor into_layout(const at::Tensor &x, at::Tensor y) {
     return like.copy_(y);
 }
 
-at::Tensor dropout_mul(const at::Tensor &x, const Key &k, uint32_t thr, double scale, int64_t offset,
+at::Tensor dropout_mul(const at::Tensor &x, int code, const Key &k, uint32_t thr, double scale, int64_t offset,
                        const at::Tensor *out) {
-    const int code = dtype_code(x, "dropout");
     const at::Tensor src = x.is_contiguous() ? x : x.contiguous();
     const int64_t n = src.numel();
     check_offset(offset, n);
@@ -167,19 +166,19 @@ at::Tensor shared_mask_dropout(const at::Tensor &x, const Key &k, uint32_t thr, 
 
 at::Tensor dropout(const at::Tensor &x, const at::Tensor &key, double p, double scale,
                    at::OptionalSymIntArrayRef noise_shape, int64_t offset) {
-    dtype_code(x, "dropout");
+    const int code = dtype_code(x, "dropout");
     const Key k = key_ints(key);
     const uint32_t thr = threshold(p);
     if (noise_shape.has_value()) {
         return shared_mask_dropout(x, k, thr, scale, C10_AS_INTARRAYREF_SLOW(*noise_shape), offset);
     }
-    at::Tensor y = dropout_mul(x, k, thr, scale, offset, nullptr);
+    at::Tensor y = dropout_mul(x, code, k, thr, scale, offset, nullptr);
     return x.is_contiguous() ? y : into_layout(x, y);
 }
 
 void dropout_(at::Tensor &x, const at::Tensor &key, double p, double scale, at::OptionalSymIntArrayRef noise_shape,
               int64_t offset) {
-    dtype_code(x, "dropout");
+    const int code = dtype_code(x, "dropout");
     // before anything is written (the version counter would refuse only after the kernel wrote x)
     TORCH_CHECK(!x.is_inference() || c10::InferenceMode::is_enabled(),
                 "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get "
@@ -187,7 +186,7 @@ void dropout_(at::Tensor &x, const at::Tensor &key, double p, double scale, at::
     const Key k = key_ints(key);
     const uint32_t thr = threshold(p);
     if (!noise_shape.has_value() && x.is_contiguous()) {
-        dropout_mul(x, k, thr, scale, offset, &x);
+        dropout_mul(x, code, k, thr, scale, offset, &x);
         x.unsafeGetTensorImpl()->bump_version();  // the kernel wrote through the data pointer
         return;
     }
