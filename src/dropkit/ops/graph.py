@@ -30,12 +30,14 @@ FunctionalTensor, FunctionalTensorMode = functional_tensor.FunctionalTensor, fun
 _exporting = getattr(torch.compiler, "is_exporting", lambda: True)
 
 
+def _decomposable(types) -> bool:
+    """Whether a traced op may be decomposed: not under torch.export (which keeps the ops whole, as it keeps
+    triton_op: decompose_custom_triton_ops is off there), and no tensor subclass (DTensor, ...) handles it itself."""
+    return not _exporting() and all(issubclass(t, FakeTensor) or t in (torch.Tensor, FunctionalTensor) for t in types)
+
+
 def _graph_launches(device: torch.device, types):
-    if _exporting():  # torch.export keeps the ops whole, as it keeps triton_op (decompose_custom_triton_ops is off)
-        return None
-    if any(not issubclass(t, FakeTensor) and t not in (torch.Tensor, FunctionalTensor) for t in types):
-        return None  # a tensor subclass (DTensor, ...) handles the op itself
-    return kernels.graph_kernels(device)
+    return kernels.graph_kernels(device) if _decomposable(types) else None
 
 
 def _offset(offset: int) -> int:
@@ -108,9 +110,7 @@ def _drop_block_graph(g, x, key, gamma, block_size, seed_shape, dims, offset):
 def _cpu_composite(func, device: torch.device, types, args) -> bool:
     """A composite op on CPU tensors in a compiled graph: its torch ops go to Inductor (which fuses them with their
     neighbours), its random draw (``keep_mask`` / ``uniform``) stays the registered op. Export keeps it whole."""
-    if device.type != "cpu" or _exporting():
-        return False
-    if any(not issubclass(t, FakeTensor) and t not in (torch.Tensor, FunctionalTensor) for t in types):
+    if device.type != "cpu" or not _decomposable(types):
         return False
     if func in _COMPOSITE:
         return True

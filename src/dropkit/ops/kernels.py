@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as tnf
 
 from dropkit import kernels, rng
+from dropkit._validation import FLOAT_DTYPES
 from dropkit.kernels import Backend
 from dropkit.ops.schemas import LIB, OPS, key_ints
 from dropkit.seed import next_key_impl
@@ -131,12 +132,9 @@ def _normal(be: Backend, key, shape, offset, dtype, device):
     return target.normal(n, seed, stream, offset, torch.device(device), dtype).view(tuple(shape))
 
 
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
 def _check_floating(x: torch.Tensor, op: str) -> None:
     """The element-wise ops take floating tensors (the C++ registration checks the same, with the same words)."""
-    if x.dtype not in _FLOATING:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"dropkit::{op} takes a floating tensor (float16, bfloat16, float32, float64); received {x.dtype}"
         )
