@@ -1,5 +1,6 @@
 """The C++ registration of the CPU kernels (kernels/cpu/dk_torch.cpp, built by kernels/cpu/_torch.py) against the
-Python registration it replaces: the same bits for every input the ops take, the same errors, the same ISA.
+Python registration it replaces: the same bits for every input the ops take, the same errors, the same ISA; and
+its Autograd kernels (every device): gradients, double backward, forward-mode AD and torch.func of direct op calls.
 
 The Python registration runs in a subprocess with ``DROPKIT_CPP_KERNELS=0`` (the registration is chosen once, at
 import); both sides compute the same cases and the outputs are compared bit for bit.
@@ -67,7 +68,36 @@ _CASES = textwrap.dedent(
         y = F.dropout(xg, 0.4, seed=3) + F.gaussian_dropout(xg, 0.3, seed=4) + F.dropout2d(xg[None], 0.5, seed=5)[0]
         out["grad"] = torch.autograd.grad((y * torch.arange(2000.0).view(50, 40)).sum(), xg)[0]
         out["functional inplace"] = F.dropout(torch.randn(9, generator=g), 0.5, inplace=True, seed=8)
+        # the Autograd kernels, through direct op calls: gradient, double backward, tangent, in place
+        import torch.autograd.forward_ad as fwAD
+        xw = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+        w = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+        ids = torch.tensor([[0, 3, 1], [2, 3, 4]])
+        for name, op in LINEAR_CALLS.items():
+            x, wg = xw.clone().requires_grad_(), w.clone().requires_grad_()
+            (gx,) = torch.autograd.grad((op(x * 1.5, key, ids) * wg).sum(), x, create_graph=True)
+            out[f"op grad {name}"] = gx
+            out[f"op double backward {name}"] = torch.autograd.grad((gx * gx).sum(), wg)[0]
+            with fwAD.dual_level():
+                out[f"op tangent {name}"] = fwAD.unpack_dual(op(fwAD.make_dual(xw, w), key, ids)).tangent
+        x = xw.clone().requires_grad_()
+        h = x * 2.0
+        dropout_(h, key, 0.5, 2.0, None, 0)
+        out["op inplace grad"] = torch.autograd.grad((h * w).sum(), x)[0]
+        with fwAD.dual_level():
+            d = fwAD.make_dual(xw.clone(), w.clone())
+            dropout_(d, key, 0.5, 2.0, None, 0)
+            out["op inplace tangent"] = fwAD.unpack_dual(d).tangent
         return {k: v.detach() for k, v in out.items()}
+
+    D = torch.ops.dropkit
+    # The ops linear in x, called directly (their Autograd kernels), on x of shape (2, 3, 6, 6).
+    LINEAR_CALLS = {
+        "dropout": lambda x, key, ids: D.dropout(x, key, 0.5, 2.0, None, 3),
+        "gaussian_dropout": lambda x, key, ids: D.gaussian_dropout(x, key, 0.4, 0),
+        "drop_block": lambda x, key, ids: D.drop_block(x, key, 0.3, 3, [2, 3, 4, 4], 2, 0),
+        "embedding_dropout": lambda x, key, ids: D.embedding_dropout(x.flatten(2), key, ids, 5, 0.5, 2.0).view_as(x),
+    }
     """
 )
 
@@ -214,3 +244,56 @@ def test_in_place_on_an_inference_tensor_outside_inference_mode_is_refused_as_to
     with torch.inference_mode():
         kernel(x, key_tensor(1, 2), 0.5, 2.0, None, 0)  # inside inference mode: allowed, as torch allows it
     assert set(x.unique().tolist()) <= {0.0, 2.0}
+
+
+def _linear_calls() -> dict:
+    namespace: dict = {}
+    exec(_CASES, namespace)
+    return namespace["LINEAR_CALLS"]
+
+
+@pytest.mark.parametrize("name", ["dropout", "gaussian_dropout", "drop_block", "embedding_dropout"])
+def test_direct_op_calls_are_differentiable_in_every_mode(name):
+    """y = x * f(key): the gradient of sum(y * w) and the tangent along w are op(w), bit for bit, under autograd,
+    forward-mode AD and torch.func; gradcheck and gradgradcheck (forward AD included) pass."""
+    op, key, ids = _linear_calls()[name], key_tensor(7, 1), torch.tensor([[0, 3, 1], [2, 3, 4]])
+    g = torch.Generator().manual_seed(3)
+    xw, w = (torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    want = op(w, key, ids)
+    assert (want == 0).any() or name == "gaussian_dropout"  # a real mask, not the identity
+    x = xw.clone().requires_grad_()
+    y = op(x, key, ids)
+    node = y.grad_fn if name != "embedding_dropout" else y.grad_fn.next_functions[0][0]  # below the view_as
+    assert node is not None and (not NATIVE or node.name() == f"dropkit::{name}Backward")
+    assert torch.equal(torch.autograd.grad((y * w).sum(), x)[0], want)
+    with torch.autograd.forward_ad.dual_level():
+        tangent = torch.autograd.forward_ad.unpack_dual(op(torch.autograd.forward_ad.make_dual(xw, w), key, ids)).tangent
+    assert torch.equal(tangent, want)
+    with torch.no_grad():
+        assert op(x, key, ids).grad_fn is None
+    if NATIVE:  # torch.func over an op's Python Autograd kernel is what the functional API avoids (ops/autograd.py)
+        assert torch.equal(torch.func.grad(lambda t: (op(t, key, ids) * w).sum())(xw), want)
+        assert torch.equal(torch.func.jvp(lambda t: op(t, key, ids), (xw,), (w,))[1], want)
+        assert torch.equal(torch.func.vjp(lambda t: op(t, key, ids), xw)[1](w)[0], want)
+    small = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: op(t, key, ids), (small,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(lambda t: op(t, key, ids), (small,))
+
+
+def test_the_functional_api_keeps_a_python_graph_node_that_compiled_autograd_traces():
+    """Eager F.dropout with a gradient wanted applies the Python Function (not the op's C++ graph node, which
+    compiled autograd cannot trace): compiled autograd gives eager's gradients."""
+    import torch._dynamo.compiled_autograd as ca
+
+    def step():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(16, 16)
+        x = torch.randn(4, 16, requires_grad=True)
+        (F.dropout(lin(x), 0.5, seed=1) * torch.arange(16.0)).sum().backward()
+        return x.grad, lin.weight.grad
+
+    eager = step()
+    with ca._enable(torch.compile(backend="eager")):
+        compiled = step()
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    assert type(F.dropout(torch.ones(3, requires_grad=True), 0.5, seed=1).grad_fn).__name__ == "LinearBackward"

@@ -3,10 +3,16 @@
 The ops linear in ``x`` (:data:`LINEAR`: ``y = x * f(key)``) share one ``autograd.Function``,
 :class:`Linear`: backward is the op on the gradient and the tangent is the op on the tangent (the mask
 is regenerated from the key, nothing per element is saved). The fused op has its own, :class:`Fused`.
-Each op's ``Autograd`` kernel applies its Function only when a gradient or a tangent is wanted, and
-otherwise goes straight below autograd to the device kernel. ``torch.library.register_autograd``
-would be the public way, but it has no forward-mode AD (and its Function lacks a vmap rule for the
-torch.func transforms), so the kernel is registered with ``torch.library.Library.impl`` instead.
+The functional API applies the Function only when a gradient or a tangent is wanted, outside the op
+(torch.func applies an ``autograd.Function`` only there), and the Function's forward calls the op.
+
+Below that, each op has one ``Autograd`` kernel. With the C++ registration (:data:`CPP_AUTOGRAD`,
+``kernels/cpu/dk_torch.cpp``, every device) it is C++: a call without a gradient or a tangent wanted (the
+Function's forward, ``no_grad``) goes below autograd to the device kernel, and a direct call of the op
+that wants one gets a C++ graph node and its tangent. Without it (no C++ compiler,
+``DROPKIT_CPP_KERNELS=0``), this module registers the Python kernels :func:`call_linear` and
+``_dropout_inplace_kernel``. ``torch.library.register_autograd`` would be the public way from Python,
+but it has no forward-mode AD (and its Function lacks a vmap rule for the torch.func transforms).
 
 vmap: with one key the op is a pure function of its input, so ``vmap`` over a batch returns what a loop
 over the rows returns (every row gets the mask of one row); with one key per row
@@ -23,7 +29,7 @@ import torch
 from torch.autograd.forward_ad import unpack_dual
 
 from dropkit import kernels, rng
-from dropkit.ops.kernels import embedding_factor, drop_block_factor, gaussian_factor, mask_factor
+from dropkit.ops.kernels import CPP_AUTOGRAD, embedding_factor, drop_block_factor, gaussian_factor, mask_factor
 from dropkit.ops.schemas import LIB, OPS
 
 __all__ = ["LINEAR", "Linear", "Fused", "apply_linear", "apply_fused", "dropout_inplace"]
@@ -35,7 +41,8 @@ dropout_op, dropout_inplace_op = OPS["dropout"], OPS["dropout_"]
 fused_op, fused_backward_op = OPS["fused_bias_act_dropout_add"], OPS["fused_bias_act_dropout_add_backward"]
 
 # No public API redispatches an op below the Autograd key (torch.library.register_autograd's own kernel uses
-# this guard internally); the public alternative, register_autograd, has no forward-mode AD.
+# this guard internally); the public alternative, register_autograd, has no forward-mode AD. Only the Python
+# registration runs it: with the C++ Autograd kernels (CPP_AUTOGRAD), the op itself goes below autograd.
 _below_autograd = torch._C._AutoDispatchBelowAutograd  # no public API redispatches below Autograd (see above)
 _grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
@@ -108,17 +115,31 @@ def _signature_once(fn) -> None:
 _signature_once(Linear.forward)
 
 
+def _no_graph_python(op, *args):
+    """The op without a graph node, under the Python registration: below autograd, to the device kernel
+    (the keys above it, vmap and autocast included, still see it)."""
+    with _below_autograd():
+        return op(*args)
+
+
+def _no_graph_cpp(op, *args):
+    """The op without a graph node, under the C++ registration: its C++ Autograd kernel goes below autograd."""
+    return op(*args)
+
+
+_no_graph = _no_graph_cpp if CPP_AUTOGRAD else _no_graph_python
+
+
 def call_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
-    """The ``Autograd`` kernel of an op of :data:`LINEAR`: :class:`Linear` where a gradient or a tangent is
-    wanted, else the op below autograd (the keys above it, vmap and autocast included, still see it)."""
+    """An op of :data:`LINEAR`: :class:`Linear` where a gradient or a tangent is wanted, else the op without a
+    graph node. The op's ``Autograd`` kernel under the Python registration."""
     try:
         wants = _wants_autograd(x)
     except RuntimeError:  # a vmapped tensor under forward AD (aten::_unpack_dual has no batching rule)
         return op(x, key, *args)  # the dispatcher: vmap's layer first, then the Autograd kernel
     if wants:
         return Linear.apply(x, key, op, *args)
-    with _below_autograd():
-        return op(x, key, *args)
+    return _no_graph(op, x, key, *args)
 
 
 def _dropout_inplace_kernel(x, key, *args):
@@ -131,8 +152,7 @@ def _dropout_inplace_kernel(x, key, *args):
     if wants:
         x.copy_(call_linear(dropout_op, x, key, *args))
         return None
-    with _below_autograd():
-        return dropout_inplace_op(x, key, *args)
+    return _no_graph(dropout_inplace_op, x, key, *args)
 
 
 class Fused(torch.autograd.Function):
@@ -191,9 +211,10 @@ def _fused_kernel(x, bias, residual, key, *args):
         return fused_op(x, bias, residual, key, *args)
 
 
-for _name in LINEAR:
-    LIB.impl(_name, functools.partial(call_linear, OPS[_name]), "Autograd")
-LIB.impl("dropout_", _dropout_inplace_kernel, "Autograd")
+if not CPP_AUTOGRAD:  # the Python registration (kernels/cpu/dk_torch.cpp registers these otherwise)
+    for _name in LINEAR:
+        LIB.impl(_name, functools.partial(call_linear, OPS[_name]), "Autograd")
+    LIB.impl("dropout_", _dropout_inplace_kernel, "Autograd")
 LIB.impl("fused_bias_act_dropout_add", _fused_kernel, "Autograd")
 
 
@@ -203,11 +224,12 @@ LIB.impl("fused_bias_act_dropout_add", _fused_kernel, "Autograd")
 # torch.func applies an autograd.Function through its custom_function_call, which works only outside an op's
 # kernel (torch.library.register_autograd has the same limit): a caller that wants a graph node applies the
 # op's Function itself, and the Function's forward calls the op. Without one, the op is called directly.
+# (A Python Function also keeps compiled autograd working, which the C++ graph node does not support.)
 def apply_linear(op, x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:
     """``op(x, key, *args)`` for an op of :data:`LINEAR`, differentiable under autograd, forward AD and torch.func."""
     if _is_compiling():
         return op(x, key, *args)
-    return call_linear(op, x, key, *args)  # what the op's Autograd kernel does, without the trip through it
+    return call_linear(op, x, key, *args)
 
 
 def dropout_inplace(x: torch.Tensor, key: torch.Tensor, *args) -> torch.Tensor:

@@ -247,8 +247,17 @@ def _cpp_registered() -> tuple[str, ...]:
     return _torch.register(parallel_threshold)
 
 
+def _cpp_autograd() -> tuple[str, ...]:
+    from dropkit.kernels.cpu import _torch
+
+    return _torch.AUTOGRAD_OPS
+
+
 #: The ops whose CPU kernel is registered from C++ (the same bits as their Python kernel, without its trip).
 CPP_REGISTERED = _cpp_registered()
+#: The ops whose ``Autograd`` kernel (every device) is registered from C++ with them; where empty,
+#: :mod:`dropkit.ops.autograd` registers its Python kernels.
+CPP_AUTOGRAD: tuple[str, ...] = _cpp_autograd() if CPP_REGISTERED else ()
 
 for _key, _be in REGISTERED.items():
     for _name, _impl in IMPLS.items():

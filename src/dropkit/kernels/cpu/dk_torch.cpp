@@ -1,7 +1,8 @@
 /*
  * dropkit's CPU kernels of dropkit::dropout, dropkit::dropout_ and dropkit::gaussian_dropout, registered with
  * PyTorch's dispatcher from C++ (the same registration TORCH_LIBRARY_IMPL makes), so that an eager call reaches
- * the C kernel without a trip through a Python kernel and ctypes.
+ * the C kernel without a trip through a Python kernel and ctypes; and the Autograd kernels of the ops linear in
+ * x (dropout, gaussian_dropout, drop_block, embedding_dropout) and of dropout_, for every device.
  *
  * Built at first use against the torch in use (kernels/cpu/_torch.py: torch's C++ ABI differs between
  * versions, so one build serves one torch) and loaded only after its SHA-256 matched. It computes nothing
@@ -10,11 +11,16 @@
  * registration (kernels/cpu/_wrappers.py over ops/kernels.py), which serves where this file cannot be built;
  * tests/test_native.py compares the two.
  */
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include <sys/types.h>
@@ -24,6 +30,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifndef DK_TORCH_SOURCE_HASH
@@ -47,7 +57,8 @@ struct State {
     int dtype_code[4] = {-1, -1, -1, -1};  // float32, float64, float16, bfloat16 -> the C library's codes
     int64_t parallel_threshold = 1 << 15;
     std::atomic<int> isa{0};
-    std::unique_ptr<torch::Library> library;
+    std::unique_ptr<torch::Library> library, autograd_library;
+    std::optional<c10::OperatorHandle> dropout_op;  // dropout_'s graph node is the out-of-place op's
 };
 
 State g;
@@ -211,12 +222,102 @@ at::Tensor gaussian_dropout(const at::Tensor &x, const at::Tensor &key, double s
     return into_layout(x, dst);
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// Autograd: the ops linear in x, y = x * f(key), for every device. Backward is the op on the gradient and the
+// tangent is the op on the tangent, with the call's key and arguments (the noise is regenerated from the key,
+// nothing per element is saved). What ops/autograd.py's Linear Function does in the Python registration, as the
+// kernels torch generates for its own ops do it: a graph node (torch::autograd::Node) and, under forward-mode AD,
+// the tangent set on the output. torch::autograd::Function is not used: it refuses forward-mode AD and the
+// torch.func transforms, which dropkit's ops support.
+// ---------------------------------------------------------------------------------------------------------------
+namespace ag = torch::autograd;
+using NodePtr = decltype(ag::Edge::function);  // std::shared_ptr<Node> up to torch 2.9, c10::intrusive_ptr<Node> since
+
+template <class N, class... A>
+NodePtr make_node(A &&...args) {
+    if constexpr (std::is_same_v<NodePtr, std::shared_ptr<ag::Node>>) {
+        return std::shared_ptr<N>(new N(std::forward<A>(args)...));
+    } else {
+        return c10::make_intrusive<N>(std::forward<A>(args)...);
+    }
+}
+
+// op(x, *rest) through the whole dispatcher (autograd included: a gradient of a gradient gets its own node).
+at::Tensor call_op(const c10::OperatorHandle &op, const at::Tensor &x, const std::vector<c10::IValue> &rest) {
+    torch::jit::Stack stack;
+    stack.reserve(rest.size() + 1);
+    stack.emplace_back(x);
+    stack.insert(stack.end(), rest.begin(), rest.end());
+    op.callBoxed(&stack);
+    return std::move(stack[0]).toTensor();
+}
+
+struct LinearBackward : ag::Node {
+    c10::OperatorHandle op;
+    std::vector<c10::IValue> rest;  // the key (4 words) and the scalar arguments: nothing per element
+
+    LinearBackward(c10::OperatorHandle op_, std::vector<c10::IValue> rest_)
+        : op(std::move(op_)), rest(std::move(rest_)) {}
+
+    ag::variable_list apply(ag::variable_list &&grads) override {
+        if (!grads[0].defined()) return {at::Tensor()};
+        return {call_op(op, grads[0], rest)};
+    }
+
+    std::string name() const override { return op.schema().name() + "Backward"; }
+
+    void release_variables() override {}
+};
+
+void redispatch_below_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch::jit::Stack *stack) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+// The Autograd kernel of an op linear in x (first argument x, one Tensor returned).
+void linear_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch::jit::Stack *stack) {
+    const size_t n = op.schema().arguments().size();
+    const at::Tensor x = (*stack)[stack->size() - n].toTensor();
+    const bool wants_grad = at::GradMode::is_enabled() && x.requires_grad();
+    const at::Tensor tangent = x._fw_grad(/*level=*/0);
+    if (!wants_grad && !tangent.defined()) {
+        redispatch_below_autograd(op, ks, stack);
+        return;
+    }
+    std::vector<c10::IValue> rest(stack->end() - static_cast<std::ptrdiff_t>(n - 1), stack->end());
+    redispatch_below_autograd(op, ks, stack);
+    const at::Tensor out = stack->back().toTensor();
+    TORCH_CHECK(!out.is_same(x), op.schema().name(), ": a kernel returned its input; an op linear in x returns a new "
+                "tensor (the graph node would be set on the input)");
+    if (wants_grad) {
+        NodePtr node = make_node<LinearBackward>(op, rest);
+        node->set_next_edges(ag::collect_next_edges(x));
+        ag::set_history(out, node);
+    }
+    if (tangent.defined()) out._set_fw_grad(call_op(op, tangent, rest), /*level=*/0, /*is_inplace_op=*/false);
+}
+
+// The Autograd kernel of dropout_: with a graph node wanted, the out-of-place op (and its node) copied in, and
+// copy_ records the in-place write for autograd and forward-mode AD; without one, the device kernel writes x.
+void dropout_inplace_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch::jit::Stack *stack) {
+    const size_t n = op.schema().arguments().size();
+    at::Tensor x = (*stack)[stack->size() - n].toTensor();
+    if (!(at::GradMode::is_enabled() && x.requires_grad()) && !x._fw_grad(/*level=*/0).defined()) {
+        redispatch_below_autograd(op, ks, stack);
+        return;
+    }
+    std::vector<c10::IValue> rest(stack->end() - static_cast<std::ptrdiff_t>(n - 1), stack->end());
+    torch::jit::drop(*stack, n);
+    x.copy_(call_op(*g.dropout_op, x, rest));
+}
+
 }  // namespace
 
 /* The source hash this library was built from (kernels/cpu/_torch.py checks it before registering). */
 DK_TORCH_API const char *dk_torch_source_hash(void) { return DK_TORCH_SOURCE_HASH; }
 
-/* Register the kernels for dispatch key CPU. fns: the C library's dk_keep_mask, dk_dropout_mul, dk_gaussian_mul;
+/* Register the kernels for dispatch key CPU, and the Autograd kernels (every device). fns: the C library's dk_keep_mask, dk_dropout_mul, dk_gaussian_mul;
  * codes: its dtype codes of float32, float64, float16, bfloat16. Returns 0, 1 when already registered, or -1
  * with the reason in err (NUL-terminated, at most errlen bytes). */
 DK_TORCH_API int dk_torch_register(const void *const *fns, const int *codes, int isa, int64_t parallel_threshold,
@@ -234,7 +335,15 @@ DK_TORCH_API int dk_torch_register(const void *const *fns, const int *codes, int
         lib->impl("dropout", &dropout);
         lib->impl("dropout_", &dropout_);
         lib->impl("gaussian_dropout", &gaussian_dropout);
+        auto autograd = std::make_unique<torch::Library>(torch::Library::IMPL, "dropkit", c10::DispatchKey::Autograd,
+                                                         __FILE__, __LINE__);
+        for (const char *name : {"dropout", "gaussian_dropout", "drop_block", "embedding_dropout"}) {
+            autograd->impl(name, torch::CppFunction::makeFromBoxedFunction<&linear_autograd>());
+        }
+        autograd->impl("dropout_", torch::CppFunction::makeFromBoxedFunction<&dropout_inplace_autograd>());
+        g.dropout_op = c10::Dispatcher::singleton().findSchemaOrThrow("dropkit::dropout", "");
         g.library = std::move(lib);
+        g.autograd_library = std::move(autograd);
         return 0;
     } catch (const std::exception &e) {
         if (err && errlen > 0) {
