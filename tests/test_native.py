@@ -297,3 +297,25 @@ def test_the_functional_api_keeps_a_python_graph_node_that_compiled_autograd_tra
         compiled = step()
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     assert type(F.dropout(torch.ones(3, requires_grad=True), 0.5, seed=1).grad_fn).__name__ == "LinearBackward"
+
+
+@needs_native
+def test_the_eager_path_never_enters_the_private_below_autograd_guard(monkeypatch):
+    """With the C++ Autograd kernels, no eager call (forward, backward, no_grad, in place, forward AD) runs
+    ``torch._C._AutoDispatchBelowAutograd``: only the Python registration needs it (issue 20, item 3)."""
+    from dropkit.ops import autograd
+
+    def refuse():
+        raise AssertionError("the eager path entered the private below-autograd guard")
+
+    monkeypatch.setattr(autograd, "_below_autograd", refuse)
+    x = torch.randn(4, 6, requires_grad=True)
+    y = F.dropout(x, 0.5, seed=1) + F.gaussian_dropout(x, 0.3, seed=2) + F.dropout2d(x[None], 0.5)[0]
+    y.sum().backward()
+    with torch.no_grad():
+        F.dropout(x, 0.5)
+        F.dropout(x.clone(), 0.5, inplace=True)
+    h = x * 2
+    F.dropout(h, 0.5, inplace=True, seed=3).sum().backward()
+    with torch.autograd.forward_ad.dual_level():
+        F.dropout(torch.autograd.forward_ad.make_dual(x.detach(), torch.ones(4, 6)), 0.5, seed=4)
