@@ -88,6 +88,18 @@ _CASES = textwrap.dedent(
             d = fwAD.make_dual(xw.clone(), w.clone())
             dropout_(d, key, 0.5, 2.0, None, 0)
             out["op inplace tangent"] = fwAD.unpack_dual(d).tangent
+        # the fused op, called directly: gradients of x, bias and residual, and the tangent
+        xf, bf, rf = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((6, 8), (8,), (6, 8)))
+        wf = torch.randn(6, 8, generator=g, dtype=torch.float64)
+        for act in ("relu", "gelu"):
+            ins = [t.clone().requires_grad_() for t in (xf, bf, rf)]
+            y = D.fused_bias_act_dropout_add(ins[0], ins[1], ins[2], key, 0.5, 2.0, act, 0)
+            for name, grad in zip(("x", "bias", "residual"), torch.autograd.grad((y * wf).sum(), ins)):
+                out[f"fused {act} grad {name}"] = grad
+            with fwAD.dual_level():
+                y = D.fused_bias_act_dropout_add(fwAD.make_dual(xf, wf), fwAD.make_dual(bf, wf[0]),
+                                                 fwAD.make_dual(rf, wf * 2), key, 0.5, 2.0, act, 0)
+                out[f"fused {act} tangent"] = fwAD.unpack_dual(y).tangent
         return {k: v.detach() for k, v in out.items()}
 
     D = torch.ops.dropkit
@@ -319,3 +331,33 @@ def test_the_eager_path_never_enters_the_private_below_autograd_guard(monkeypatc
     F.dropout(h, 0.5, inplace=True, seed=3).sum().backward()
     with torch.autograd.forward_ad.dual_level():
         F.dropout(torch.autograd.forward_ad.make_dual(x.detach(), torch.ones(4, 6)), 0.5, seed=4)
+    bias, residual = torch.zeros(6, requires_grad=True), torch.ones(4, 6)
+    F.fused_bias_act_dropout_add(x, bias, residual, 0.5, "gelu", seed=5).sum().backward()
+    with torch.no_grad():
+        F.fused_bias_act_dropout_add(x, bias, residual, 0.5, "relu")
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "identity"])
+def test_direct_fused_op_calls_are_differentiable_in_every_mode(activation):
+    """The fused op's Autograd kernel: gradcheck and gradgradcheck with forward AD, for x, bias and residual, and
+    torch.func over a direct call (C++ registration); bias None too."""
+    key = key_tensor(9, 3)
+    g = torch.Generator().manual_seed(4)
+    x, b, r = (torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((5, 4), (4,), (5, 4)))
+    x = (x + torch.where(x.abs() < 0.05, 0.2, 0.0)).detach().requires_grad_()  # away from relu's kink
+
+    def fused(x, b, r):
+        return torch.ops.dropkit.fused_bias_act_dropout_add(x, b, r, key, 0.5, 2.0, activation, 0)
+
+    assert torch.autograd.gradcheck(fused, (x, b, r), check_forward_ad=True)
+    assert torch.autograd.gradcheck(lambda x, r: fused(x, None, r), (x, r), check_forward_ad=True)
+    if activation != "relu":
+        assert torch.autograd.gradgradcheck(fused, (x, b, r), check_fwd_over_rev=False)
+    y = fused(x, b, r)
+    assert y.grad_fn is not None
+    if NATIVE:
+        assert y.grad_fn.name() == "dropkit::fused_bias_act_dropout_addBackward"
+        w = torch.randn(5, 4, generator=g, dtype=torch.float64)
+        want = torch.autograd.grad((fused(x, b, r) * w).sum(), (x, b, r))
+        got = torch.func.grad(lambda *t: (fused(*t) * w).sum(), argnums=(0, 1, 2))(x.detach(), b.detach(), r.detach())
+        assert all(torch.equal(a, c) for a, c in zip(want, got))

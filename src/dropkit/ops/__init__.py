@@ -26,7 +26,7 @@ The package, by concern (adding an op: a row in ``schemas``, its implementation 
   registration per device (CPU: the C kernel, CUDA: Triton, others: the reference), :func:`backend_info`;
 * :mod:`dropkit.ops.autograd`: one ``Autograd`` kernel per differentiable op (backward and forward-mode AD
   regenerate the noise from the key) and the vmap rules;
-* :mod:`dropkit.ops.graph`: the decompositions into Triton launches inside compiled CUDA graphs.
+* :mod:`dropkit.ops.graph`: the decompositions inside compiled graphs (CUDA: Triton launches; CPU: composites).
 """
 
 from __future__ import annotations

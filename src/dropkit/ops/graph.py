@@ -1,4 +1,4 @@
-"""Graph decompositions: inside a compiled graph the CUDA ops become their Triton kernel launches.
+"""Graph decompositions: inside a compiled graph the CUDA ops become Triton launches, the CPU composites torch ops.
 
 AOTAutograd traces a graph under ``FunctionalTensorMode``; there an op served by the Triton kernels becomes
 its kernel launches (:mod:`dropkit.kernels.triton.graph`: ``torch.library.wrap_triton``, the key read on the

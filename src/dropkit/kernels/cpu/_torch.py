@@ -32,8 +32,15 @@ from dropkit.kernels.cpu._build import _HERE, _Unusable
 #: The ops whose CPU kernel ``dk_torch.cpp`` registers (the others keep their Python registration).
 OPS = ("dropout", "dropout_", "gaussian_dropout")
 #: The ops whose ``Autograd`` kernel (every device) ``dk_torch.cpp`` registers with them: the ops linear in ``x``
-#: (:data:`dropkit.ops.autograd.LINEAR`) and ``dropout_``.
-AUTOGRAD_OPS = ("dropout", "dropout_", "gaussian_dropout", "drop_block", "embedding_dropout")
+#: (:data:`dropkit.ops.autograd.LINEAR`), ``dropout_`` and the fused op.
+AUTOGRAD_OPS = (
+    "dropout",
+    "dropout_",
+    "gaussian_dropout",
+    "drop_block",
+    "embedding_dropout",
+    "fused_bias_act_dropout_add",
+)
 SOURCE = "dk_torch.cpp"
 #: Compiler flags of the build (the include, define and link arguments are added per torch).
 CXXFLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-w")

@@ -2,7 +2,8 @@
  * dropkit's CPU kernels of dropkit::dropout, dropkit::dropout_ and dropkit::gaussian_dropout, registered with
  * PyTorch's dispatcher from C++ (the same registration TORCH_LIBRARY_IMPL makes), so that an eager call reaches
  * the C kernel without a trip through a Python kernel and ctypes; and the Autograd kernels of the ops linear in
- * x (dropout, gaussian_dropout, drop_block, embedding_dropout) and of dropout_, for every device.
+ * x (dropout, gaussian_dropout, drop_block, embedding_dropout), of dropout_ and of fused_bias_act_dropout_add, for
+ * every device.
  *
  * Built at first use against the torch in use (kernels/cpu/_torch.py: torch's C++ ABI differs between
  * versions, so one build serves one torch) and loaded only after its SHA-256 matched. It computes nothing
@@ -16,10 +17,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Functions.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
@@ -59,6 +62,7 @@ struct State {
     std::atomic<int> isa{0};
     std::unique_ptr<torch::Library> library, autograd_library;
     std::optional<c10::OperatorHandle> dropout_op;  // dropout_'s graph node is the out-of-place op's
+    std::optional<c10::OperatorHandle> fused_backward_op;
 };
 
 State g;
@@ -312,6 +316,95 @@ void dropout_inplace_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet
     x.copy_(call_op(*g.dropout_op, x, rest));
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// Autograd of fused_bias_act_dropout_add: y = residual + dropout(act(x + bias)). What ops/autograd.py's Fused
+// Function does: backward through fused_bias_act_dropout_add_backward (grad_h), grad_bias = grad_h summed over
+// all but the last dimension, grad_residual = grad; tangent = t_residual + backward(t_x + t_bias).
+// ---------------------------------------------------------------------------------------------------------------
+c10::IValue optional_tensor(const at::Tensor &t) { return t.defined() ? c10::IValue(t) : c10::IValue(); }
+
+at::Tensor fused_backward(const at::Tensor &grad, const at::Tensor &x, const at::Tensor &bias,
+                          const std::vector<c10::IValue> &rest) {
+    torch::jit::Stack stack;
+    stack.reserve(rest.size() + 3);
+    stack.emplace_back(grad);
+    stack.emplace_back(x);
+    stack.emplace_back(optional_tensor(bias));
+    stack.insert(stack.end(), rest.begin(), rest.end());
+    g.fused_backward_op->callBoxed(&stack);
+    return std::move(stack[0]).toTensor();
+}
+
+struct FusedBackward : ag::Node {
+    ag::SavedVariable x_, bias_;  // saved as autograd saves inputs: version-checked, through saved-tensor hooks
+    bool has_bias;
+    std::vector<c10::IValue> rest;  // key, p, scale, activation, offset
+
+    FusedBackward(const at::Tensor &x, const at::Tensor &bias, std::vector<c10::IValue> rest_)
+        : x_(x, false), bias_(bias, false), has_bias(bias.defined()), rest(std::move(rest_)) {}
+
+    ag::variable_list apply(ag::variable_list &&grads) override {
+        const at::Tensor &grad = grads[0];
+        ag::variable_list out(3);
+        if (!grad.defined()) return out;
+        const bool need_x = should_compute_output(0), need_b = has_bias && should_compute_output(1);
+        if (need_x || need_b) {
+            const at::Tensor x = x_.unpack();
+            const at::Tensor grad_h = fused_backward(grad, x, has_bias ? bias_.unpack() : at::Tensor(), rest);
+            if (need_x) out[0] = grad_h;
+            if (need_b) out[1] = grad_h.reshape({-1, x.size(-1)}).sum(0);
+        }
+        if (should_compute_output(2)) out[2] = grad;
+        return out;
+    }
+
+    std::string name() const override { return "dropkit::fused_bias_act_dropout_addBackward"; }
+
+    void release_variables() override {
+        x_.reset_data();
+        bias_.reset_data();
+    }
+};
+
+void fused_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch::jit::Stack *stack) {
+    const size_t n = op.schema().arguments().size();
+    const size_t base = stack->size() - n;
+    const at::Tensor x = (*stack)[base].toTensor();
+    const c10::IValue &b = (*stack)[base + 1];
+    const at::Tensor bias = b.isTensor() ? b.toTensor() : at::Tensor();
+    const at::Tensor residual = (*stack)[base + 2].toTensor();
+    auto needs_grad = [](const at::Tensor &t) { return t.defined() && t.requires_grad(); };
+    auto tangent = [](const at::Tensor &t) { return t.defined() ? t._fw_grad(/*level=*/0) : at::Tensor(); };
+    const bool wants_grad = at::GradMode::is_enabled() && (needs_grad(x) || needs_grad(bias) || needs_grad(residual));
+    const at::Tensor t_x = tangent(x), t_bias = tangent(bias), t_residual = tangent(residual);
+    const bool wants_tangent = t_x.defined() || t_bias.defined() || t_residual.defined();
+    if (!wants_grad && !wants_tangent) {
+        redispatch_below_autograd(op, ks, stack);
+        return;
+    }
+    std::vector<c10::IValue> rest(stack->begin() + static_cast<std::ptrdiff_t>(base + 3), stack->end());
+    redispatch_below_autograd(op, ks, stack);
+    const at::Tensor out = stack->back().toTensor();
+    TORCH_CHECK(!out.is_same(x) && !out.is_same(residual), op.schema().name(), ": a kernel returned its input");
+    if (wants_grad) {
+        NodePtr node = make_node<FusedBackward>(x, bias, rest);
+        node->set_next_edges(ag::collect_next_edges(x, bias, residual));
+        ag::set_history(out, node);
+    }
+    if (wants_tangent) {
+        at::Tensor t_h = t_x.defined() ? t_x : at::zeros_like(x);
+        if (t_bias.defined()) t_h = t_h + t_bias;
+        at::Tensor t;
+        {
+            c10::AutoFwGradMode primal_only(false);  // x and bias enter as primals: t carries no tangent itself
+            t = fused_backward(t_h.expand_as(x).contiguous(), x, bias, rest);
+        }
+        if (t_residual.defined()) t = t + t_residual;
+        out._set_fw_grad(t, /*level=*/0, /*is_inplace_op=*/false);
+    }
+}
+
 }  // namespace
 
 /* The source hash this library was built from (kernels/cpu/_torch.py checks it before registering). */
@@ -341,7 +434,10 @@ DK_TORCH_API int dk_torch_register(const void *const *fns, const int *codes, int
             autograd->impl(name, torch::CppFunction::makeFromBoxedFunction<&linear_autograd>());
         }
         autograd->impl("dropout_", torch::CppFunction::makeFromBoxedFunction<&dropout_inplace_autograd>());
+        autograd->impl("fused_bias_act_dropout_add", torch::CppFunction::makeFromBoxedFunction<&fused_autograd>());
         g.dropout_op = c10::Dispatcher::singleton().findSchemaOrThrow("dropkit::dropout", "");
+        g.fused_backward_op =
+            c10::Dispatcher::singleton().findSchemaOrThrow("dropkit::fused_bias_act_dropout_add_backward", "");
         g.library = std::move(lib);
         g.autograd_library = std::move(autograd);
         return 0;

@@ -1,5 +1,5 @@
 /*
- * Monte-Carlo dropout fold (used by dropkit.mc through src/dropkit/_mc_fold.py): T samples
+ * Monte-Carlo dropout fold (used by dropkit.mc through src/dropkit/mc/_fold.py): T samples
  * of a binary dropout mask on the input of a linear map, without running the map T times.
  *
  *   out[t][b][p*O + o] = act(scale * max_{r<R} sum_{d<D} [mask[t][b][d] != 0] * U[b][d][r][p*O + o] + bias[o])
