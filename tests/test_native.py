@@ -145,8 +145,11 @@ def test_cpp_registration_gives_the_bits_of_the_python_registration(tmp_path):
 @needs_native
 def test_backend_info_names_the_cpp_registration():
     info = dropkit.backend_info("cpu")
-    assert info["registration"].startswith("C++ for dropout, dropout_, gaussian_dropout (C++ registration from ")
-    assert ops.kernels.CPP_REGISTERED == _torch.OPS
+    assert info["registration"].startswith(
+        "C++ for dropout, dropout_, gaussian_dropout on CPU and the Autograd kernels of dropout, dropout_, "
+        "gaussian_dropout, drop_block, embedding_dropout, fused_bias_act_dropout_add (C++ registration from "
+    )
+    assert ops.kernels.CPP_REGISTERED == _torch.OPS and ops.kernels.CPP_AUTOGRAD == _torch.AUTOGRAD_OPS
 
 
 @needs_native

@@ -287,12 +287,13 @@ def backend_info(device: torch.device | str = "cpu") -> dict[str, str]:
 
     ``backend`` is ``"cpu-<isa>"`` (the compiled kernel), ``"triton"``, or ``"reference"``; ``reason`` says why
     (for the reference on CPU: why the compiled library is not available). ``registration`` says how the
-    kernels reach the dispatcher: from C++ for ``dropout``, ``dropout_`` and ``gaussian_dropout`` on CPU where
-    :mod:`dropkit.kernels.cpu._torch` built and loaded (else why not), from Python for everything else.
+    kernels reach the dispatcher: from C++ for ``dropout``, ``dropout_`` and ``gaussian_dropout`` on CPU and for
+    the ``Autograd`` kernels of :data:`CPP_AUTOGRAD` where :mod:`dropkit.kernels.cpu._torch` built and loaded
+    (else why not), from Python for everything else.
 
     Example:
         >>> dropkit.backend_info("cpu")["registration"]
-        'C++ for dropout, dropout_, gaussian_dropout (C++ registration from ...); Python for the other ops'
+        'C++ for dropout, dropout_, gaussian_dropout on CPU and the Autograd kernels of dropout, ... (C++ registration from ...); Python for the other kernels'
     """
     device = torch.device(device)
     be = REGISTERED[_DISPATCH_KEY.get(device.type, "CompositeExplicitAutograd")]
@@ -304,7 +305,10 @@ def backend_info(device: torch.device | str = "cpu") -> dict[str, str]:
         name, reason = cpu.status()  # the ISA in use now (dropkit.kernels.cpu.set_isa may change it)
         ops, how = _torch.status()
         if ops:
-            registration = f"C++ for {', '.join(ops)} ({how}); Python for the other ops"
+            registration = (
+                f"C++ for {', '.join(ops)} on CPU and the Autograd kernels of {', '.join(CPP_AUTOGRAD)} ({how}); "
+                "Python for the other kernels"
+            )
         else:
             registration = f"{_PYTHON_REGISTRATION} (C++ registration not in use: {how})"
     elif be.module is kernels.reference and device.type not in _DISPATCH_KEY:
