@@ -62,6 +62,9 @@ __all__ = [
 
 _INT64 = 1 << 64
 _M32 = 0xFFFFFFFF
+# No public API names the running backward pass (its graph task; -1 outside backward): torch's own checkpoint reads
+# the same private function. One name, used by the recompute lookup and by the refusal of draws during backward.
+_graph_task_id = torch._C._current_graph_task_id  # no public API names the running backward pass (see above)
 
 
 def state_tensor(seed: int, calls: int = 0) -> torch.Tensor:
@@ -309,8 +312,7 @@ def _regions() -> tuple[list[object], tuple[object, object] | None]:
             elif child is not None and child.f_code is _AUTOGRAD_BACKWARD:
                 return [], None  # the reentrant node's own backward of the recomputed graph: not its recompute
             else:  # _REC_REENTRANT: one recompute per backward pass (graph task) of the CheckpointFunction node
-                # private: no public API names the running backward pass (torch's own checkpoint uses it too)
-                return forward, (f.f_locals["ctx"], torch._C._current_graph_task_id())  # no public API: which backward
+                return forward, (f.f_locals["ctx"], _graph_task_id())
         child, f = f, f.f_back
     return forward, None
 
@@ -357,8 +359,7 @@ def next_key_impl(state: torch.Tensor) -> torch.Tensor:
     seed, calls = (int(v) % _INT64 for v in state.tolist())
     k = plan.k
     if k is None:
-        # private: no public API tells whether autograd's engine is running (torch's checkpoint uses it too)
-        if torch._C._current_graph_task_id() != -1:  # no public API tells whether backward is running
+        if _graph_task_id() != -1:  # autograd's engine is running this call
             raise RuntimeError(
                 "dropkit: a seeded dropout (seed=<SeedGenerator> / a module built with seed=) was called during "
                 "backward outside a torch.utils.checkpoint recompute, so its forward call cannot be identified "
@@ -384,8 +385,7 @@ def _advance(state: torch.Tensor, calls: int) -> None:
     """``state[1] = calls + 1`` (mod 2**64, stored as int64) without an op a dispatch mode would see (checkpoint
     recomputes must replay the same ops); ``calls`` is ``state[1]`` as read, in [0, 2**64)."""
     if state.device.type == "cpu":
-        nxt = (calls + 1) % _INT64
-        state.numpy()[1] = nxt - _INT64 if nxt >= 1 << 63 else nxt
+        state.numpy()[1] = _to_int64((calls + 1) % _INT64)
     else:
         with torch.no_grad():
             state[1] += 1

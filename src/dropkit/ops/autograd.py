@@ -7,12 +7,13 @@ The functional API applies the Function only when a gradient or a tangent is wan
 (torch.func applies an ``autograd.Function`` only there), and the Function's forward calls the op.
 
 Below that, each op has one ``Autograd`` kernel. With the C++ registration (:data:`CPP_AUTOGRAD`,
-``kernels/cpu/dk_torch.cpp``, every device) it is C++ (the fused op's too): a call without a gradient or a tangent wanted (the
-Function's forward, ``no_grad``) goes below autograd to the device kernel, and a direct call of the op
-that wants one gets a C++ graph node and its tangent. Without it (no C++ compiler,
+``kernels/cpu/dk_torch.cpp``, every device) it is C++, the fused op's too: a call without a gradient or a
+tangent wanted (the Function's forward, ``no_grad``) goes below autograd to the device kernel, and a direct
+call of the op that wants one gets a C++ graph node and its tangent. Without it (no C++ compiler,
 ``DROPKIT_CPP_KERNELS=0``), this module registers the Python kernels :func:`call_linear`,
-``_dropout_inplace_kernel`` and ``_fused_kernel``. ``torch.library.register_autograd`` would be the public way from Python,
-but it has no forward-mode AD (and its Function lacks a vmap rule for the torch.func transforms).
+``_dropout_inplace_kernel`` and ``_fused_kernel``. ``torch.library.register_autograd`` would be the public
+way from Python, but it has no forward-mode AD (and its Function lacks a vmap rule for the torch.func
+transforms).
 
 vmap: with one key the op is a pure function of its input, so ``vmap`` over a batch returns what a loop
 over the rows returns (every row gets the mask of one row); with one key per row

@@ -237,27 +237,21 @@ REGISTERED: dict[str, Backend] = {
 }
 
 
-def _cpp_registered() -> tuple[str, ...]:
-    """The ops whose CPU kernel the C++ registration serves (:mod:`dropkit.kernels.cpu._torch`): where the compiled
-    C kernel is the CPU backend and the C++ library builds and loads; else none (their Python kernels serve)."""
+def _cpp_registered() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(CPU ops, Autograd ops)`` the C++ registration serves (:mod:`dropkit.kernels.cpu._torch`): where the
+    compiled C kernel is the CPU backend and the C++ library builds and loads; else none (Python kernels serve)."""
     if REGISTERED["CPU"].module is kernels.reference:
-        return ()
+        return (), ()
     from dropkit.kernels.cpu import _torch, parallel_threshold
 
-    return _torch.register(parallel_threshold)
+    ops = _torch.register(parallel_threshold)
+    return ops, (_torch.AUTOGRAD_OPS if ops else ())
 
 
-def _cpp_autograd() -> tuple[str, ...]:
-    from dropkit.kernels.cpu import _torch
-
-    return _torch.AUTOGRAD_OPS
-
-
-#: The ops whose CPU kernel is registered from C++ (the same bits as their Python kernel, without its trip).
-CPP_REGISTERED = _cpp_registered()
-#: The ops whose ``Autograd`` kernel (every device) is registered from C++ with them; where empty,
-#: :mod:`dropkit.ops.autograd` registers its Python kernels.
-CPP_AUTOGRAD: tuple[str, ...] = _cpp_autograd() if CPP_REGISTERED else ()
+#: CPP_REGISTERED: the ops whose CPU kernel is registered from C++ (the same bits as their Python kernel, without
+#: its trip). CPP_AUTOGRAD: the ops whose ``Autograd`` kernel (every device) is registered from C++ with them; where
+#: empty, :mod:`dropkit.ops.autograd` registers its Python kernels.
+CPP_REGISTERED, CPP_AUTOGRAD = _cpp_registered()
 
 for _key, _be in REGISTERED.items():
     for _name, _impl in IMPLS.items():

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -202,7 +203,9 @@ void dropout_(at::Tensor &x, const at::Tensor &key, double p, double scale, at::
     const uint32_t thr = threshold(p);
     if (!noise_shape.has_value() && x.is_contiguous()) {
         dropout_mul(x, code, k, thr, scale, offset, &x);
-        x.unsafeGetTensorImpl()->bump_version();  // the kernel wrote through the data pointer
+        // the kernel wrote through the data pointer; no public C++ API bumps a version counter (torch's own
+        // torch::autograd::increment_version makes this same call)
+        x.unsafeGetTensorImpl()->bump_version();
         return;
     }
     x.copy_(dropout(x, key, p, scale, noise_shape, offset));
@@ -247,14 +250,23 @@ NodePtr make_node(A &&...args) {
     }
 }
 
-// op(x, *rest) through the whole dispatcher (autograd included: a gradient of a gradient gets its own node).
-at::Tensor call_op(const c10::OperatorHandle &op, const at::Tensor &x, const std::vector<c10::IValue> &rest) {
+// op(*head, *rest) through the whole dispatcher (autograd included: a gradient of a gradient gets its own node).
+at::Tensor call_op(const c10::OperatorHandle &op, std::initializer_list<c10::IValue> head,
+                   const std::vector<c10::IValue> &rest) {
     torch::jit::Stack stack;
-    stack.reserve(rest.size() + 1);
-    stack.emplace_back(x);
+    stack.reserve(head.size() + rest.size());
+    stack.insert(stack.end(), head.begin(), head.end());
     stack.insert(stack.end(), rest.begin(), rest.end());
     op.callBoxed(&stack);
     return std::move(stack[0]).toTensor();
+}
+
+// Forward-mode AD has no public C++ API: these two methods are what torch's generated Autograd kernels call (level 0,
+// which torch.func's jvp also reaches, as it does for torch's own ops). Every use goes through these two helpers.
+at::Tensor tangent_of(const at::Tensor &t) { return t.defined() ? t._fw_grad(/*level=*/0) : at::Tensor(); }
+
+void set_tangent(const at::Tensor &out, const at::Tensor &tangent) {
+    out._set_fw_grad(tangent, /*level=*/0, /*is_inplace_op=*/false);
 }
 
 struct LinearBackward : ag::Node {
@@ -266,7 +278,7 @@ struct LinearBackward : ag::Node {
 
     ag::variable_list apply(ag::variable_list &&grads) override {
         if (!grads[0].defined()) return {at::Tensor()};
-        return {call_op(op, grads[0], rest)};
+        return {call_op(op, {grads[0]}, rest)};
     }
 
     std::string name() const override { return op.schema().name() + "Backward"; }
@@ -284,7 +296,7 @@ void linear_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torc
     const size_t n = op.schema().arguments().size();
     const at::Tensor x = (*stack)[stack->size() - n].toTensor();
     const bool wants_grad = at::GradMode::is_enabled() && x.requires_grad();
-    const at::Tensor tangent = x._fw_grad(/*level=*/0);
+    const at::Tensor tangent = tangent_of(x);
     if (!wants_grad && !tangent.defined()) {
         redispatch_below_autograd(op, ks, stack);
         return;
@@ -299,7 +311,7 @@ void linear_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torc
         node->set_next_edges(ag::collect_next_edges(x));
         ag::set_history(out, node);
     }
-    if (tangent.defined()) out._set_fw_grad(call_op(op, tangent, rest), /*level=*/0, /*is_inplace_op=*/false);
+    if (tangent.defined()) set_tangent(out, call_op(op, {tangent}, rest));
 }
 
 // The Autograd kernel of dropout_: with a graph node wanted, the out-of-place op (and its node) copied in, and
@@ -307,13 +319,13 @@ void linear_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torc
 void dropout_inplace_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch::jit::Stack *stack) {
     const size_t n = op.schema().arguments().size();
     at::Tensor x = (*stack)[stack->size() - n].toTensor();
-    if (!(at::GradMode::is_enabled() && x.requires_grad()) && !x._fw_grad(/*level=*/0).defined()) {
+    if (!(at::GradMode::is_enabled() && x.requires_grad()) && !tangent_of(x).defined()) {
         redispatch_below_autograd(op, ks, stack);
         return;
     }
     std::vector<c10::IValue> rest(stack->end() - static_cast<std::ptrdiff_t>(n - 1), stack->end());
     torch::jit::drop(*stack, n);
-    x.copy_(call_op(*g.dropout_op, x, rest));
+    x.copy_(call_op(*g.dropout_op, {x}, rest));
 }
 
 
@@ -326,14 +338,7 @@ c10::IValue optional_tensor(const at::Tensor &t) { return t.defined() ? c10::IVa
 
 at::Tensor fused_backward(const at::Tensor &grad, const at::Tensor &x, const at::Tensor &bias,
                           const std::vector<c10::IValue> &rest) {
-    torch::jit::Stack stack;
-    stack.reserve(rest.size() + 3);
-    stack.emplace_back(grad);
-    stack.emplace_back(x);
-    stack.emplace_back(optional_tensor(bias));
-    stack.insert(stack.end(), rest.begin(), rest.end());
-    g.fused_backward_op->callBoxed(&stack);
-    return std::move(stack[0]).toTensor();
+    return call_op(*g.fused_backward_op, {grad, x, optional_tensor(bias)}, rest);
 }
 
 struct FusedBackward : ag::Node {
@@ -375,9 +380,8 @@ void fused_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch
     const at::Tensor bias = b.isTensor() ? b.toTensor() : at::Tensor();
     const at::Tensor residual = (*stack)[base + 2].toTensor();
     auto needs_grad = [](const at::Tensor &t) { return t.defined() && t.requires_grad(); };
-    auto tangent = [](const at::Tensor &t) { return t.defined() ? t._fw_grad(/*level=*/0) : at::Tensor(); };
     const bool wants_grad = at::GradMode::is_enabled() && (needs_grad(x) || needs_grad(bias) || needs_grad(residual));
-    const at::Tensor t_x = tangent(x), t_bias = tangent(bias), t_residual = tangent(residual);
+    const at::Tensor t_x = tangent_of(x), t_bias = tangent_of(bias), t_residual = tangent_of(residual);
     const bool wants_tangent = t_x.defined() || t_bias.defined() || t_residual.defined();
     if (!wants_grad && !wants_tangent) {
         redispatch_below_autograd(op, ks, stack);
@@ -401,7 +405,7 @@ void fused_autograd(const c10::OperatorHandle &op, c10::DispatchKeySet ks, torch
             t = fused_backward(t_h.expand_as(x).contiguous(), x, bias, rest);
         }
         if (t_residual.defined()) t = t + t_residual;
-        out._set_fw_grad(t, /*level=*/0, /*is_inplace_op=*/false);
+        set_tangent(out, t);
     }
 }
 
